@@ -1,0 +1,137 @@
+"""HTTP routes. Thin: validate, publish or read, answer. No training, no catalog logic."""
+
+from __future__ import annotations
+
+import uuid
+
+import nats.errors
+from aiohttp import web
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from gateway.errors import ApiError
+from infra.events import publish_event
+from infra.jetstream import TASKS_STREAM, streams_exist
+from infra.kv import TaskRepo
+from infra.settings import Settings
+from schemas.api import Page, TaskAccepted
+from schemas.common import is_identifier
+from schemas.events import TaskRequestedEvent, parse_event
+from schemas.record import TaskRecord
+from schemas.tasks import TaskRequest, TaskRequested
+
+SETTINGS = web.AppKey("settings", Settings)
+JS = web.AppKey("js", JetStreamContext)
+TASKS = web.AppKey("tasks", TaskRepo)
+CONNECTED = web.AppKey("connected", object)
+
+IDEMPOTENCY_NS = uuid.UUID("6f1c9b0e-6a53-4d0e-9a3c-2b7f2f7e0c11")
+MAX_PAGE = 500
+
+routes = web.RouteTableDef()
+
+
+def tenant_of(request: web.Request) -> str:
+    """Single-tenant until API keys land (issue 8): every caller is the default tenant."""
+    return request.app[SETTINGS].default_tenant
+
+
+def new_task_id(tenant: str, idempotency_key: str | None) -> str:
+    """A repeated Idempotency-Key maps to the same id, so JetStream drops the duplicate."""
+    if idempotency_key:
+        return uuid.uuid5(IDEMPOTENCY_NS, f"{tenant}\x00{idempotency_key}").hex
+    return uuid.uuid4().hex
+
+
+@routes.post("/v1/tasks")
+async def submit_task(request: web.Request) -> web.Response:
+    body = await request.read()
+    req = TaskRequest.model_validate_json(body)
+    tenant = tenant_of(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= 255:
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1-255 characters")
+    task_id = new_task_id(tenant, key)
+    event = TaskRequestedEvent(
+        source="radtrain/gateway", subject=task_id,
+        traceparent=request.headers.get("traceparent"),
+        data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
+                           idempotency_key=key),
+    )
+    try:
+        await publish_event(request.app[JS], event, timeout=10.0)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ApiError(503, "unavailable", f"event bus unavailable, retry later: {exc!r}") from exc
+    return web.json_response(
+        TaskAccepted(task_id=task_id).model_dump(), status=202,
+        headers={"Location": f"/v1/tasks/{task_id}"},
+    )
+
+
+async def _record_from_stream(js: JetStreamContext, task_id: str) -> TaskRecord | None:
+    """Between the 202 and the projector's first write, the stream already knows the task."""
+    try:
+        raw = await js.get_last_msg(TASKS_STREAM, f"tasks.requested.{task_id}")
+    except NotFoundError:
+        return None
+    event = parse_event(raw.data or b"")
+    if not isinstance(event, TaskRequestedEvent):
+        return None
+    d = event.data
+    return TaskRecord(task_id=task_id, tenant=d.tenant, name=d.name, state="requested",
+                      flow=d.flow, task_type=d.task_type, dataset_id=d.dataset_id,
+                      created_at=event.time, updated_at=event.time)
+
+
+@routes.get("/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    not_found = ApiError(404, "not_found", f"task {task_id!r} not found")
+    if not is_identifier(task_id):
+        raise not_found
+    found = await request.app[TASKS].get(task_id)
+    record = found[0] if found else await _record_from_stream(request.app[JS], task_id)
+    if record is None or record.tenant != tenant_of(request):
+        raise not_found
+    return web.json_response(text=record.model_dump_json())
+
+
+def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
+    raw = request.query.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"{name} must be an integer, got {raw!r}") from None
+    if not 0 <= value <= hi:
+        raise ApiError(400, "invalid_query", f"{name} must be between 0 and {hi}")
+    return value
+
+
+@routes.get("/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 50, MAX_PAGE)
+    offset = _int_param(request, "offset", 0, 10**9)
+    state = request.query.get("state")
+    repo, tenant = request.app[TASKS], tenant_of(request)
+    records = []
+    for task_id in await repo.ids():
+        found = await repo.get(task_id)
+        if found and found[0].tenant == tenant and (state is None or found[0].state == state):
+            records.append(found[0])
+    records.sort(key=lambda r: r.created_at, reverse=True)
+    page = Page[TaskRecord](items=records[offset:offset + limit], total=len(records))
+    return web.json_response(text=page.model_dump_json())
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    nc = request.app[CONNECTED]
+    ok = bool(getattr(nc, "is_connected", False)) and await streams_exist(request.app[JS])
+    if not ok:
+        raise ApiError(503, "not_ready", "NATS not connected or streams missing")
+    return web.json_response({"status": "ready"})

@@ -1,0 +1,1 @@
+"""Catalogs (model zoo, presets): frozen data plus pure lookup functions, no torch."""

@@ -1,0 +1,102 @@
+"""Status projector: events → TaskRecord, forward-only.
+
+``project`` is pure: given the current record (or none) and one event it
+returns the new record, or ``None`` when the event changes nothing (a
+duplicate, a replay, an event that arrives after a terminal state). That is
+what makes redelivery and replay harmless.
+"""
+
+from __future__ import annotations
+
+from schemas.events import (
+    Event,
+    TaskCompletedEvent,
+    TaskFailedEvent,
+    TaskProgressEvent,
+    TaskReadyEvent,
+    TaskRejectedEvent,
+    TaskRequestedEvent,
+    TaskStartedEvent,
+)
+from schemas.common import ErrorDetail
+from schemas.record import STATE_RANK, TERMINAL_STATES, TaskRecord, TaskState
+
+
+class RecordMissing(Exception):
+    """An event arrived before the task's first event was projected: try again later."""
+
+
+def _new_record(event: TaskRequestedEvent | TaskReadyEvent) -> TaskRecord:
+    data = event.data
+    if isinstance(event, TaskRequestedEvent):
+        req = event.data
+        return TaskRecord(task_id=req.task_id, tenant=req.tenant, name=req.name,
+                          state="requested", flow=req.flow, task_type=req.task_type,
+                          dataset_id=req.dataset_id, created_at=event.time,
+                          updated_at=event.time)
+    spec = event.data
+    assert data is spec
+    return TaskRecord(task_id=spec.task_id, tenant=spec.tenant, name=spec.name,
+                      state="requested", flow=spec.flow, task_type=spec.task_type,
+                      dataset_id=spec.dataset.dataset_id, created_at=event.time,
+                      updated_at=event.time)
+
+
+def _advance(rec: TaskRecord, state: TaskState) -> bool:
+    return STATE_RANK[state] > STATE_RANK[rec.state]
+
+
+def project(rec: TaskRecord | None, event: Event) -> TaskRecord | None:
+    if rec is None:
+        if isinstance(event, TaskRequestedEvent):
+            return _new_record(event)
+        if isinstance(event, TaskReadyEvent):
+            rec = _new_record(event)
+        else:
+            raise RecordMissing(event.subject)
+    elif isinstance(event, TaskRequestedEvent):
+        return None
+    return _apply(rec, event)
+
+
+def _apply(rec: TaskRecord, event: Event) -> TaskRecord | None:
+    upd: dict[str, object] = {"updated_at": max(rec.updated_at, event.time)}
+    if isinstance(event, TaskReadyEvent):
+        if not _advance(rec, "ready"):
+            return None
+        upd |= {"state": "ready", "network": event.data.model.entry_id,
+                "task_type": event.data.task_type}
+    elif isinstance(event, TaskRejectedEvent):
+        if not _advance(rec, "rejected"):
+            return None
+        upd |= {"state": "rejected", "errors": event.data.errors}
+    elif isinstance(event, TaskStartedEvent):
+        newer = rec.state == "running" and event.data.attempt > rec.attempt
+        if not (_advance(rec, "running") or newer):
+            return None
+        upd |= {"state": "running", "attempt": event.data.attempt,
+                "runner_id": event.data.runner_id}
+    elif isinstance(event, TaskProgressEvent):
+        if rec.state != "running" or not _is_newer_progress(rec, event):
+            return None
+        upd |= {"progress": event.data}
+    elif isinstance(event, TaskCompletedEvent):
+        if rec.state in TERMINAL_STATES:
+            return None
+        upd |= {"state": "completed", "metrics": event.data.metrics,
+                "artifacts": event.data.artifacts, "duration_s": event.data.duration_s}
+    elif isinstance(event, TaskFailedEvent):
+        if rec.state in TERMINAL_STATES:
+            return None
+        err = ErrorDetail(field="task", code=event.data.code, message=event.data.message)
+        upd |= {"state": "failed", "errors": [*rec.errors, err]}
+    else:  # pragma: no cover - the union is exhaustive
+        return None
+    return rec.model_copy(update=upd)
+
+
+def _is_newer_progress(rec: TaskRecord, event: TaskProgressEvent) -> bool:
+    if rec.progress is None:
+        return True
+    old, new = rec.progress, event.data
+    return (new.epoch, new.step) > (old.epoch, old.step)

@@ -1,0 +1,121 @@
+"""The ``radtrain`` command line: the entry layer (DESIGN.md §2).
+
+Commands import services lazily, inside the command; ``up`` runs each service
+as its own process so none is imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from infra.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="radtrain: train medical-imaging models from events.")
+infra_app = typer.Typer(no_args_is_help=True, help="Streams, consumers and KV buckets.")
+schemas_app = typer.Typer(no_args_is_help=True, help="The contracts as JSON Schema.")
+app.add_typer(infra_app, name="infra")
+app.add_typer(schemas_app, name="schemas")
+console = Console()
+
+
+@infra_app.command("apply")
+def infra_apply() -> None:
+    """Create or update the streams, consumers and KV buckets; safe to run any time."""
+    from infra.stack import apply_streams
+
+    for change in asyncio.run(apply_streams(Settings())):
+        console.print(f"{change.kind:<9} {change.name:<10} {change.action}")
+
+
+@schemas_app.command("export")
+def schemas_export(out_dir: Path) -> None:
+    """Write the JSON Schema of every event, the TrainingSpec, TaskRecord and API models."""
+    from infra.cli.schemas_export import export_all
+
+    for path in export_all(out_dir):
+        console.print(str(path))
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port (0: any free port).")] = 8080,
+    nats_port: Annotated[int, typer.Option(help="nats-server port (0: any).")] = 4222,
+) -> None:
+    """Start NATS, apply the streams, and run gateway, handlers and one runner until Ctrl-C."""
+    from infra.stack import start_stack
+
+    settings = Settings(gateway_port=port, nats_port=nats_port)
+    stack = start_stack(settings)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    console.print(f"radtrain is up: gateway [bold]{stack.gateway_url}[/], "
+                  f"NATS {stack.settings.nats_url}, store {stack.settings.store_dir}")
+    console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
+    try:
+        while not stop["now"]:
+            dead = stack.dead_services()
+            if dead:
+                console.print(f"[red]{dead[0]} exited[/]:\n{stack.log_tail(dead[0])}")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        console.print("stopping ...")
+        stack.stop()
+
+
+@app.command()
+def demo(
+    url: Annotated[str | None, typer.Option(help="Use a running gateway instead.")] = None,
+    cases: Annotated[int, typer.Option(min=20, max=5000)] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Synthetic head-CT dataset → task over HTTP → progress → metrics and artifacts."""
+    from infra.cli.client import call
+    from infra.cli.demo import build_demo_dataset, demo_request, follow, print_result
+    from infra.stack import start_stack
+    from infra.synthetic import DEMO_RECIPE
+
+    started = time.monotonic()
+    stack = None
+    settings = Settings()
+    if url is None:
+        stack = start_stack(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
+        settings, url = stack.settings, stack.gateway_url
+        console.print(f"embedded stack up: gateway {url}, NATS {settings.nats_url}")
+    try:
+        dataset_id = f"demo-{uuid.uuid4().hex[:8]}"
+        build_demo_dataset(settings, dataset_id, cases or int(DEMO_RECIPE["n_cases"]), seed,
+                           console)
+        _, accepted, headers = call("POST", f"{url}/v1/tasks", demo_request(dataset_id))
+        console.print(f"task [bold]{accepted['task_id']}[/] accepted ({headers.get('Location')})")
+        record = follow(url, accepted["task_id"], console)
+        print_result(record, console)
+    finally:
+        if stack is not None:
+            stack.stop()
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s")
+    if record["state"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command("version")
+def version() -> None:
+    from importlib.metadata import version as v
+
+    console.print(json.dumps({"radtrain": v("radtrain"), "python": sys.version.split()[0]}))
+
+
+def main() -> None:
+    app()

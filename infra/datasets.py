@@ -1,0 +1,42 @@
+"""Registering a dataset: manifest snapshot in the store, summary in KV ``datasets``.
+
+The manifest's sha256 is what a task pins: a later re-registration writes a
+new snapshot, and the runner refuses a manifest whose hash moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from infra.kv import DatasetRepo
+from infra.store import ObjectStore
+from schemas.dataset import DatasetManifest, DatasetSummary
+
+
+def manifest_key(dataset_id: str, sha256: str | None = None) -> str:
+    if sha256 is None:
+        return f"datasets/{dataset_id}/manifest.json"
+    return f"datasets/{dataset_id}/manifests/{sha256}.json"
+
+
+def case_key(dataset_id: str, image: str) -> str:
+    return f"datasets/{dataset_id}/{image}"
+
+
+async def register_dataset(
+    store: ObjectStore, repo: DatasetRepo, manifest: DatasetManifest
+) -> DatasetSummary:
+    """Write the manifest (latest + content-addressed snapshot) and the KV summary."""
+    data = manifest.model_dump_json(indent=2).encode()
+    info = await asyncio.to_thread(store.put_bytes, manifest_key(manifest.id), data,
+                                   "application/json")
+    snapshot = manifest_key(manifest.id, info.sha256)
+    await asyncio.to_thread(store.put_bytes, snapshot, data, "application/json")
+    summary = DatasetSummary(
+        id=manifest.id, tenant=manifest.tenant, name=manifest.name,
+        annotation_type=manifest.annotation_type, modality=manifest.modality,
+        classes=list(manifest.classes), num_cases=len(manifest.cases),
+        manifest_key=snapshot, manifest_sha256=info.sha256,
+    )
+    await repo.put(summary)
+    return summary

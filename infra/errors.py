@@ -1,0 +1,31 @@
+"""Typed errors that decide what happens to a message (DESIGN.md §9).
+
+A consumer never decides ack/nak/term ad hoc: it raises one of these, and the
+transport glue maps it. Anything else is unexpected, hence transient until
+the consumer's ``max_deliver`` makes it a dead letter.
+"""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (bad spec, missing dataset, corrupt weights): ``term()``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TransientError(Exception):
+    """Worth another try later (store or NATS hiccup): ``nak(delay)``."""
+
+    def __init__(self, code: str, message: str, delay_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.delay_s = delay_s
+
+
+class Superseded(Exception):
+    """A newer attempt owns the task or it is already finished: ack and do nothing."""

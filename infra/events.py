@@ -1,0 +1,21 @@
+"""Publishing events on JetStream with their deterministic ``Nats-Msg-Id``."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from schemas.events import encode_event
+from schemas.events import _Envelope as Envelope
+
+
+async def publish_event(
+    js: JetStreamContext, event: Envelope, *, timeout: float = 10.0
+) -> PubAck:
+    """Publish and wait for the JetStream ack; a duplicate within the window is a no-op."""
+    return await js.publish(
+        event.nats_subject,
+        encode_event(event),
+        timeout=timeout,
+        headers={"Nats-Msg-Id": event.msg_id},
+    )

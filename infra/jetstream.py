@@ -1,0 +1,224 @@
+"""Streams, consumers and KV buckets (DESIGN.md §4), defined once, applied idempotently.
+
+Services never create these on the fly: ``radtrain infra apply`` (and
+``radtrain up``) call :func:`apply`, which creates what is missing, updates
+what drifted and reports the rest as unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from infra.settings import Settings
+
+TASKS_STREAM = "TASKS"
+DLQ_STREAM = "DLQ"
+KV_TASKS = "tasks"
+KV_DATASETS = "datasets"
+KV_WEBHOOKS = "webhooks"
+
+ENRICH = "enrich"
+RUNNER = "runner"
+PROJECTOR = "projector"
+WEBHOOKS = "webhooks"
+
+STATUS_SUBJECTS = [
+    "tasks.rejected.*",
+    "tasks.started.*",
+    "tasks.completed.*",
+    "tasks.failed.*",
+    "tasks.cancelled.*",
+]
+
+Action = Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Literal["stream", "consumer", "kv"]
+    name: str
+    action: Action
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    day = 86_400.0
+    common: dict[str, Any] = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "num_replicas": settings.stream_replicas,
+        "max_age": settings.stream_max_age_days * day,
+        "duplicate_window": settings.duplicate_window_s,
+    }
+    return [
+        StreamConfig(
+            name=TASKS_STREAM,
+            description="Every task event; history stays replayable.",
+            subjects=["tasks.>"],
+            **common,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            description="Messages that exhausted their deliveries.",
+            subjects=["dlq.>"],
+            **common,
+        ),
+    ]
+
+
+def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
+    """Durable pull consumers on ``TASKS``; ``backoff`` paces redeliveries after a timeout."""
+    explicit: dict[str, Any] = {
+        "ack_policy": AckPolicy.EXPLICIT,
+        "deliver_policy": DeliverPolicy.ALL,
+    }
+    runner_wait = settings.ack_wait_s
+    return {
+        ENRICH: ConsumerConfig(
+            durable_name=ENRICH,
+            filter_subject="tasks.requested.*",
+            ack_wait=30.0,
+            max_deliver=5,
+            backoff=[30.0, 30.0, 60.0, 120.0],
+            max_ack_pending=256,
+            **explicit,
+        ),
+        RUNNER: ConsumerConfig(
+            durable_name=RUNNER,
+            filter_subject="tasks.ready.*",
+            ack_wait=runner_wait,
+            max_deliver=3,
+            backoff=[runner_wait, runner_wait * 2],
+            max_ack_pending=64,
+            **explicit,
+        ),
+        PROJECTOR: ConsumerConfig(
+            durable_name=PROJECTOR,
+            filter_subject="tasks.>",
+            ack_wait=30.0,
+            max_deliver=10,
+            max_ack_pending=1024,
+            **explicit,
+        ),
+        WEBHOOKS: ConsumerConfig(
+            durable_name=WEBHOOKS,
+            filter_subjects=STATUS_SUBJECTS,
+            ack_wait=30.0,
+            max_deliver=8,
+            max_ack_pending=256,
+            **explicit,
+        ),
+    }
+
+
+def kv_configs(settings: Settings) -> list[KeyValueConfig]:
+    common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": settings.stream_replicas}
+    return [
+        KeyValueConfig(bucket=KV_TASKS, history=5, description="task id -> TaskRecord", **common),
+        KeyValueConfig(bucket=KV_DATASETS, history=5, description="dataset summaries", **common),
+        KeyValueConfig(bucket=KV_WEBHOOKS, history=1, description="subscriptions", **common),
+    ]
+
+
+def _drifted(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Only the fields we set count: the server fills the rest with its defaults."""
+    for key, value in desired.items():
+        if value is None or key in ("name", "durable_name"):
+            continue
+        have = actual.get(key)
+        if isinstance(value, list) and isinstance(have, list):
+            if sorted(map(str, value)) != sorted(map(str, have)):
+                return True
+        elif have != value:
+            return True
+    return False
+
+
+async def _apply_stream(js: JetStreamContext, cfg: StreamConfig) -> Change:
+    assert cfg.name is not None
+    try:
+        info = await js.stream_info(cfg.name)
+    except NotFoundError:
+        await js.add_stream(cfg)
+        return Change("stream", cfg.name, "created")
+    if _drifted(cfg.as_dict(), info.config.as_dict()):
+        await js.update_stream(cfg)
+        return Change("stream", cfg.name, "updated")
+    return Change("stream", cfg.name, "unchanged")
+
+
+async def _apply_consumer(js: JetStreamContext, cfg: ConsumerConfig) -> Change:
+    assert cfg.durable_name is not None
+    name = cfg.durable_name
+    try:
+        info = await js.consumer_info(TASKS_STREAM, name)
+    except NotFoundError:
+        await js.add_consumer(TASKS_STREAM, cfg)
+        return Change("consumer", name, "created")
+    if _drifted(cfg.as_dict(), info.config.as_dict()):
+        await js.add_consumer(TASKS_STREAM, cfg)  # create-or-update on the server
+        return Change("consumer", name, "updated")
+    return Change("consumer", name, "unchanged")
+
+
+async def _apply_kv(js: JetStreamContext, cfg: KeyValueConfig) -> Change:
+    try:
+        await js.key_value(cfg.bucket)
+        return Change("kv", cfg.bucket, "unchanged")
+    except BucketNotFoundError:
+        await js.create_key_value(cfg)
+        return Change("kv", cfg.bucket, "created")
+
+
+async def apply(js: JetStreamContext, settings: Settings) -> list[Change]:
+    changes = [await _apply_stream(js, cfg) for cfg in stream_configs(settings)]
+    for ccfg in consumer_configs(settings).values():
+        changes.append(await _apply_consumer(js, ccfg))
+    for kcfg in kv_configs(settings):
+        changes.append(await _apply_kv(js, kcfg))
+    return changes
+
+
+async def connect(settings: Settings, name: str) -> tuple[NATS, JetStreamContext]:
+    """Connect with reconnects forever: a NATS restart must not kill a service."""
+    nc = await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1.0,
+        connect_timeout=5.0,
+    )
+    return nc, nc.jetstream()
+
+
+async def streams_exist(js: JetStreamContext) -> bool:
+    try:
+        await js.stream_info(TASKS_STREAM)
+    except (NotFoundError, nats.errors.Error, TimeoutError):
+        return False
+    return True
+
+
+async def wait_for_streams(js: JetStreamContext, timeout_s: float = 60.0) -> None:
+    """Services start before ``infra apply`` may have run: wait instead of creating."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await streams_exist(js):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"stream {TASKS_STREAM} missing: run `radtrain infra apply`")
+        await asyncio.sleep(0.5)

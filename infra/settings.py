@@ -1,0 +1,54 @@
+"""One settings object per process, built in ``main()`` and passed down.
+
+Every field can be set through the environment with the ``RADTRAIN_`` prefix
+(``RADTRAIN_NATS_URL``, ``RADTRAIN_STORE_BACKEND`` ...). No module reads
+``os.environ`` itself: that keeps tests free to run several stacks side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RADTRAIN_", extra="ignore")
+
+    # --- NATS / JetStream -------------------------------------------------
+    nats_url: str = "nats://127.0.0.1:4222"
+    stream_replicas: int = Field(1, ge=1, le=5)
+    stream_max_age_days: float = Field(30.0, gt=0)
+    duplicate_window_s: float = Field(180.0, ge=120.0)
+
+    # --- object store -----------------------------------------------------
+    store_backend: Literal["local", "s3"] = "local"
+    store_dir: Path = Path(".radtrain/store")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "radtrain"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    # --- gateway ----------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    default_tenant: str = "default"
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+
+    # --- runner -----------------------------------------------------------
+    runner_id: str = "runner-local"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: Path = Path(".radtrain/cache")
+    work_dir: Path = Path(".radtrain/work")
+    heartbeat_s: float = Field(15.0, gt=0)
+    progress_interval_s: float = Field(3.0, ge=0)
+    ack_wait_s: float = Field(60.0, gt=0)
+    dataloader_workers: int = Field(0, ge=0)
+
+    # --- embedded stack ---------------------------------------------------
+    data_dir: Path = Path(".radtrain")
+    nats_port: int = Field(4222, ge=0, le=65535)
+    nats_sync_always: bool = True

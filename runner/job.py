@@ -1,0 +1,86 @@
+"""One training job, synchronous and transport-free: spec in, stored artifacts out.
+
+Runs in a worker thread; everything NATS-related stays in ``runner.worker``.
+Errors that retrying cannot fix become :class:`PermanentJobError` with a code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pydantic import ValidationError
+
+from infra.settings import Settings
+from infra.store import InvalidKey, ObjectNotFound, ObjectStore
+from runner.artifacts import write_artifacts
+from runner.data import CaseReadError, prepare
+from runner.model import WeightsError
+from runner.train import ProgressUpdate, train
+from schemas.dataset import DatasetManifest
+from schemas.events import Artifact
+from schemas.spec import TrainingSpec
+
+
+class PermanentJobError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class JobResult:
+    metrics: dict[str, float]
+    artifacts: list[Artifact]
+    duration_s: float
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("RADTRAIN_DEVICE=cuda but no CUDA device is visible")
+    return setting
+
+
+def load_manifest(store: ObjectStore, spec: TrainingSpec) -> DatasetManifest:
+    """The task trains on the snapshot it was enriched with, or not at all."""
+    snap = spec.dataset
+    try:
+        raw = store.get_bytes(snap.manifest_key)
+    except (ObjectNotFound, InvalidKey) as exc:
+        raise PermanentJobError("dataset_missing",
+                                f"manifest {snap.manifest_key} not found: {exc}") from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != snap.sha256:
+        raise PermanentJobError("dataset_changed", f"manifest {snap.manifest_key} has sha256 "
+                                f"{digest[:12]}, the task pinned {snap.sha256[:12]}")
+    try:
+        return DatasetManifest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise PermanentJobError("dataset_invalid", f"manifest {snap.manifest_key}: {exc}") from exc
+
+
+def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: str,
+            on_progress: Callable[[ProgressUpdate], None],
+            should_stop: Callable[[], bool]) -> JobResult:
+    started = time.monotonic()
+    manifest = load_manifest(store, spec)
+    try:
+        data = prepare(spec, manifest, store, settings.cache_dir)
+    except CaseReadError as exc:
+        raise PermanentJobError("case_unreadable", str(exc)) from exc
+    except ObjectNotFound as exc:
+        raise PermanentJobError("case_missing", str(exc)) from exc
+    try:
+        result = train(spec, data, torch.device(device), on_progress, should_stop, store=store)
+    except WeightsError as exc:
+        raise PermanentJobError("weights_invalid", str(exc)) from exc
+    work = settings.work_dir / spec.task_id
+    work.mkdir(parents=True, exist_ok=True)
+    artifacts = write_artifacts(store, spec, result, work)
+    return JobResult(metrics=result.metrics, artifacts=artifacts,
+                     duration_s=time.monotonic() - started)

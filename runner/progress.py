@@ -1,0 +1,52 @@
+"""Rate-limited progress events from the training thread to the event loop.
+
+Progress is lossy by design (DESIGN.md §3: rate-limited, envelope-id msg ids):
+a dropped update is superseded by the next, so a failed publish is logged and
+the training goes on, unlike every other event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future
+
+from nats.js import JetStreamContext
+
+from infra.events import publish_event
+from runner.train import ProgressUpdate
+from schemas.events import TaskProgress, TaskProgressEvent
+
+log = logging.getLogger("radtrain.runner.progress")
+
+
+class ProgressReporter:
+    def __init__(self, js: JetStreamContext, loop: asyncio.AbstractEventLoop, task_id: str,
+                 source: str, interval_s: float) -> None:
+        self._js, self._loop, self._task_id, self._source = js, loop, task_id, source
+        self._interval = interval_s
+        self._last = float("-inf")
+        self._last_epoch = -1
+        self.sent = 0
+
+    def report(self, update: ProgressUpdate) -> None:
+        """Called from the training thread after every step; sends at most one per interval."""
+        now = time.monotonic()
+        new_epoch = update.epoch != self._last_epoch and bool(update.metrics)
+        if now - self._last < self._interval and not new_epoch:
+            return
+        self._last = now
+        if update.metrics:
+            self._last_epoch = update.epoch
+        event = TaskProgressEvent(source=self._source, subject=self._task_id, data=TaskProgress(
+            task_id=self._task_id, epoch=update.epoch, epochs=update.epochs, step=update.step,
+            total_steps=update.total_steps, loss=update.loss, metrics=dict(update.metrics),
+            throughput=update.throughput, eta_s=update.eta_s))
+        fut = asyncio.run_coroutine_threadsafe(publish_event(self._js, event), self._loop)
+        fut.add_done_callback(self._log_failure)
+        self.sent += 1
+
+    def _log_failure(self, fut: Future[object]) -> None:
+        if fut.exception() is not None:
+            log.warning("progress for %s not sent: %r", self._task_id, fut.exception())

@@ -1,0 +1,153 @@
+"""Pixel transforms: decoded image -> fixed-size channel stack in [0, 1].
+
+Kept apart from reading (runner/data.py) the way MONAI keeps ImageReader apart
+from ScaleIntensityRange: reading knows file formats and physical units (HU),
+these functions know only arrays, so they are testable on hand-made values
+and reusable for previews. numpy and Pillow only: they run once per case at
+cache-build time, never per training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from schemas.spec import Preprocessing, Window
+
+COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"})
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ImageArray:
+    """A decoded image in physical units, before any display or model mapping.
+
+    ``pixels`` is (H, W) for grayscale, (H, W, 3) for colour (``photometric``
+    "RGB"), or (F, H, W) for a multi-frame grayscale DICOM. CT values are HU.
+    MONOCHROME1 is recorded, not inverted: inversion is a display decision.
+    """
+
+    pixels: np.ndarray
+    modality: str
+    photometric: str
+
+    @property
+    def is_colour(self) -> bool:
+        return self.photometric in COLOUR
+
+    def frame(self) -> np.ndarray:
+        """One 2-D (or H, W, 3) image: the middle frame of a multi-frame stack."""
+        if not self.is_colour and self.pixels.ndim == 3:
+            return np.asarray(self.pixels[self.pixels.shape[0] // 2])
+        return self.pixels
+
+
+def window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear window/level to [0, 1] (DICOM's plain linear form, no -0.5 offsets)."""
+    if width <= 0:
+        raise ValueError("window width must be > 0")
+    low = center - width / 2.0
+    out = (hu.astype(np.float32) - np.float32(low)) / np.float32(width)
+    return np.clip(out, 0.0, 1.0)
+
+
+def minmax(pixels: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the image's own range; a flat image becomes all zeros."""
+    arr = pixels.astype(np.float32)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros_like(arr)
+    return (arr - lo) / (hi - lo)
+
+
+def intensity_channels(image: ImageArray, windows: Sequence[Window]) -> np.ndarray:
+    """(C, H, W) float32 in [0, 1]: one channel per window, or the image's own range.
+
+    Windows apply to grayscale only (they are defined in HU or detector units);
+    a colour image keeps its three channels, each scaled by its own range
+    across all channels so hue is preserved.
+    """
+    pixels = image.frame()
+    if image.is_colour:
+        return minmax(pixels).transpose(2, 0, 1)
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    if windows:
+        stack = np.stack([window(pixels, w.center, w.width) for w in windows])
+    else:
+        stack = minmax(pixels)[None]
+    if image.photometric == "MONOCHROME1":
+        stack = 1.0 - stack
+    return stack
+
+
+def pad_square(stack: np.ndarray) -> np.ndarray:
+    """Pad (C, H, W) with zeros to square, centred, so resizing keeps proportions."""
+    _, h, w = stack.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    out = np.zeros((stack.shape[0], side, side), dtype=stack.dtype)
+    out[:, top : top + h, left : left + w] = stack
+    return out
+
+
+def resize(stack: np.ndarray, size: int) -> np.ndarray:
+    """Square (C, H, W) -> (C, size, size); Pillow's filters antialias when shrinking."""
+    if stack.shape[1:] == (size, size):
+        return stack.astype(np.float32, copy=False)
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).resize(
+                (size, size), Image.Resampling.BILINEAR
+            )
+        )
+        for p in stack
+    ]
+    return np.clip(np.stack(planes), 0.0, 1.0)
+
+
+def match_channels(stack: np.ndarray, channels: int) -> np.ndarray:
+    """Repeat or reduce (C, H, W) to ``channels`` planes.
+
+    One plane is repeated (grayscale into a 3-channel network); colour into
+    one channel is luminance; otherwise planes cycle or the first are kept.
+    """
+    c = stack.shape[0]
+    if c == channels:
+        return stack
+    if c == 3 and channels == 1:
+        return np.tensordot(_LUMA, stack, axes=1)[None].astype(np.float32)
+    index = [i % c for i in range(channels)]
+    return stack[index]
+
+
+def preprocess(image: ImageArray, prep: Preprocessing) -> np.ndarray:
+    """Decoded image -> (channels, size, size) float32 in [0, 1], ready to cache."""
+    stack = intensity_channels(image, prep.windows)
+    stack = resize(pad_square(stack), prep.image_size)
+    return match_channels(stack, prep.channels)
+
+
+def to_uint8(stack: np.ndarray) -> np.ndarray:
+    """Quantise [0, 1] to uint8 for the cache: 4x smaller, ample for 8-bit-deep windows."""
+    return np.round(np.clip(stack, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(…, C, H, W) in [0, 1] -> standardised with per-channel mean/std."""
+    c = x.shape[-3]
+    m = np.asarray(_per_channel(mean, c), dtype=np.float32).reshape(c, 1, 1)
+    s = np.asarray(_per_channel(std, c), dtype=np.float32).reshape(c, 1, 1)
+    return (x.astype(np.float32) - m) / s
+
+
+def _per_channel(values: Sequence[float], channels: int) -> list[float]:
+    """Accept one value for all channels or exactly one per channel."""
+    if len(values) == channels:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * channels
+    raise ValueError(f"expected 1 or {channels} values, got {len(values)}")

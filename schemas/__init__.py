@@ -1,0 +1,1 @@
+"""Contracts shared by every service. Pure pydantic: imports nothing of ours."""

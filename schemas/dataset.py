@@ -1,0 +1,57 @@
+"""Dataset manifest: the snapshot a task trains on (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from schemas.common import Identifier, Strict
+from schemas.tasks import Modality
+
+AnnotationType = Literal["single_label", "multi_label", "boxes", "masks"]
+
+
+class Case(Strict):
+    case_id: Identifier
+    images: list[str] = Field(min_length=1, max_length=64)
+    """Store keys relative to ``datasets/<dataset_id>/``: one image or a short stack."""
+    labels: list[str] = Field(default_factory=list)
+    patient_id: str | None = None
+    split: Literal["train", "val", "test"] | None = None
+
+
+class DatasetManifest(Strict):
+    id: Identifier
+    tenant: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    annotation_type: AnnotationType
+    modality: Modality
+    classes: list[str] = Field(min_length=1)
+    cases: list[Case] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetManifest:
+        ids = [c.case_id for c in self.cases]
+        if len(ids) != len(set(ids)):
+            raise ValueError("duplicate case_id in manifest")
+        known = set(self.classes)
+        for case in self.cases:
+            unknown = set(case.labels) - known
+            if unknown:
+                raise ValueError(f"case {case.case_id}: unknown labels {sorted(unknown)}")
+        return self
+
+
+class DatasetSummary(Strict):
+    """What KV ``datasets`` holds: enough to enrich a task without reading the manifest."""
+
+    id: Identifier
+    tenant: Identifier
+    name: str
+    annotation_type: AnnotationType
+    modality: Modality
+    classes: list[str]
+    num_cases: int
+    manifest_key: str
+    manifest_sha256: str

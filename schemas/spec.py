@@ -1,0 +1,67 @@
+"""TrainingSpec: a fully resolved task, the payload of ``task.ready``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.common import Identifier, Strict
+from schemas.dataset import AnnotationType
+from schemas.tasks import Flow, Hyperparameters, Modality, Resources, TaskType
+
+LabelMode = Literal["single_label", "multi_label"]
+
+
+class DatasetSnapshot(Strict):
+    dataset_id: Identifier
+    manifest_key: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    annotation_type: AnnotationType
+    modality: Modality
+    num_cases: int = Field(ge=1)
+
+
+class Window(Strict):
+    name: str
+    center: float
+    width: float = Field(gt=0)
+
+
+class Preprocessing(Strict):
+    """How pixels become tensors. Windows stack as channels for CT."""
+
+    image_size: int = Field(ge=16, le=4096)
+    channels: int = Field(ge=1, le=4)
+    windows: list[Window] = Field(default_factory=list)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ModelSpec(Strict):
+    entry_id: Identifier
+    builder: Literal["timm"]
+    network: str
+    pretrained: bool
+    weights_key: str | None = None
+    weights_sha256: str | None = None
+    num_classes: int = Field(ge=1)
+    in_chans: int = Field(ge=1, le=4)
+
+
+class TrainingSpec(Strict):
+    task_id: Identifier
+    tenant: Identifier
+    name: str
+    description: str = ""
+    flow: Flow
+    task_type: TaskType
+    dataset: DatasetSnapshot
+    classes: list[str] = Field(min_length=1)
+    label_mode: LabelMode
+    preprocessing: Preprocessing
+    model: ModelSpec
+    hyperparameters: Hyperparameters
+    resources: Resources
+    reasons: dict[str, str] = Field(default_factory=dict)
+    """Why each automatic choice was made, keyed by the field it chose."""

@@ -1,0 +1,131 @@
+"""Task request (HTTP body and ``task.requested`` payload) and its parts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.common import Identifier, Strict
+
+Flow = Literal["general", "specialized", "retrain"]
+TaskType = Literal["classification", "detection", "segmentation"]
+Modality = Literal["CT", "CR", "DX", "MR", "photo", "other"]
+
+
+class DataType(Strict):
+    modality: Modality = "other"
+    image_size: int = Field(224, ge=16, le=4096)
+    channels: int = Field(3, ge=1, le=4)
+    num_cases: int = Field(100, ge=1)
+
+
+class Preference(Strict):
+    goal: Literal["fastest", "balanced", "most_accurate"] = "balanced"
+    target: Literal["gpu", "cpu", "edge"] = "gpu"
+
+
+class AutoModel(Strict):
+    mode: Literal["auto"]
+    data_type: DataType = DataType()
+    preference: Preference = Preference()
+
+
+class ManualModel(Strict):
+    mode: Literal["manual"]
+    network: Identifier
+    pretrained: bool = True
+
+
+ModelChoice = Annotated[AutoModel | ManualModel, Field(discriminator="mode")]
+
+
+class Hyperparameters(Strict):
+    """The full, bounded training recipe; every field has a reason to be bounded."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0, le=50)
+    batch_size: int = Field(16, ge=1, le=1024)
+    epochs: int = Field(10, ge=1, le=1000)
+    weight_decay: float = Field(1e-4, ge=0, le=1.0)
+    image_size: int = Field(224, ge=32, le=2048)
+    augmentation: Literal["none", "light", "strong"] = "light"
+    loss: Literal["cross_entropy", "bce"] = "cross_entropy"
+    class_weighting: Literal["none", "balanced"] = "none"
+    early_stopping_patience: int = Field(0, ge=0, le=100)
+    freeze_backbone_epochs: int = Field(0, ge=0, le=100)
+    mixed_precision: bool = True
+    grad_clip_norm: float = Field(1.0, ge=0, le=100.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ManualTuningParams(Strict):
+    """Manual tuning: any subset; unspecified fields take the defaults above."""
+
+    optimizer: Literal["adamw", "sgd"] | None = None
+    learning_rate: float | None = Field(None, gt=0, le=1.0)
+    schedule: Literal["cosine", "constant"] | None = None
+    warmup_epochs: int | None = Field(None, ge=0, le=50)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    epochs: int | None = Field(None, ge=1, le=1000)
+    weight_decay: float | None = Field(None, ge=0, le=1.0)
+    image_size: int | None = Field(None, ge=32, le=2048)
+    augmentation: Literal["none", "light", "strong"] | None = None
+    loss: Literal["cross_entropy", "bce"] | None = None
+    class_weighting: Literal["none", "balanced"] | None = None
+    early_stopping_patience: int | None = Field(None, ge=0, le=100)
+    freeze_backbone_epochs: int | None = Field(None, ge=0, le=100)
+    mixed_precision: bool | None = None
+    grad_clip_norm: float | None = Field(None, ge=0, le=100.0)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class AutoTuning(Strict):
+    mode: Literal["auto"]
+
+
+class ManualTuning(Strict):
+    mode: Literal["manual"]
+    hyperparameters: ManualTuningParams = ManualTuningParams()
+
+
+Tuning = Annotated[AutoTuning | ManualTuning, Field(discriminator="mode")]
+
+
+class Resources(Strict):
+    gpus: int = Field(1, ge=0, le=8)
+
+
+class TaskRequest(Strict):
+    """``POST /v1/tasks`` body. Flow-specific rules are checked by the enrich handler.
+
+    The shape is validated here (types, bounds, unknown fields); whether a
+    field is allowed in a flow needs the catalog, so it is a rejection reason.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=4000)
+    flow: Flow
+    task_type: TaskType | None = None
+    preset: Identifier | None = None
+    base_task_id: Identifier | None = None
+    dataset_id: Identifier
+    model: ModelChoice | None = None
+    tuning: Tuning = AutoTuning(mode="auto")
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _general_needs_task_type(self) -> TaskRequest:
+        if self.flow == "general" and self.task_type is None:
+            raise ValueError("task_type is required for the general flow")
+        return self
+
+
+class TaskRequested(TaskRequest):
+    """``task.requested`` payload: the request plus who asked and under which id."""
+
+    task_id: Identifier
+    tenant: Identifier
+    idempotency_key: str | None = Field(None, max_length=255)
