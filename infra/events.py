@@ -6,7 +6,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from schemas.events import encode_event
-from schemas.events import _Envelope as Envelope
+from schemas.events import Envelope
 
 
 async def publish_event(

@@ -20,6 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
@@ -230,9 +231,9 @@ def _chest_dx(rng: np.random.Generator, size: int, finding: bool) -> np.ndarray:
 # --- DICOM encoding ------------------------------------------------------------
 
 
-def _uid(seed: int, *parts: str) -> str:
+def _uid(seed: int, *parts: str) -> UID:
     """Deterministic UIDs: the same seed writes the same identifiers."""
-    return str(generate_uid(entropy_srcs=[str(seed), *parts]))
+    return generate_uid(entropy_srcs=[str(seed), *parts])
 
 
 def _dataset(

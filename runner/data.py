@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import apply_color_lut, apply_rescale
 
 from infra.errors import PermanentError, TransientError
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
@@ -87,40 +87,41 @@ def read_image(
 
 
 def _read_dicom(path: Path, name: str, max_bytes: int) -> ImageArray:
-    """pydicom with ``force`` (preamble-less files exist); modality LUT applied."""
+    """pydicom with ``force`` (preamble-less files exist); modality LUT applied.
+
+    Any exception from the parser or a decoder becomes a CaseReadError: the
+    input is untrusted, so no failure mode of a third-party decoder may escape.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hostile files warn a lot; the error says enough
         try:
             ds = pydicom.dcmread(path, force=True)
-        except Exception as exc:
-            raise CaseReadError(name, f"not a readable DICOM file ({_why(exc)})") from exc
-        if not any(tag in ds for tag in _PIXEL_TAGS):
-            raise CaseReadError(name, "DICOM file has no pixel data (PixelData missing)")
-        _check_declared_size(ds, name, max_bytes)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        try:
+            if not any(tag in ds for tag in _PIXEL_TAGS):
+                raise CaseReadError(name, "DICOM file has no pixel data (PixelData missing)")
+            _check_declared_size(ds, name, max_bytes)
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+            modality = str(ds.get("Modality", "") or "OT")
             arr = np.asarray(ds.pixel_array)
             if photometric in ("MONOCHROME1", "MONOCHROME2"):
                 arr = apply_rescale(arr, ds)
+            elif photometric == "PALETTE COLOR":
+                arr = apply_color_lut(arr, ds)
+        except CaseReadError:
+            raise
         except Exception as exc:
-            raise CaseReadError(name, f"cannot decode pixel data ({_why(exc)})") from exc
-    colour = int(ds.get("SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR"
-    if colour:
-        photometric = "RGB"  # pydicom converts YBR and applies palettes by default
-        if arr.ndim == 4:
-            arr = arr[arr.shape[0] // 2]
-    return _checked(arr, name, str(ds.get("Modality", "OT") or "OT"), photometric)
+            raise CaseReadError(name, f"not a decodable DICOM image ({_why(exc)})") from exc
+    if arr.ndim >= 3 and arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        photometric = "RGB"  # pydicom converts YBR to RGB by default
+        arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
+    return _checked(arr, name, modality.strip(), photometric.strip())
 
 
 def _check_declared_size(ds: pydicom.Dataset, name: str, max_bytes: int) -> None:
     """Refuse before decoding what would decompress past the limit (zip-bomb style)."""
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 16) or 16)
-    except Exception as exc:
-        raise CaseReadError(name, f"image header incomplete or invalid ({_why(exc)})") from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
     if min(rows, cols, frames, samples, bits) <= 0:
         raise CaseReadError(name, f"invalid image dimensions {rows}x{cols}x{frames}")
     decoded = rows * cols * frames * samples * max(bits, 8) // 8
@@ -129,19 +130,17 @@ def _check_declared_size(ds: pydicom.Dataset, name: str, max_bytes: int) -> None
 
 
 def _read_pillow(path: Path, name: str, max_bytes: int) -> ImageArray:
-    """PNG/JPEG: grayscale stays one plane, anything with colour becomes RGB."""
+    """PNG/JPEG: 8/16-bit grayscale stays one plane, anything else becomes RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
-                if w * h * 4 > max_bytes:
-                    raise CaseReadError(name, f"{w}x{h} image is over the size limit")
+                if im.size[0] * im.size[1] * 4 > max_bytes:
+                    raise CaseReadError(name, f"{im.size[0]}x{im.size[1]} image is too large")
                 im.load()
-                if im.mode in ("1", "L", "LA", "P") and _is_gray(im):
-                    arr, photometric = np.asarray(im.convert("L")), "MONOCHROME2"
-                elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    arr, photometric = np.asarray(im), "MONOCHROME2"
+                if im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+                    gray = im.convert("L") if im.mode in ("1", "LA") else im
+                    arr, photometric = np.asarray(gray), "MONOCHROME2"
                 else:
                     arr, photometric = np.asarray(im.convert("RGB")), "RGB"
     except CaseReadError:
@@ -149,16 +148,6 @@ def _read_pillow(path: Path, name: str, max_bytes: int) -> ImageArray:
     except Exception as exc:
         raise CaseReadError(name, f"not a readable PNG/JPEG image ({_why(exc)})") from exc
     return _checked(arr, name, "OT", photometric)
-
-
-def _is_gray(im: Image.Image) -> bool:
-    """A palette image is grayscale only if its palette is."""
-    if im.mode != "P":
-        return True
-    rgb = np.asarray(im.convert("RGB"))
-    return bool(
-        np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
-    )
 
 
 def _checked(arr: np.ndarray, name: str, modality: str, photometric: str) -> ImageArray:

@@ -7,10 +7,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-"""Task, dataset, tenant and zoo ids: safe as NATS subject tokens and store keys."""
+"""Task, dataset and tenant ids: one NATS subject token (no dots) and a safe store key."""
+
+ZooId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+"""Zoo entry ids may carry a weights tag after a dot (``resnet50.a1_in1k``)."""
 
 _ID_RE = re.compile(ID_PATTERN)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import Identifier, Strict
+from schemas.common import Identifier, Strict, ZooId
 from schemas.dataset import AnnotationType
 from schemas.tasks import Flow, Hyperparameters, Modality, Resources, TaskType
 
@@ -39,7 +39,7 @@ class Preprocessing(Strict):
 
 
 class ModelSpec(Strict):
-    entry_id: Identifier
+    entry_id: ZooId
     builder: Literal["timm"]
     network: str
     pretrained: bool

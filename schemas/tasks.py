@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import Identifier, Strict
+from schemas.common import Identifier, Strict, ZooId
 
 Flow = Literal["general", "specialized", "retrain"]
 TaskType = Literal["classification", "detection", "segmentation"]
@@ -33,7 +33,7 @@ class AutoModel(Strict):
 
 class ManualModel(Strict):
     mode: Literal["manual"]
-    network: Identifier
+    network: ZooId
     pretrained: bool = True
 
 

@@ -1,0 +1,135 @@
+"""Streams, consumers and the handlers against a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StorageType
+
+from handlers.app import run as run_handlers
+from infra.jetstream import TASKS_STREAM, apply, connect, consumer_configs
+from infra.kv import DatasetRepo, TaskRepo
+from infra.settings import Settings
+from schemas.events import TaskRequestedEvent, encode_event, parse_event
+from tests.factories import dataset, request
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(nats_server: str, tmp_path: Path) -> Settings:
+    return Settings(nats_url=nats_server, store_dir=tmp_path / "store")
+
+
+@pytest.fixture
+async def handlers(settings: Settings) -> AsyncIterator[None]:
+    nc, js = await connect(settings, "test-apply")
+    await apply(js, settings)
+    await nc.close()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_handlers(settings, stop))
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def test_apply_twice_changes_nothing(settings: Settings) -> None:
+    nc, js = await connect(settings, "test-apply")
+    try:
+        await apply(js, settings)
+        second = await apply(js, settings)
+        assert {c.action for c in second} == {"unchanged"}
+        assert {c.name for c in second} >= {"TASKS", "DLQ", "enrich", "runner", "projector",
+                                            "tasks", "datasets", "webhooks"}
+        info = await js.stream_info(TASKS_STREAM)
+        assert info.config.storage == StorageType.FILE
+        assert info.config.duplicate_window is not None and info.config.duplicate_window >= 120
+        runner = await js.consumer_info(TASKS_STREAM, "runner")
+        assert runner.config.max_deliver == consumer_configs(settings)["runner"].max_deliver
+    finally:
+        await nc.close()
+
+
+async def _await_outcome(nc: nats.NATS, task_id: str, publish: object) -> dict:
+    """Subscribe to the task's history before publishing, return the enrich outcome."""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        if msg.subject.split(".")[1] in ("ready", "rejected"):
+            await got.put(msg.data)
+
+    sub = await nc.subscribe(f"tasks.*.{task_id}", cb=on_msg)
+    try:
+        await publish  # type: ignore[misc]
+        return json.loads(await asyncio.wait_for(got.get(), 20))
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_requested_yields_ready_and_record(settings: Settings, handlers: None) -> None:
+    nc, js = await connect(settings, "test-client")
+    try:
+        ds_id = f"ds{uuid.uuid4().hex[:8]}"
+        await (await DatasetRepo.open(js)).put(dataset(id=ds_id))
+        task_id = uuid.uuid4().hex
+        event = TaskRequestedEvent(source="test", subject=task_id,
+                                   data=request(task_id=task_id, dataset_id=ds_id))
+        pub = js.publish(event.nats_subject, encode_event(event),
+                         headers={"Nats-Msg-Id": event.msg_id})
+        out = await _await_outcome(nc, task_id, pub)
+        assert out["type"] == "radtrain.task.ready.v1", out
+        spec = parse_event(json.dumps(out)).data
+        assert spec.dataset.dataset_id == ds_id  # type: ignore[union-attr]
+        repo = await TaskRepo.open(js)
+        for _ in range(100):
+            found = await repo.get(task_id)
+            if found and found[0].state == "ready":
+                break
+            await asyncio.sleep(0.1)
+        assert found is not None and found[0].state == "ready"
+    finally:
+        await nc.close()
+
+
+async def test_unknown_dataset_and_network_are_rejected_together(
+        settings: Settings, handlers: None) -> None:
+    nc, js = await connect(settings, "test-client")
+    try:
+        task_id = uuid.uuid4().hex
+        event = TaskRequestedEvent(source="test", subject=task_id, data=request(
+            task_id=task_id, dataset_id="missing",
+            model={"mode": "manual", "network": "resnet9000"}))
+        out = await _await_outcome(nc, task_id, js.publish(event.nats_subject,
+                                                           encode_event(event)))
+        assert out["type"] == "radtrain.task.rejected.v1"
+        assert {e["code"] for e in out["data"]["errors"]} == {"dataset_not_found",
+                                                              "unknown_network"}
+    finally:
+        await nc.close()
+
+
+async def test_malformed_upstream_event_is_rejected_not_lost(
+        settings: Settings, handlers: None) -> None:
+    """An upstream system publishing straight to NATS gets a rejection naming the field."""
+    nc, js = await connect(settings, "test-client")
+    try:
+        task_id = uuid.uuid4().hex
+        good = json.loads(encode_event(TaskRequestedEvent(
+            source="pacs-bridge", subject=task_id, data=request(task_id=task_id))))
+        good["data"]["tuning"] = {"mode": "manual", "hyperparameters": {"batch_size": "big"}}
+        out = await _await_outcome(nc, task_id, js.publish(
+            f"tasks.requested.{task_id}", json.dumps(good).encode()))
+        assert out["type"] == "radtrain.task.rejected.v1"
+        fields = [e["field"] for e in out["data"]["errors"]]
+        assert any(f.endswith("batch_size") for f in fields), fields
+        garbage = await _await_outcome(nc, task_id + "x", js.publish(
+            f"tasks.requested.{task_id}x", b"{not json"))
+        assert garbage["data"]["errors"][0]["code"] == "json_invalid"
+    finally:
+        await nc.close()

@@ -1,0 +1,90 @@
+import pytest
+
+from handlers.enrich import Rejected, WeightsRef, enrich
+from tests.factories import SHA, dataset, request
+
+
+class FakeWeights:
+    def __init__(self, available: dict[str, str] | None = None) -> None:
+        self.available = available or {}
+
+    def find(self, entry_id: str) -> WeightsRef | None:
+        sha = self.available.get(entry_id)
+        return WeightsRef(f"zoo/weights/{entry_id}.safetensors", sha) if sha else None
+
+
+def codes(exc: pytest.ExceptionInfo[Rejected]) -> set[tuple[str, str]]:
+    return {(e.field, e.code) for e in exc.value.errors}
+
+
+def test_manual_network_resolves_a_full_spec() -> None:
+    spec = enrich(request(), dataset(), FakeWeights())
+    assert spec.model.network == "mobilenetv3_small_100"
+    assert spec.model.num_classes == 2 and spec.model.pretrained is False
+    assert spec.dataset.sha256 == SHA
+    assert [w.name for w in spec.preprocessing.windows] == ["brain", "subdural", "bone"]
+    assert spec.hyperparameters.epochs == 30  # auto: 120 cases
+    assert "hyperparameters" in spec.reasons and "model" in spec.reasons
+
+
+def test_non_ct_gets_no_windows() -> None:
+    spec = enrich(request(), dataset(modality="DX"), FakeWeights())
+    assert spec.preprocessing.windows == []
+
+
+def test_manual_tuning_overrides_only_what_it_sets() -> None:
+    spec = enrich(request(tuning={"mode": "manual", "hyperparameters": {"epochs": 2}}),
+                  dataset(), FakeWeights())
+    assert spec.hyperparameters.epochs == 2
+    assert spec.hyperparameters.batch_size == 16
+
+
+def test_pretrained_uses_mirrored_weights() -> None:
+    req = request(model={"mode": "manual", "network": "efficientnet_lite0"})
+    spec = enrich(req, dataset(), FakeWeights({"efficientnet_lite0": "a" * 64}))
+    assert spec.model.weights_key == "zoo/weights/efficientnet_lite0.safetensors"
+    assert spec.model.weights_sha256 == "a" * 64
+
+
+def test_every_error_is_listed_at_once() -> None:
+    req = request(flow="general", preset="pneumothorax", dataset_id="nope",
+                  model={"mode": "manual", "network": "no_such_net"})
+    with pytest.raises(Rejected) as exc:
+        enrich(req, None, FakeWeights())
+    assert codes(exc) == {("preset", "not_allowed"), ("dataset_id", "dataset_not_found"),
+                          ("model.network", "unknown_network")}
+
+
+def test_missing_weights_names_the_mirror_command() -> None:
+    req = request(model={"mode": "manual", "network": "resnet18", "pretrained": True})
+    with pytest.raises(Rejected) as exc:
+        enrich(req, dataset(), FakeWeights())
+    (err,) = exc.value.errors
+    assert err.code == "weights_missing" and "radtrain zoo mirror resnet18" in err.message
+
+
+def test_wrong_annotation_and_other_tenant() -> None:
+    with pytest.raises(Rejected) as exc:
+        enrich(request(), dataset(annotation_type="boxes"), FakeWeights())
+    assert codes(exc) == {("dataset_id", "annotation_mismatch")}
+    with pytest.raises(Rejected) as exc:
+        enrich(request(), dataset(tenant="other"), FakeWeights())
+    assert codes(exc) == {("dataset_id", "dataset_not_found")}
+
+
+def test_flows_and_task_types_not_built_yet_are_rejected_with_reason() -> None:
+    with pytest.raises(Rejected) as exc:
+        enrich(request(flow="specialized", task_type=None, preset="pneumothorax"),
+               dataset(), FakeWeights())
+    assert ("flow", "unsupported_flow") in codes(exc)
+    with pytest.raises(Rejected) as exc:
+        enrich(request(task_type="detection"), dataset(), FakeWeights())
+    assert ("task_type", "unsupported_task_type") in codes(exc)
+
+
+def test_auto_model_choice_is_deterministic_with_reason() -> None:
+    req = request(model={"mode": "auto", "preference": {"goal": "fastest", "target": "cpu"}})
+    a, b = enrich(req, dataset(), FakeWeights({"mobilenetv3_small_100": "b" * 64})), \
+        enrich(req, dataset(), FakeWeights({"mobilenetv3_small_100": "b" * 64}))
+    assert a == b and a.model.entry_id == "mobilenetv3_small_100"
+    assert "fastest" in a.reasons["model"]
