@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ class ManagedProcess:
         log_path: Path,
         ready_check: Callable[[ManagedProcess], bool] | None = None,
         stop_signal: signal.Signals = signal.SIGINT,
+        stop_timeout_s: float = 10.0,
+        cleanup: Callable[[], None] | None = None,
         cwd: Path | None = None,
     ) -> None:
         self.name = name
@@ -126,6 +129,8 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self._ready_check = ready_check
         self._stop_signal = stop_signal
+        self._stop_timeout_s = stop_timeout_s
+        self._cleanup = cleanup
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(self.log_path, "ab")  # closed in stop()
         self._log_start = self._log.tell()  # earlier runs' output is not ours
@@ -185,8 +190,12 @@ class ManagedProcess:
                 )
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Ask politely (SIGINT by default), then SIGKILL after ``timeout`` seconds."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Ask politely (SIGINT by default), then SIGKILL after ``timeout`` seconds.
+
+        Idempotent; returns the exit code (negative: killed by that signal).
+        """
+        timeout = self._stop_timeout_s if timeout is None else timeout
         try:
             if self._proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -195,9 +204,10 @@ class ManagedProcess:
                     self._proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     log.warning(
-                        "%s (pid %d) ignored %s; killing",
+                        "%s (pid %d) still running %gs after %s; killing",
                         self.name,
                         self.pid,
+                        timeout,
                         self._stop_signal.name,
                     )
                     self._proc.kill()
@@ -205,6 +215,8 @@ class ManagedProcess:
             return self._proc.returncode
         finally:
             self._log.close()
+            if self._cleanup is not None:
+                self._cleanup()
 
     def __enter__(self) -> ManagedProcess:
         return self
@@ -379,6 +391,25 @@ def _weed_ports() -> dict[str, int]:
     return ports
 
 
+def _weed_socket_cleanup(ports: dict[str, int]) -> Callable[[], None]:
+    """Remove the gRPC unix sockets weed leaves in the temp dir when it is killed.
+
+    Its volume server sometimes hangs in graceful shutdown (httpdown waiting on
+    a connection), so a SIGKILL after a short wait is part of normal operation.
+    """
+    tmp = Path(tempfile.gettempdir())
+    paths = [
+        tmp / f"seaweedfs-{svc}-grpc-{ports[svc + '.port.grpc']}.sock" for svc in _WEED_SERVICES
+    ]
+
+    def cleanup() -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+    return cleanup
+
+
 def _write_s3_identities(path: Path, access_key: str, secret_key: str) -> None:
     """With an identity configured SeaweedFS checks signatures; without one it
     accepts anything, which would hide credential bugs."""
@@ -451,7 +482,8 @@ def start_seaweedfs(
     """Run ``weed mini`` (master, volume, filer, S3) on free loopback ports.
 
     Credentials are generated unless given, and SeaweedFS is told to require
-    them; the returned ``S3Endpoint`` carries them. Stopped with SIGINT.
+    them; the returned ``S3Endpoint`` carries them. Stopped with SIGINT, and
+    SIGKILL 5 s later if it hangs (its data dir is disposable).
     """
     binary = seaweedfs_binary()
     data_dir = Path(data_dir).resolve()
@@ -472,6 +504,8 @@ def start_seaweedfs(
             log_path=data_dir / "weed.log",
             ready_check=_s3_ready(endpoint),
             stop_signal=signal.SIGINT,
+            stop_timeout_s=5.0,
+            cleanup=_weed_socket_cleanup(ports),
             cwd=data_dir,
         )
 

@@ -188,7 +188,7 @@ class S3Store:
         retrying = Retrying(
             retry=retry_if_exception(_is_retryable),
             stop=stop_before_delay(self._budget_s),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             before_sleep=_log_retry(what, key),
             reraise=True,
         )

@@ -177,6 +177,10 @@ def _head_ct(rng: np.random.Generator, size: int, finding: bool) -> np.ndarray:
         vy, vx = cy + rng.uniform(-3, 3), cx + side * size * rng.uniform(0.05, 0.09)
         vent = _ellipse(shape, vy, vx, size * rng.uniform(0.08, 0.13), size * 0.035, angle)
         hu[vent & inner] = rng.uniform(2, 12)
+    if rng.random() < 0.4:  # physiological calcification: tiny, far denser than a bleed
+        ys, xs = np.nonzero(_erode(inner, 6))
+        k = int(rng.integers(len(ys)))
+        hu[_ellipse(shape, float(ys[k]), float(xs[k]), 1.2, 1.2)] = rng.uniform(150, 300)
     if finding:
         _add_bleed(rng, hu, inner, size)
     hu += rng.normal(0.0, rng.uniform(3.0, 6.0), shape).astype(np.float32)

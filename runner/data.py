@@ -83,10 +83,10 @@ def read_image(
         raise CaseReadError(name, "file is empty")
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _read_pillow(path, name, max_bytes)
-    return _read_dicom(path, name, max_bytes)
+    return _read_dicom(path, name, max_bytes, preamble=head[128:132] == b"DICM")
 
 
-def _read_dicom(path: Path, name: str, max_bytes: int) -> ImageArray:
+def _read_dicom(path: Path, name: str, max_bytes: int, *, preamble: bool) -> ImageArray:
     """pydicom with ``force`` (preamble-less files exist); modality LUT applied.
 
     Any exception from the parser or a decoder becomes a CaseReadError: the
@@ -97,9 +97,11 @@ def _read_dicom(path: Path, name: str, max_bytes: int) -> ImageArray:
         try:
             ds = pydicom.dcmread(path, force=True)
             if not any(tag in ds for tag in _PIXEL_TAGS):
-                raise CaseReadError(name, "DICOM file has no pixel data (PixelData missing)")
+                dicom = preamble or len(ds) > 2
+                reason = "DICOM file has no pixel data (PixelData missing)"
+                raise CaseReadError(name, reason if dicom else "not a DICOM, PNG or JPEG image")
             _check_declared_size(ds, name, max_bytes)
-            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
             modality = str(ds.get("Modality", "") or "OT")
             arr = np.asarray(ds.pixel_array)
             if photometric in ("MONOCHROME1", "MONOCHROME2"):
@@ -113,11 +115,13 @@ def _read_dicom(path: Path, name: str, max_bytes: int) -> ImageArray:
     if arr.ndim >= 3 and arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
         photometric = "RGB"  # pydicom converts YBR to RGB by default
         arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
-    return _checked(arr, name, modality.strip(), photometric.strip())
+    return _checked(arr, name, modality.strip(), photometric)
 
 
 def _check_declared_size(ds: pydicom.Dataset, name: str, max_bytes: int) -> None:
     """Refuse before decoding what would decompress past the limit (zip-bomb style)."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise CaseReadError(name, "DICOM image header lacks Rows/Columns")
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)

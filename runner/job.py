@@ -1,7 +1,8 @@
 """One training job, synchronous and transport-free: spec in, stored artifacts out.
 
 Runs in a worker thread; everything NATS-related stays in ``runner.worker``.
-Errors that retrying cannot fix become :class:`PermanentJobError` with a code.
+Errors that retrying cannot fix are ``infra.errors.PermanentError`` with a code
+(``CaseReadError``, ``DatasetError``, ``WeightsError`` and the ones below).
 """
 
 from __future__ import annotations
@@ -14,21 +15,15 @@ from dataclasses import dataclass
 import torch
 from pydantic import ValidationError
 
+from infra.errors import PermanentError
 from infra.settings import Settings
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore
 from runner.artifacts import write_artifacts
-from runner.data import CaseReadError, prepare
-from runner.model import WeightsError
+from runner.data import prepare
 from runner.train import ProgressUpdate, train
 from schemas.dataset import DatasetManifest
 from schemas.events import Artifact
 from schemas.spec import TrainingSpec
-
-
-class PermanentJobError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -52,16 +47,16 @@ def load_manifest(store: ObjectStore, spec: TrainingSpec) -> DatasetManifest:
     try:
         raw = store.get_bytes(snap.manifest_key)
     except (ObjectNotFound, InvalidKey) as exc:
-        raise PermanentJobError("dataset_missing",
+        raise PermanentError("dataset_missing",
                                 f"manifest {snap.manifest_key} not found: {exc}") from exc
     digest = hashlib.sha256(raw).hexdigest()
     if digest != snap.sha256:
-        raise PermanentJobError("dataset_changed", f"manifest {snap.manifest_key} has sha256 "
+        raise PermanentError("dataset_changed", f"manifest {snap.manifest_key} has sha256 "
                                 f"{digest[:12]}, the task pinned {snap.sha256[:12]}")
     try:
         return DatasetManifest.model_validate_json(raw)
     except ValidationError as exc:
-        raise PermanentJobError("dataset_invalid", f"manifest {snap.manifest_key}: {exc}") from exc
+        raise PermanentError("dataset_invalid", f"manifest {snap.manifest_key}: {exc}") from exc
 
 
 def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: str,
@@ -69,16 +64,8 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
             should_stop: Callable[[], bool]) -> JobResult:
     started = time.monotonic()
     manifest = load_manifest(store, spec)
-    try:
-        data = prepare(spec, manifest, store, settings.cache_dir)
-    except CaseReadError as exc:
-        raise PermanentJobError("case_unreadable", str(exc)) from exc
-    except ObjectNotFound as exc:
-        raise PermanentJobError("case_missing", str(exc)) from exc
-    try:
-        result = train(spec, data, torch.device(device), on_progress, should_stop, store=store)
-    except WeightsError as exc:
-        raise PermanentJobError("weights_invalid", str(exc)) from exc
+    data = prepare(spec, manifest, store, settings.cache_dir)
+    result = train(spec, data, torch.device(device), on_progress, should_stop, store=store)
     work = settings.work_dir / spec.task_id
     work.mkdir(parents=True, exist_ok=True)
     artifacts = write_artifacts(store, spec, result, work)

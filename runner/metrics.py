@@ -70,7 +70,8 @@ def _per_class_auc(
     for k, name in enumerate(classes):
         positives = int(onehot[:, k].sum())
         if 0 < positives < onehot.shape[0]:
-            out[name] = float(binary_auroc(probs[:, k], onehot[:, k]))
+            auc = float(binary_auroc(probs[:, k], onehot[:, k]))
+            out[name] = min(1.0, max(0.0, auc))  # float32 rounding can give 1.0000001
     return out
 
 

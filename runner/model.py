@@ -62,9 +62,13 @@ def build_model(spec: ModelSpec, store: ObjectStore | None = None) -> nn.Module:
 
 def _create(spec: ModelSpec, *, pretrained: bool) -> nn.Module:
     """Offline-only pretrained download: with no local weights that is a WeightsError."""
-    kwargs = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
     try:
-        model = timm.create_model(spec.network, pretrained=pretrained, **kwargs)
+        model = timm.create_model(
+            spec.network,
+            pretrained=pretrained,
+            num_classes=spec.num_classes,
+            in_chans=spec.in_chans,
+        )
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ModelError(f"unknown network {spec.network!r}") from exc

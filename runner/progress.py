@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -47,6 +48,6 @@ class ProgressReporter:
         fut.add_done_callback(self._log_failure)
         self.sent += 1
 
-    def _log_failure(self, fut: Future[object]) -> None:
+    def _log_failure(self, fut: Future[Any]) -> None:
         if fut.exception() is not None:
             log.warning("progress for %s not sent: %r", self._task_id, fut.exception())

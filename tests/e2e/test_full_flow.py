@@ -1,0 +1,141 @@
+"""HTTP submit → enrich → train → artifacts in a real S3, on the embedded stack.
+
+Every service runs as its own process (``python -m gateway`` ...) against a
+private nats-server and the session's SeaweedFS, exactly as ``radtrain up``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from infra.cli.client import ApiCallError, call
+from infra.cli.demo import build_demo_dataset
+from infra.localservers import S3Endpoint
+from infra.settings import Settings
+from infra.stack import Stack, start_stack
+from infra.store import open_store
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"completed", "failed", "rejected", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def stack(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("stack")
+    settings = Settings(
+        data_dir=data, store_dir=data / "store", cache_dir=data / "cache", work_dir=data / "work",
+        gateway_port=0, nats_port=0, progress_interval_s=0.5, heartbeat_s=2.0,
+        s3_bucket=f"e2e-{uuid.uuid4().hex[:8]}", **s3_server.settings_overrides(),
+    )
+    st = start_stack(settings)
+    yield st
+    st.stop()
+    assert not [n for n, p in st.procs.items() if p.returncode not in (0, -15)], \
+        {n: st.log_tail(n) for n in st.procs}
+
+
+@pytest.fixture(scope="module")
+def dataset_id(stack: Stack) -> str:
+    ds_id = f"e2e-{uuid.uuid4().hex[:6]}"
+    build_demo_dataset(stack.settings, ds_id, n_cases=24, seed=3, console=Console(quiet=True))
+    return ds_id
+
+
+def submit(stack: Stack, body: dict[str, Any]) -> str:
+    status, accepted, headers = call("POST", f"{stack.gateway_url}/v1/tasks", body)
+    assert status == 202 and headers["Location"].endswith(accepted["task_id"])
+    return str(accepted["task_id"])
+
+
+def wait_terminal(stack: Stack, task_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    seen_running = False
+    while time.monotonic() < deadline:
+        assert not stack.dead_services(), {n: stack.log_tail(n) for n in stack.dead_services()}
+        _, rec, _ = call("GET", f"{stack.gateway_url}/v1/tasks/{task_id}")
+        seen_running |= rec["state"] == "running"
+        if rec["state"] in TERMINAL:
+            return dict(rec, seen_running=seen_running)
+        time.sleep(0.5)
+    raise AssertionError(f"task {task_id} not terminal after {timeout_s}s: {rec}\n"
+                         f"{stack.log_tail('runner')}")
+
+
+def task_body(dataset_id: str, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "e2e tiny", "flow": "general", "task_type": "classification",
+        "dataset_id": dataset_id,
+        "model": {"mode": "manual", "network": "mobilenetv3_small_100", "pretrained": False},
+        "tuning": {"mode": "manual", "hyperparameters": {
+            "epochs": 2, "image_size": 64, "batch_size": 8, "learning_rate": 2e-3}},
+    }
+    body.update(over)
+    return body
+
+
+def test_http_submit_trains_and_stores_artifacts_in_s3(stack: Stack, dataset_id: str) -> None:
+    task_id = submit(stack, task_body(dataset_id))
+    rec = wait_terminal(stack, task_id)
+    assert rec["state"] == "completed", rec
+    assert rec["seen_running"] or rec["attempt"] == 1
+    assert 0.0 <= rec["metrics"]["auc"] <= 1.0 and 0.0 <= rec["metrics"]["accuracy"] <= 1.0
+    assert rec["progress"] is not None and rec["progress"]["epochs"] == 2
+
+    store = open_store(stack.settings)
+    names = {a["name"]: a for a in rec["artifacts"]}
+    assert {"model.safetensors", "metrics.json", "spec.json", "history.csv"} <= set(names)
+    for art in rec["artifacts"]:
+        assert art["uri"].startswith(f"s3://{stack.settings.s3_bucket}/runs/{task_id}/")
+        blob = store.get_bytes(art["key"])
+        assert hashlib.sha256(blob).hexdigest() == art["sha256"] and len(blob) == art["size"]
+
+    from safetensors.torch import load
+
+    weights = load(store.get_bytes(names["model.safetensors"]["key"]))
+    assert any(k.startswith("classifier") for k in weights)
+
+
+def test_bad_requests_end_rejected_with_reasons(stack: Stack, dataset_id: str) -> None:
+    bad_net = submit(stack, task_body(dataset_id, model={"mode": "manual",
+                                                         "network": "resnet9000"}))
+    bad_ds = submit(stack, task_body("no-such-dataset"))
+    rec = wait_terminal(stack, bad_net, 60)
+    assert rec["state"] == "rejected"
+    assert [e["code"] for e in rec["errors"]] == ["unknown_network"]
+    assert "resnet9000" in rec["errors"][0]["message"]
+    rec = wait_terminal(stack, bad_ds, 60)
+    assert rec["state"] == "rejected" and rec["errors"][0]["field"] == "dataset_id"
+    with pytest.raises(ApiCallError) as exc:
+        call("POST", f"{stack.gateway_url}/v1/tasks", {"flow": "general"})
+    assert exc.value.status == 422
+
+
+def test_unreadable_case_fails_the_task_not_the_runner(stack: Stack, tmp_path: Path) -> None:
+    ds_id = f"bad-{uuid.uuid4().hex[:6]}"
+    build_demo_dataset(stack.settings, ds_id, n_cases=20, seed=4, console=Console(quiet=True))
+    store = open_store(stack.settings)
+    victim = sorted(k for k in store.list(f"datasets/{ds_id}/cases/"))[0]
+    store.put_bytes(victim, b"DICM? no, just garbage" + bytes(64))
+    task_id = submit(stack, task_body(ds_id))
+    rec = wait_terminal(stack, task_id, 120)
+    assert rec["state"] == "failed", rec
+    assert rec["errors"][-1]["code"] in ("dataset_invalid", "case_unreadable")
+    assert Path(victim).name in rec["errors"][-1]["message"]
+    assert not stack.dead_services()
+
+
+def test_list_pages_through_tasks(stack: Stack) -> None:
+    _, page, _ = call("GET", f"{stack.gateway_url}/v1/tasks?limit=2&offset=0")
+    assert page["total"] >= 3 and len(page["items"]) == 2
+    _, rest, _ = call("GET", f"{stack.gateway_url}/v1/tasks?limit=100&offset=2")
+    ids = [r["task_id"] for r in page["items"] + rest["items"]]
+    assert len(ids) == len(set(ids)) == page["total"]
