@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.errors import error_middleware
-from gateway.routes import CONNECTED, JS, SETTINGS, TASKS, routes
+from gateway.keys import CONNECTED, JS, SETTINGS, TASKS
+from gateway.tasks import routes
 from infra.jetstream import connect
 from infra.kv import TaskRepo
 from infra.settings import Settings

@@ -29,6 +29,7 @@ class ProgressReporter:
         self._interval = interval_s
         self._last = float("-inf")
         self._last_epoch = -1
+        self._metrics: dict[str, float] = {}
         self.sent = 0
 
     def report(self, update: ProgressUpdate) -> None:
@@ -40,9 +41,10 @@ class ProgressReporter:
         self._last = now
         if update.metrics:
             self._last_epoch = update.epoch
+            self._metrics = dict(update.metrics)  # carried on later steps: the record shows them
         event = TaskProgressEvent(source=self._source, subject=self._task_id, data=TaskProgress(
             task_id=self._task_id, epoch=update.epoch, epochs=update.epochs, step=update.step,
-            total_steps=update.total_steps, loss=update.loss, metrics=dict(update.metrics),
+            total_steps=update.total_steps, loss=update.loss, metrics=self._metrics,
             throughput=update.throughput, eta_s=update.eta_s))
         fut = asyncio.run_coroutine_threadsafe(publish_event(self._js, event), self._loop)
         fut.add_done_callback(self._log_failure)

@@ -13,7 +13,6 @@ import pytest
 
 from infra.localservers import S3Endpoint, start_nats, start_seaweedfs
 
-
 # Set at import, not only in the fixture: huggingface_hub reads it when first
 # imported, which can happen while test modules are collected.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -107,7 +107,8 @@ def print_result(rec: dict[str, Any], console: Console) -> None:
         for err in rec.get("errors", []):
             console.print(f"  - {err['field']}: [{err['code']}] {err['message']}")
         return
-    table = Table(title=f"task {rec['task_id']} completed in {rec.get('duration_s', 0):.0f}s")
+    console.print(f"task {rec['task_id']} completed in {rec.get('duration_s', 0):.0f}s")
+    table = Table(title="held-out validation metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(rec["metrics"].items()):

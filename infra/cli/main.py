@@ -78,7 +78,9 @@ def up(
 @app.command()
 def demo(
     url: Annotated[str | None, typer.Option(help="Use a running gateway instead.")] = None,
-    cases: Annotated[int, typer.Option(min=20, max=5000)] = 0,
+    cases: Annotated[int | None, typer.Option(min=20, max=5000,
+                                              help="Cases to generate (default: the recipe's).")
+                     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Synthetic head-CT dataset → task over HTTP → progress → metrics and artifacts."""

@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from infra.localservers import S3Endpoint, free_port
+from infra.settings import Settings
 from infra.store import (
     InvalidKey,
     LocalStore,
     ObjectNotFound,
     ObjectStore,
     StoreUnavailable,
+    open_store,
     temp_key_for,
 )
 from infra.store_s3 import S3Store
@@ -264,7 +266,7 @@ def test_key_from_uri_rejects_foreign_uris(store: ObjectStore, tmp_path: Path) -
     ]
     if isinstance(store, S3Store):
         foreign.append(f"s3://{store.bucket}/../x")
-    else:
+    if isinstance(store, LocalStore):
         foreign.append(store.root.as_uri() + "/../x")
     for uri in foreign:
         with pytest.raises(InvalidKey):
@@ -301,6 +303,16 @@ def test_s3_missing_key_is_not_retried(s3_server: S3Endpoint, s3_bucket: str) ->
     with pytest.raises(ObjectNotFound):
         store.get_bytes("definitely/missing")
     assert time.monotonic() - started < 2
+
+
+def test_open_store_builds_the_configured_backend(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    local = open_store(Settings(store_dir=tmp_path / "store"))
+    assert isinstance(local, LocalStore) and isinstance(local, ObjectStore)
+    bucket = f"open-{uuid.uuid4().hex[:12]}"
+    s3 = open_store(Settings(s3_bucket=bucket, **s3_server.settings_overrides()))
+    assert isinstance(s3, S3Store) and isinstance(s3, ObjectStore)
+    assert s3.put_bytes("k", b"v").uri == f"s3://{bucket}/k"  # bucket was created
+    assert s3.get_bytes("k") == b"v"
 
 
 def test_s3_ensure_bucket_is_idempotent(s3_server: S3Endpoint) -> None:

@@ -9,31 +9,21 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from gateway.auth import tenant_of
 from gateway.errors import ApiError
+from gateway.keys import CONNECTED, JS, TASKS
 from infra.events import publish_event
 from infra.jetstream import TASKS_STREAM, streams_exist
-from infra.kv import TaskRepo
-from infra.settings import Settings
 from schemas.api import Page, TaskAccepted
 from schemas.common import is_identifier
 from schemas.events import TaskRequestedEvent, parse_event
 from schemas.record import TaskRecord
 from schemas.tasks import TaskRequest, TaskRequested
 
-SETTINGS = web.AppKey("settings", Settings)
-JS = web.AppKey("js", JetStreamContext)
-TASKS = web.AppKey("tasks", TaskRepo)
-CONNECTED = web.AppKey("connected", object)
-
 IDEMPOTENCY_NS = uuid.UUID("6f1c9b0e-6a53-4d0e-9a3c-2b7f2f7e0c11")
 MAX_PAGE = 500
 
 routes = web.RouteTableDef()
-
-
-def tenant_of(request: web.Request) -> str:
-    """Single-tenant until API keys land (issue 8): every caller is the default tenant."""
-    return request.app[SETTINGS].default_tenant
 
 
 def new_task_id(tenant: str, idempotency_key: str | None) -> str:

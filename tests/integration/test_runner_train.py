@@ -1,0 +1,196 @@
+"""Runner data -> train -> artifacts on real synthetic DICOM in a LocalStore (CPU, tiny)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from infra.store import LocalStore
+from infra.synthetic import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
+from runner.artifacts import write_artifacts
+from runner.data import DatasetError, PreparedData, prepare
+from runner.model import WeightsError, build_model
+from runner.train import ProgressUpdate, TrainingStopped, TrainResult, train
+from schemas.dataset import DatasetManifest
+from schemas.spec import TrainingSpec
+
+DATASET = "ds-syn"
+NETWORK = "mobilenetv3_small_100"
+
+
+@dataclass
+class World:
+    root: Path
+    store: LocalStore
+    manifest: DatasetManifest
+    spec: TrainingSpec
+
+
+def make_spec(sha: str, n: int, **model: Any) -> TrainingSpec:
+    return TrainingSpec.model_validate(
+        {
+            "task_id": "task-1",
+            "tenant": "default",
+            "name": "synthetic ICH",
+            "flow": "specialized",
+            "task_type": "classification",
+            "dataset": {
+                "dataset_id": DATASET,
+                "manifest_key": f"datasets/{DATASET}/manifest.json",
+                "sha256": sha,
+                "annotation_type": "single_label",
+                "modality": "CT",
+                "num_cases": n,
+            },
+            "classes": ["normal", "finding"],
+            "label_mode": "single_label",
+            "preprocessing": {
+                "image_size": 64,
+                "channels": 3,
+                "windows": DEMO_WINDOWS,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+            },
+            "model": {
+                "entry_id": NETWORK,
+                "builder": "timm",
+                "network": NETWORK,
+                "pretrained": False,
+                "num_classes": 2,
+                "in_chans": 3,
+                **model,
+            },
+            "hyperparameters": {"epochs": 2, "batch_size": 8, "image_size": 64, "seed": 1},
+            "resources": {"gpus": 0},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("runner")
+    store = LocalStore(root / "store")
+    cases = generate_dicom_dataset(root / "gen", n_cases=40, seed=5, size=80)
+    for c in cases:
+        store.put_file(f"datasets/{DATASET}/cases/{c.file}", root / "gen" / c.file)
+    raw = json.dumps(synthetic_manifest(DATASET, "default", cases)).encode()
+    info = store.put_bytes(f"datasets/{DATASET}/manifest.json", raw)
+    manifest = DatasetManifest.model_validate_json(raw)
+    return World(root, store, manifest, make_spec(info.sha256, len(cases)))
+
+
+@pytest.fixture(scope="module")
+def prepared(world: World) -> PreparedData:
+    return prepare(world.spec, world.manifest, world.store, world.root / "cache")
+
+
+@pytest.fixture(scope="module")
+def trained(world: World, prepared: PreparedData) -> tuple[TrainResult, list[ProgressUpdate]]:
+    updates: list[ProgressUpdate] = []
+    result = train(world.spec, prepared, torch.device("cpu"), updates.append, lambda: False)
+    return result, updates
+
+
+def test_prepare_builds_then_hits_the_cache(world: World, prepared: PreparedData) -> None:
+    assert not prepared.cache_hit
+    assert prepared.x.shape == (40, 3, 64, 64) and prepared.x.dtype.name == "uint8"
+    assert prepared.y.shape == (40,) and set(prepared.y.tolist()) == {0, 1}
+    assert len(prepared.indices("train")) + len(prepared.indices("val")) == 40
+    mtime = prepared.cache_path.stat().st_mtime_ns
+    calls: list[tuple[int, int]] = []
+    again = prepare(world.spec, world.manifest, world.store, world.root / "cache", calls.append)
+    assert again.cache_hit and again.cache_path == prepared.cache_path
+    assert again.cache_path.stat().st_mtime_ns == mtime
+    assert (again.x == prepared.x).all() and (again.split == prepared.split).all()
+    assert calls[-1] == (40, 40)
+
+
+def test_missing_image_is_reported_per_case(world: World, tmp_path: Path) -> None:
+    cases = [*world.manifest.cases]
+    cases[3] = cases[3].model_copy(update={"images": ["cases/nope.dcm"]})
+    manifest = world.manifest.model_copy(update={"cases": cases})
+    with pytest.raises(DatasetError, match=r"case_0003 \(cases/nope.dcm\): image not found"):
+        prepare(world.spec, manifest, world.store, tmp_path)
+
+
+def test_train_reports_progress_and_metrics(
+    trained: tuple[TrainResult, list[ProgressUpdate]], prepared: PreparedData
+) -> None:
+    result, updates = trained
+    steps_per_epoch = -(-len(prepared.indices("train")) // 8)
+    assert len(updates) == 2 * steps_per_epoch + 2  # every step + each epoch end
+    assert updates[-1].step == updates[-1].total_steps == 2 * steps_per_epoch
+    epoch_ends = [u for u in updates if "accuracy" in u.metrics]
+    assert [u.epoch for u in epoch_ends] == [1, 2]
+    for key in ("accuracy", "auc"):
+        assert 0.0 <= result.metrics[key] <= 1.0
+    assert result.metrics["val_loss"] >= 0
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.best_epoch in (1, 2)
+
+
+def test_should_stop_raises_training_stopped(world: World, prepared: PreparedData) -> None:
+    with pytest.raises(TrainingStopped):
+        train(world.spec, prepared, torch.device("cpu"), lambda u: None, lambda: True)
+
+
+def test_artifacts_round_trip(
+    world: World, trained: tuple[TrainResult, list[ProgressUpdate]], tmp_path: Path
+) -> None:
+    result, _ = trained
+    artifacts = write_artifacts(world.store, world.spec, result, tmp_path / "work")
+    by_name = {a.name: a for a in artifacts}
+    assert set(by_name) == {"model.safetensors", "metrics.json", "history.csv", "spec.json"}
+    for a in artifacts:
+        assert a.key == f"runs/task-1/{a.name}"
+        assert hashlib.sha256(world.store.get_bytes(a.key)).hexdigest() == a.sha256
+    metrics = json.loads(world.store.get_bytes("runs/task-1/metrics.json"))
+    assert metrics["metrics"] == result.metrics
+    assert world.store.get_bytes("runs/task-1/history.csv").decode().startswith("epoch,train_loss")
+    spec = TrainingSpec.model_validate_json(world.store.get_bytes("runs/task-1/spec.json"))
+    assert spec == world.spec
+
+    fresh = build_model(world.spec.model)
+    fresh.load_state_dict(load_file(str(world.store.root / by_name["model.safetensors"].key)))
+    x = torch.randn(4, 3, 64, 64)
+    fresh.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), result.model(x))
+
+    weights = by_name["model.safetensors"]
+    pinned = build_model(
+        world.spec.model.model_copy(
+            update={"weights_key": weights.key, "weights_sha256": weights.sha256, "num_classes": 5}
+        ),
+        world.store,
+    )
+    first = "conv_stem.weight"
+    torch.testing.assert_close(pinned.state_dict()[first], result.model.state_dict()[first])
+    with pytest.raises(WeightsError, match="sha256"):
+        build_model(
+            world.spec.model.model_copy(
+                update={"weights_key": weights.key, "weights_sha256": "0" * 64}
+            ),
+            world.store,
+        )
+
+
+def test_weights_for_another_backbone_are_refused(world: World, tmp_path: Path) -> None:
+    other = build_model(world.spec.model.model_copy(update={"network": "resnet10t"}))
+    path = tmp_path / "resnet.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    info = world.store.put_file("zoo/weights/resnet10t.safetensors", path)
+    spec = world.spec.model.model_copy(
+        update={"weights_key": info.key, "weights_sha256": info.sha256}
+    )
+    with pytest.raises(WeightsError, match="do not match the backbone|shape mismatch"):
+        build_model(spec, world.store)
