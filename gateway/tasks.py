@@ -49,7 +49,7 @@ async def submit_task(request: web.Request) -> web.Response:
                            idempotency_key=key),
     )
     try:
-        await publish_event(request.app[JS], event, timeout=10.0)
+        await publish_event(request.app[JS], event)
     except (nats.errors.Error, TimeoutError) as exc:
         raise ApiError(503, "unavailable", f"event bus unavailable, retry later: {exc!r}") from exc
     return web.json_response(

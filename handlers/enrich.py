@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from handlers.catalog.zoo import UnknownZooEntry, ZooEntry, get_entry, list_entries
+from handlers.catalog.zoo import UnknownZooEntry, ZooEntry, get_entry
 from schemas.common import ErrorDetail
 from schemas.dataset import DatasetSummary
 from schemas.spec import DatasetSnapshot, ModelSpec, Preprocessing, TrainingSpec, Window

@@ -8,6 +8,7 @@ what makes redelivery and replay harmless.
 
 from __future__ import annotations
 
+from schemas.common import ErrorDetail
 from schemas.events import (
     Event,
     TaskCompletedEvent,
@@ -18,7 +19,6 @@ from schemas.events import (
     TaskRequestedEvent,
     TaskStartedEvent,
 )
-from schemas.common import ErrorDetail
 from schemas.record import STATE_RANK, TERMINAL_STATES, TaskRecord, TaskState
 
 

@@ -31,11 +31,24 @@ DLQ_STREAM = "DLQ"
 KV_TASKS = "tasks"
 KV_DATASETS = "datasets"
 KV_WEBHOOKS = "webhooks"
+KV_APIKEYS = "apikeys"
+KV_TENANTS = "tenants"
+KV_DELIVERIES = "webhook_deliveries"
+KV_INBOUND_IDS = "inbound_ids"
+WEBHOOKS_STREAM = "WEBHOOKS"
 
 ENRICH = "enrich"
 RUNNER = "runner"
 PROJECTOR = "projector"
 WEBHOOKS = "webhooks"
+WEBHOOK_DELIVERIES = "webhook-deliveries"
+
+CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM}
+"""The stream of each durable consumer that is not on ``TASKS``."""
+
+
+def stream_of(durable: str) -> str:
+    return CONSUMER_STREAMS.get(durable, TASKS_STREAM)
 
 STATUS_SUBJECTS = [
     "tasks.rejected.*",
@@ -76,6 +89,14 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             description="Messages that exhausted their deliveries.",
             subjects=["dlq.>"],
             **common,
+        ),
+        StreamConfig(
+            # One job per (event, subscription): each retries on its own schedule
+            # (nak with delay), so a dead receiver never holds up the others.
+            name=WEBHOOKS_STREAM,
+            description="Outgoing webhook delivery jobs; removed once acked.",
+            subjects=["webhooks.>"],
+            **{**common, "retention": RetentionPolicy.WORK_QUEUE},
         ),
     ]
 
@@ -122,6 +143,17 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=256,
             **explicit,
         ),
+        WEBHOOK_DELIVERIES: ConsumerConfig(
+            durable_name=WEBHOOK_DELIVERIES,
+            filter_subject="webhooks.jobs.>",
+            # An attempt is bounded by the HTTP timeout; the retry schedule is the
+            # handler's nak(delay), and it ends the job after the retry window, so
+            # deliveries are unbounded here and many jobs may wait at once.
+            ack_wait=settings.webhook_timeout_s + 30.0,
+            max_deliver=-1,
+            max_ack_pending=20_000,
+            **explicit,
+        ),
     }
 
 
@@ -131,6 +163,14 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=KV_TASKS, history=5, description="task id -> TaskRecord", **common),
         KeyValueConfig(bucket=KV_DATASETS, history=5, description="dataset summaries", **common),
         KeyValueConfig(bucket=KV_WEBHOOKS, history=1, description="subscriptions", **common),
+        KeyValueConfig(bucket=KV_APIKEYS, history=1, description="key id -> hashed API key",
+                       **common),
+        KeyValueConfig(bucket=KV_TENANTS, history=1, description="tenant -> inbound secrets",
+                       **common),
+        KeyValueConfig(bucket=KV_DELIVERIES, history=1, description="webhook delivery attempts",
+                       ttl=settings.webhook_log_days * 86_400.0, **common),
+        KeyValueConfig(bucket=KV_INBOUND_IDS, history=1, description="seen webhook-ids (replay)",
+                       ttl=2 * settings.inbound_tolerance_s, **common),
     ]
 
 
@@ -164,13 +204,14 @@ async def _apply_stream(js: JetStreamContext, cfg: StreamConfig) -> Change:
 async def _apply_consumer(js: JetStreamContext, cfg: ConsumerConfig) -> Change:
     assert cfg.durable_name is not None
     name = cfg.durable_name
+    stream = stream_of(name)
     try:
-        info = await js.consumer_info(TASKS_STREAM, name)
+        info = await js.consumer_info(stream, name)
     except NotFoundError:
-        await js.add_consumer(TASKS_STREAM, cfg)
+        await js.add_consumer(stream, cfg)
         return Change("consumer", name, "created")
     if _drifted(cfg.as_dict(), info.config.as_dict()):
-        await js.add_consumer(TASKS_STREAM, cfg)  # create-or-update on the server
+        await js.add_consumer(stream, cfg)  # create-or-update on the server
         return Change("consumer", name, "updated")
     return Change("consumer", name, "unchanged")
 

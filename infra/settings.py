@@ -52,3 +52,33 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".radtrain")
     nats_port: int = Field(4222, ge=0, le=65535)
     nats_sync_always: bool = True
+
+    # --- tenancy, limits (issue 8) ----------------------------------------
+    api_key: SecretStr | None = None
+    """The key the CLI sends (``radtrain demo --url``); services never use it."""
+    api_key_cache_s: float = Field(5.0, ge=0)
+    """How long the gateway trusts a looked-up key: a revocation takes at most this long."""
+    rate_limit_per_s: float = Field(20.0, gt=0)
+    rate_limit_burst: int = Field(60, ge=1)
+    inbound_tolerance_s: float = Field(300.0, gt=0)
+    """Incoming signed events older or newer than this are refused (and replay ids kept 2x)."""
+
+    # --- outgoing webhooks ------------------------------------------------
+    webhooks_allow_private: bool = False
+    """Allow loopback/private/link-local targets: only for tests and closed networks."""
+    webhook_timeout_s: float = Field(15.0, gt=0, le=120)
+    webhook_retry_base_s: float = Field(5.0, gt=0)
+    webhook_retry_max_delay_s: float = Field(7200.0, gt=0)
+    webhook_retry_window_s: float = Field(86_400.0, gt=0)
+    """Retries stop once the next attempt would fall this long after the first."""
+    webhook_secret_overlap_s: float = Field(86_400.0, ge=0)
+    """After a rotation the previous secret keeps signing this long (several signatures)."""
+    webhook_log_days: float = Field(7.0, gt=0)
+
+    # --- observability ----------------------------------------------------
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    handlers_metrics_port: int = Field(0, ge=0, le=65535)
+    """Prometheus port of the handlers process; 0 = no metrics server."""
+    runner_metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"

@@ -31,7 +31,9 @@ CLASSES: tuple[str, str] = ("normal", "finding")
 CASES_PER_PATIENT = 2
 
 DEMO_RECIPE: dict[str, Any] = {
-    # Measured on a 2-core CPU, random init; see the runner integration test.
+    # Measured on a 2-core CPU, random init, 96 px DICOM -> 64 px, 3 CT windows:
+    # seeds 0/1/2 -> val AUC 1.00 (24 cases), AUC on 300 fresh cases 0.999/0.991/1.000,
+    # 8-13 s of training. mobilenetv3_small_100 from scratch is unstable at this size.
     "network": "resnet10t",
     "n_cases": 120,
     "image_size": 64,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from infra.imaging.transforms import per_channel
 from infra.store import ObjectStore
 from runner.data import PreparedData
 from runner.metrics import classification_metrics
@@ -37,15 +38,20 @@ class TrainingStopped(Exception):
 
 @dataclass(frozen=True)
 class ProgressUpdate:
+    """After every step (``metrics`` empty) and at each epoch end (val metrics)."""
+
     epoch: int
+    """1-based; ``epochs`` is the planned total (early stopping may end sooner)."""
     epochs: int
     step: int
     total_steps: int
     loss: float | None
+    """The step's training loss, or the epoch's mean training loss at epoch end."""
     metrics: dict[str, float] = field(default_factory=dict)
     throughput: float | None = None
     """Training images per second over the current epoch."""
     eta_s: float | None = None
+    epoch_end: bool = False
 
 
 @dataclass
@@ -76,8 +82,7 @@ class _Batches:
         self.y = torch.from_numpy(data.y)
         if keep:
             self.x, self.y = self.x.to(device), self.y.to(device)
-        elif device.type == "cuda":
-            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+        self.pin = device.type == "cuda" and not keep
         c = data.x.shape[1]
         prep = spec.preprocessing
         self.mean = _channel_vector(prep.mean, c, device)
@@ -87,9 +92,11 @@ class _Batches:
     def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch in [0, 1] on the device (augment, then ``normalise``)."""
         idx = idx.to(self.x.device)
-        xb = self.x[idx].to(self.device, non_blocking=True).float().div_(255.0)
-        yb = self.y[idx].to(self.device, non_blocking=True)
-        return xb, yb
+        xb, yb = self.x[idx], self.y[idx]
+        if self.pin:  # page-locked batch, so the copy below really is asynchronous
+            xb, yb = xb.pin_memory(), yb.pin_memory()
+        xb = xb.to(self.device, non_blocking=True).float().div_(255.0)
+        return xb, yb.to(self.device, non_blocking=True)
 
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         xb = (xb - self.mean) / self.std
@@ -97,8 +104,7 @@ class _Batches:
 
 
 def _channel_vector(values: tuple[float, ...], c: int, device: torch.device) -> torch.Tensor:
-    vals = list(values) if len(values) == c else [values[0]] * c
-    return torch.tensor(vals, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    return torch.tensor(per_channel(values, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
 
 
 def augment(xb: torch.Tensor, level: str, gen: torch.Generator) -> torch.Tensor:
@@ -188,7 +194,7 @@ def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze everything but the classifier head (``freeze_backbone_epochs``)."""
     heads = head_prefixes(model)
     for name, p in model.named_parameters():
-        p.requires_grad_(not frozen or (bool(heads) and name.startswith(heads)))
+        p.requires_grad_(not frozen or not heads or name.startswith(heads))
 
 
 def _batch_plan(n: int, batch_size: int) -> int:
@@ -251,14 +257,7 @@ class _Loop:
             rate = seen / max(time.monotonic() - t0, 1e-9)
             self.on_progress(
                 ProgressUpdate(
-                    epoch,
-                    hp.epochs,
-                    self.step,
-                    self.total_steps,
-                    loss,
-                    {"lr": self.lr()},
-                    rate,
-                    self.eta(),
+                    epoch, hp.epochs, self.step, self.total_steps, loss, {}, rate, self.eta()
                 )
             )
         return total_loss / max(seen, 1)
@@ -367,7 +366,15 @@ def train(
         )
         on_progress(
             ProgressUpdate(
-                epoch, hp.epochs, loop.step, loop.total_steps, train_loss, metrics, None, loop.eta()
+                epoch,
+                hp.epochs,
+                loop.step,
+                loop.total_steps,
+                train_loss,
+                metrics,
+                None,
+                loop.eta(),
+                epoch_end=True,
             )
         )
         if best is None or _score(metrics) > best[0]:

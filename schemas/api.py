@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel
 
 from schemas.common import Strict
-from schemas.record import TaskState
+from schemas.record import TaskRecord, TaskState
 
 T = TypeVar("T")
 
@@ -35,3 +35,7 @@ class ErrorInfo(Strict):
 
 class ErrorBody(Strict):
     error: ErrorInfo
+
+
+class TaskPage(Page[TaskRecord]):
+    """A concrete page type: OpenAPI component names cannot carry ``[...]``."""

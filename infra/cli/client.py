@@ -12,7 +12,8 @@ class ApiCallError(RuntimeError):
     def __init__(self, status: int, body: Any) -> None:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         details = "".join(f"\n  - {d['field']}: {d['message']}" for d in err.get("details", []))
-        super().__init__(f"HTTP {status} {err.get('code', '')}: {err.get('message', body)}{details}")
+        message = err.get("message", body)
+        super().__init__(f"HTTP {status} {err.get('code', '')}: {message}{details}")
         self.status = status
         self.body = body
 

@@ -8,18 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from infra.store import LocalStore
 from infra.synthetic import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
 from runner.artifacts import write_artifacts
 from runner.data import DatasetError, PreparedData, prepare
 from runner.model import WeightsError, build_model
-from runner.train import ProgressUpdate, TrainingStopped, TrainResult, train
+from runner.train import ProgressUpdate, TrainingStopped, TrainResult, _Loop, train
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
+from schemas.tasks import Hyperparameters
 
 DATASET = "ds-syn"
 NETWORK = "mobilenetv3_small_100"
@@ -105,7 +107,13 @@ def test_prepare_builds_then_hits_the_cache(world: World, prepared: PreparedData
     assert len(prepared.indices("train")) + len(prepared.indices("val")) == 40
     mtime = prepared.cache_path.stat().st_mtime_ns
     calls: list[tuple[int, int]] = []
-    again = prepare(world.spec, world.manifest, world.store, world.root / "cache", calls.append)
+    again = prepare(
+        world.spec,
+        world.manifest,
+        world.store,
+        world.root / "cache",
+        lambda d, t: calls.append((d, t)),
+    )
     assert again.cache_hit and again.cache_path == prepared.cache_path
     assert again.cache_path.stat().st_mtime_ns == mtime
     assert (again.x == prepared.x).all() and (again.split == prepared.split).all()
@@ -127,8 +135,10 @@ def test_train_reports_progress_and_metrics(
     steps_per_epoch = -(-len(prepared.indices("train")) // 8)
     assert len(updates) == 2 * steps_per_epoch + 2  # every step + each epoch end
     assert updates[-1].step == updates[-1].total_steps == 2 * steps_per_epoch
-    epoch_ends = [u for u in updates if "accuracy" in u.metrics]
+    epoch_ends = [u for u in updates if u.epoch_end]
     assert [u.epoch for u in epoch_ends] == [1, 2]
+    assert all("auc" in u.metrics for u in epoch_ends)
+    assert all(not u.metrics and u.throughput for u in updates if not u.epoch_end)
     for key in ("accuracy", "auc"):
         assert 0.0 <= result.metrics[key] <= 1.0
     assert result.metrics["val_loss"] >= 0
@@ -185,12 +195,70 @@ def test_artifacts_round_trip(
 def test_weights_for_another_backbone_are_refused(world: World, tmp_path: Path) -> None:
     other = build_model(world.spec.model.model_copy(update={"network": "resnet10t"}))
     path = tmp_path / "resnet.safetensors"
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     info = world.store.put_file("zoo/weights/resnet10t.safetensors", path)
     spec = world.spec.model.model_copy(
         update={"weights_key": info.key, "weights_sha256": info.sha256}
     )
-    with pytest.raises(WeightsError, match="do not match the backbone|shape mismatch"):
+    with pytest.raises(WeightsError, match=r"do not match the backbone|shape mismatch"):
         build_model(spec, world.store)
+
+
+def _tiny_multilabel(tmp_path: Path) -> PreparedData:
+    rng = np.random.default_rng(0)
+    y = (rng.random((24, 3)) < 0.4).astype(np.float32)
+    y[:3] = np.eye(3)  # every class present
+    split = np.array(["train"] * 16 + ["val"] * 8)
+    y[16:19], y[19:22] = np.eye(3), 1 - np.eye(3)  # val has positives and negatives per class
+    return PreparedData(
+        x=rng.integers(0, 255, (24, 3, 32, 32), dtype=np.uint8),
+        y=y,
+        case_ids=[f"c{i}" for i in range(24)],
+        patient_ids=[None] * 24,
+        split=split,
+        classes=["a", "b", "c"],
+        label_mode="multi_label",
+        cache_path=tmp_path / "none.npz",
+        cache_hit=False,
+    )
+
+
+def test_multi_label_bce_sgd_freeze_strong_aug(world: World, tmp_path: Path) -> None:
+    spec = world.spec.model_copy(
+        update={
+            "classes": ["a", "b", "c"],
+            "label_mode": "multi_label",
+            "model": world.spec.model.model_copy(update={"num_classes": 3}),
+            "hyperparameters": Hyperparameters(
+                optimizer="sgd",
+                schedule="constant",
+                loss="bce",
+                class_weighting="balanced",
+                freeze_backbone_epochs=1,
+                augmentation="strong",
+                epochs=2,
+                batch_size=8,
+                warmup_epochs=1,
+                learning_rate=0.01,
+            ),
+        }
+    )
+    result = train(
+        spec, _tiny_multilabel(tmp_path), torch.device("cpu"), lambda u: None, lambda: False
+    )
+    assert {"auc", "auc_a", "auc_b", "auc_c", "accuracy", "val_loss"} <= set(result.metrics)
+    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("auc", "auc_a", "accuracy"))
+
+
+def test_early_stopping_keeps_the_best_epoch(
+    world: World, prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aucs = iter([0.6, 0.9, 0.8, 0.7, 0.95, 0.99])
+    monkeypatch.setattr(
+        _Loop, "evaluate", lambda self: {"auc": next(aucs), "accuracy": 0.5, "val_loss": 1.0}
+    )
+    hp = world.spec.hyperparameters.model_copy(update={"epochs": 6, "early_stopping_patience": 2})
+    spec = world.spec.model_copy(update={"hyperparameters": hp})
+    result = train(spec, prepared, torch.device("cpu"), lambda u: None, lambda: False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch == 2 and result.metrics["auc"] == 0.9

@@ -11,8 +11,8 @@ import pydicom.data
 import pytest
 from PIL import Image
 
+from infra.imaging.reader import CaseReadError, read_image
 from infra.synthetic import generate_dicom_dataset
-from runner.data import CaseReadError, read_image
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,7 @@ def test_corrupt_png_names_the_file(tmp_path: Path) -> None:
         read_image(bad)
 
 
+@pytest.mark.filterwarnings("ignore")  # pydicom warns about every oddity in its corpus
 def test_pydicom_test_files_read_or_fail_cleanly() -> None:
     """pydicom's own corpus (odd syntaxes, no pixels, truncations, non-DICOM files)."""
     files = [Path(f) for f in pydicom.data.get_testdata_files()]

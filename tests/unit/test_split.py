@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runner.data import DatasetError, assign_splits, encode_labels
+from runner.split import DatasetError, assign_splits, encode_labels
 from schemas.dataset import Case
 
 

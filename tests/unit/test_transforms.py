@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner.transforms import (
+from infra.imaging.transforms import (
     ImageArray,
     intensity_channels,
     match_channels,

@@ -139,12 +139,12 @@ def to_uint8(stack: np.ndarray) -> np.ndarray:
 def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(…, C, H, W) in [0, 1] -> standardised with per-channel mean/std."""
     c = x.shape[-3]
-    m = np.asarray(_per_channel(mean, c), dtype=np.float32).reshape(c, 1, 1)
-    s = np.asarray(_per_channel(std, c), dtype=np.float32).reshape(c, 1, 1)
+    m = np.asarray(per_channel(mean, c), dtype=np.float32).reshape(c, 1, 1)
+    s = np.asarray(per_channel(std, c), dtype=np.float32).reshape(c, 1, 1)
     return (x.astype(np.float32) - m) / s
 
 
-def _per_channel(values: Sequence[float], channels: int) -> list[float]:
+def per_channel(values: Sequence[float], channels: int) -> list[float]:
     """Accept one value for all channels or exactly one per channel."""
     if len(values) == channels:
         return list(values)
