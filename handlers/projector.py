@@ -11,6 +11,8 @@ from __future__ import annotations
 from schemas.common import ErrorDetail
 from schemas.events import (
     Event,
+    TaskCancelledEvent,
+    TaskCancelRequestedEvent,
     TaskCompletedEvent,
     TaskFailedEvent,
     TaskProgressEvent,
@@ -90,6 +92,14 @@ def _apply(rec: TaskRecord, event: Event) -> TaskRecord | None:
             return None
         err = ErrorDetail(field="task", code=event.data.code, message=event.data.message)
         upd |= {"state": "failed", "errors": [*rec.errors, err]}
+    elif isinstance(event, TaskCancelledEvent):
+        if rec.state in TERMINAL_STATES:
+            return None
+        upd |= {"state": "cancelled"}
+    elif isinstance(event, TaskCancelRequestedEvent):
+        if rec.state in TERMINAL_STATES or rec.cancel_requested:
+            return None
+        upd |= {"cancel_requested": True}
     else:  # pragma: no cover - the union is exhaustive
         return None
     return rec.model_copy(update=upd)

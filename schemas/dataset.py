@@ -12,13 +12,39 @@ from schemas.tasks import Modality
 AnnotationType = Literal["single_label", "multi_label", "boxes", "masks"]
 
 
+class Box(Strict):
+    """One object, in pixel coordinates of the case's (middle) image."""
+
+    label: str
+    x_min: float = Field(ge=0)
+    y_min: float = Field(ge=0)
+    x_max: float = Field(gt=0)
+    y_max: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if self.x_max <= self.x_min or self.y_max <= self.y_min:
+            raise ValueError("box needs x_min < x_max and y_min < y_max")
+        return self
+
+
 class Case(Strict):
     case_id: Identifier
     images: list[str] = Field(min_length=1, max_length=64)
     """Store keys relative to ``datasets/<dataset_id>/``: one image or a short stack."""
     labels: list[str] = Field(default_factory=list)
+    boxes: list[Box] = Field(default_factory=list)
+    mask: str | None = None
+    """Key (relative, like ``images``) of a PNG of class indices: 0 background, i = classes[i-1]."""
     patient_id: str | None = None
     split: Literal["train", "val", "test"] | None = None
+
+
+class SkippedCase(Strict):
+    """A case left out by ``--skip-bad`` import, and why."""
+
+    case_id: str
+    reason: str
 
 
 class DatasetManifest(Strict):
@@ -29,6 +55,7 @@ class DatasetManifest(Strict):
     modality: Modality
     classes: list[str] = Field(min_length=1)
     cases: list[Case] = Field(min_length=1)
+    skipped: list[SkippedCase] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetManifest:
@@ -37,7 +64,7 @@ class DatasetManifest(Strict):
             raise ValueError("duplicate case_id in manifest")
         known = set(self.classes)
         for case in self.cases:
-            unknown = set(case.labels) - known
+            unknown = (set(case.labels) | {b.label for b in case.boxes}) - known
             if unknown:
                 raise ValueError(f"case {case.case_id}: unknown labels {sorted(unknown)}")
         return self

@@ -71,6 +71,20 @@ class TaskFailed(Strict):
     attempt: int = Field(1, ge=1)
 
 
+class TaskCancelRequested(Strict):
+    task_id: Identifier
+    by: str
+    reason: str = ""
+
+
+class TaskCancelled(Strict):
+    task_id: Identifier
+    by: str
+    reason: str = ""
+    last_checkpoint_epoch: int | None = None
+    attempt: int = Field(1, ge=1)
+
+
 # --- envelopes --------------------------------------------------------------
 
 
@@ -151,6 +165,18 @@ class TaskFailedEvent(Envelope):
     data: TaskFailed
 
 
+class TaskCancelRequestedEvent(Envelope):
+    name: ClassVar[str] = "cancel_requested"
+    type: Literal["radtrain.task.cancel_requested.v1"] = "radtrain.task.cancel_requested.v1"
+    data: TaskCancelRequested
+
+
+class TaskCancelledEvent(Envelope):
+    name: ClassVar[str] = "cancelled"
+    type: Literal["radtrain.task.cancelled.v1"] = "radtrain.task.cancelled.v1"
+    data: TaskCancelled
+
+
 Event = Annotated[
     TaskRequestedEvent
     | TaskReadyEvent
@@ -158,7 +184,9 @@ Event = Annotated[
     | TaskStartedEvent
     | TaskProgressEvent
     | TaskCompletedEvent
-    | TaskFailedEvent,
+    | TaskFailedEvent
+    | TaskCancelRequestedEvent
+    | TaskCancelledEvent,
     Field(discriminator="type"),
 ]
 
@@ -172,6 +200,8 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     TaskProgressEvent,
     TaskCompletedEvent,
     TaskFailedEvent,
+    TaskCancelRequestedEvent,
+    TaskCancelledEvent,
 )
 
 

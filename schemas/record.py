@@ -44,3 +44,4 @@ class TaskRecord(Strict):
     artifacts: list[Artifact] = Field(default_factory=list)
     errors: list[ErrorDetail] = Field(default_factory=list)
     duration_s: float | None = None
+    cancel_requested: bool = False

@@ -10,7 +10,8 @@ from schemas.common import Identifier, Strict, ZooId
 from schemas.dataset import AnnotationType
 from schemas.tasks import Flow, Hyperparameters, Modality, Resources, TaskType
 
-LabelMode = Literal["single_label", "multi_label"]
+LabelMode = Literal["single_label", "multi_label", "boxes", "masks"]
+Builder = Literal["timm", "torchvision_detection", "timm_unet", "torchvision_segmentation"]
 
 
 class DatasetSnapshot(Strict):
@@ -40,13 +41,22 @@ class Preprocessing(Strict):
 
 class ModelSpec(Strict):
     entry_id: ZooId
-    builder: Literal["timm"]
+    builder: Builder
     network: str
     pretrained: bool
     weights_key: str | None = None
     weights_sha256: str | None = None
     num_classes: int = Field(ge=1)
     in_chans: int = Field(ge=1, le=4)
+
+
+class Lineage(Strict):
+    """Where a retrained model comes from: kept in the spec and the model card."""
+
+    base_task_id: Identifier
+    base_dataset_id: Identifier
+    base_dataset_sha256: str
+    base_weights_sha256: str
 
 
 class TrainingSpec(Strict):
@@ -63,5 +73,7 @@ class TrainingSpec(Strict):
     model: ModelSpec
     hyperparameters: Hyperparameters
     resources: Resources
+    preset: Identifier | None = None
+    lineage: Lineage | None = None
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each automatic choice was made, keyed by the field it chose."""

@@ -121,3 +121,22 @@ def test_event_without_record_is_retried_later() -> None:
 def test_failure_is_terminal() -> None:
     rec = run([requested(), ready(), started(), failed(), completed()])
     assert rec is not None and rec.state == "failed" and rec.errors[0].code == "boom"
+
+
+def test_cancellation_is_recorded_then_terminal() -> None:
+    from schemas.events import (
+        TaskCancelled,
+        TaskCancelledEvent,
+        TaskCancelRequested,
+        TaskCancelRequestedEvent,
+    )
+
+    req = TaskCancelRequestedEvent(source="g", subject="t1", time=at(20),
+                                   data=TaskCancelRequested(task_id="t1", by="alice"))
+    done = TaskCancelledEvent(source="r", subject="t1", time=at(30),
+                              data=TaskCancelled(task_id="t1", by="alice",
+                                                 last_checkpoint_epoch=1))
+    rec = run([requested(), ready(), started(), req])
+    assert rec is not None and rec.state == "running" and rec.cancel_requested
+    rec = run([requested(), ready(), started(), req, done, completed()])
+    assert rec is not None and rec.state == "cancelled"
