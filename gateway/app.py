@@ -4,26 +4,55 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
+from nats.js import JetStreamContext
 
+from gateway import artifacts, datasets, events, observe, openapi, runs, webhooks, zoo
+from gateway.auth import KEYS, KeyCache, auth_middleware
 from gateway.errors import error_middleware
-from gateway.keys import CONNECTED, JS, SETTINGS, TASKS
+from gateway.idempotency import IdempotencyStore
+from gateway.keys import (
+    CONNECTED,
+    DELIVERIES,
+    IDEMPOTENCY,
+    JS,
+    LIMITER,
+    REPLAY,
+    SETTINGS,
+    STORE,
+    TASKS,
+    TENANTS,
+    WEBHOOK_SUBS,
+)
+from gateway.ratelimit import RateLimiter
 from gateway.tasks import routes
 from infra.jetstream import connect
 from infra.kv import TaskRepo
+from infra.metrics import setup_process
 from infra.settings import Settings
+from infra.store import open_store
+from infra.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
+from infra.webhook_repo import DeliveryRepo, WebhookRepo
 
 log = logging.getLogger("radtrain.gateway")
+R = TypeVar("R")
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware],
+    # Outermost first: observe sees final statuses, errors turn auth failures into JSON.
+    app = web.Application(middlewares=[observe.observe_middleware, error_middleware,
+                                       auth_middleware],
                           client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
+    app[LIMITER] = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app[STORE] = open_store(settings, ensure_bucket=False)
     app.cleanup_ctx.append(_nats_ctx)
     app.add_routes(routes)
+    for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo):
+        app.add_routes(module.routes)
     return app
 
 
@@ -32,6 +61,13 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONNECTED] = nc
     app[JS] = js
     app[TASKS] = await _open_tasks(js)
+    app[KEYS] = KeyCache(await _wait_open(ApiKeyRepo.open, js),
+                         app[SETTINGS].api_key_cache_s)
+    app[TENANTS] = await _wait_open(TenantRepo.open, js)
+    app[REPLAY] = await _wait_open(ReplayGuard.open, js)
+    app[WEBHOOK_SUBS] = await _wait_open(WebhookRepo.open, js)
+    app[DELIVERIES] = await _wait_open(DeliveryRepo.open, js)
+    app[IDEMPOTENCY] = await _wait_open(IdempotencyStore.open, js)
     yield
     await nc.drain()
 
@@ -47,8 +83,20 @@ async def _open_tasks(js, attempts: int = 120) -> TaskRepo:  # type: ignore[no-u
     return await TaskRepo.open(js)
 
 
+async def _wait_open(opener: Callable[[JetStreamContext], Awaitable[R]], js: JetStreamContext,
+                     attempts: int = 60) -> R:
+    """Like the tasks bucket: ``infra apply`` creates the buckets, possibly just now."""
+    for _ in range(attempts):
+        try:
+            return await opener(js)
+        except Exception as exc:
+            log.info("waiting for a KV bucket: %r", exc)
+            await asyncio.sleep(0.5)
+    return await opener(js)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
+    setup_process("gateway", settings)  # /metrics is served by the app itself
     web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 print=lambda msg: log.info("%s", msg), handle_signals=True)

@@ -14,18 +14,21 @@ log = logging.getLogger("radtrain.gateway")
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
-                 details: list[ErrorItem] | None = None) -> None:
+                 details: list[ErrorItem] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details or []
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str,
-                   details: list[ErrorItem] | None = None) -> web.Response:
+                   details: list[ErrorItem] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or []))
-    return web.json_response(body.model_dump(), status=status)
+    return web.json_response(body.model_dump(), status=status, headers=headers)
 
 
 def from_validation(exc: ValidationError) -> ApiError:
@@ -45,7 +48,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
     except ValidationError as exc:
         api = from_validation(exc)
         return error_response(api.status, api.code, api.message, api.details)
@@ -53,7 +56,8 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, code, exc.text or exc.reason)
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, code, exc.text or exc.reason, headers=keep)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the gateway log")

@@ -10,14 +10,25 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from gateway.auth import tenant_of
+from gateway.body import int_param, read_model
 from gateway.errors import ApiError
-from gateway.keys import CONNECTED, JS, TASKS
+from gateway.idempotency import (
+    StoredResponse,
+    body_digest,
+    request_key,
+    respond,
+    submit_once,
+    unavailable,
+)
+from gateway.keys import CONNECTED, IDEMPOTENCY, JS, TASKS
+from gateway.observe import traceparent_of
 from infra.events import publish_event
 from infra.jetstream import TASKS_STREAM, streams_exist
-from schemas.api import Page, TaskAccepted
+from infra.logging import task_id_var
+from schemas.api import TaskAccepted, TaskPage
 from schemas.common import is_identifier
 from schemas.events import TaskRequestedEvent, parse_event
-from schemas.record import TaskRecord
+from schemas.record import STATE_RANK, TaskRecord
 from schemas.tasks import TaskRequest, TaskRequested
 
 IDEMPOTENCY_NS = uuid.UUID("6f1c9b0e-6a53-4d0e-9a3c-2b7f2f7e0c11")
@@ -35,27 +46,44 @@ def new_task_id(tenant: str, idempotency_key: str | None) -> str:
 
 @routes.post("/v1/tasks")
 async def submit_task(request: web.Request) -> web.Response:
-    body = await request.read()
-    req = TaskRequest.model_validate_json(body)
+    req = await read_model(request, TaskRequest)
     tenant = tenant_of(request)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= 255:
-        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1-255 characters")
+    key = request_key(request)
     task_id = new_task_id(tenant, key)
+    task_id_var.set(task_id)  # this request's context only: tags its log lines
+    if not getattr(request.app[CONNECTED], "is_connected", False):
+        # Fail fast: a publish now would wait for its ack timeout, buffered in the client.
+        raise unavailable(ConnectionError("not connected to NATS"))
     event = TaskRequestedEvent(
         source="radtrain/gateway", subject=task_id,
-        traceparent=request.headers.get("traceparent"),
+        traceparent=traceparent_of(request),
         data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
                            idempotency_key=key),
     )
+    js = request.app[JS]
+
+    async def publish() -> None:
+        try:
+            await publish_event(js, event)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise unavailable(exc) from exc
+
+    answer = StoredResponse(status=202, body=TaskAccepted(task_id=task_id).model_dump(),
+                            headers={"Location": f"/v1/tasks/{task_id}"})
+    if key is None:
+        await publish()
+        return respond(answer, replayed=False)
+    return await submit_once(request.app[IDEMPOTENCY], tenant, key, task_id, body_digest(req),
+                             answer=answer, publish=publish,
+                             published=lambda: _requested_in_stream(js, task_id))
+
+
+async def _requested_in_stream(js: JetStreamContext, task_id: str) -> bool:
     try:
-        await publish_event(request.app[JS], event)
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise ApiError(503, "unavailable", f"event bus unavailable, retry later: {exc!r}") from exc
-    return web.json_response(
-        TaskAccepted(task_id=task_id).model_dump(), status=202,
-        headers={"Location": f"/v1/tasks/{task_id}"},
-    )
+        await js.get_last_msg(TASKS_STREAM, f"tasks.requested.{task_id}")
+    except NotFoundError:
+        return False
+    return True
 
 
 async def _record_from_stream(js: JetStreamContext, task_id: str) -> TaskRecord | None:
@@ -86,22 +114,13 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(text=record.model_dump_json())
 
 
-def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
-    raw = request.query.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_query", f"{name} must be an integer, got {raw!r}") from None
-    if not 0 <= value <= hi:
-        raise ApiError(400, "invalid_query", f"{name} must be between 0 and {hi}")
-    return value
-
-
 @routes.get("/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 50, MAX_PAGE)
-    offset = _int_param(request, "offset", 0, 10**9)
+    limit = int_param(request, "limit", 50, MAX_PAGE)
+    offset = int_param(request, "offset", 0, 10**9)
     state = request.query.get("state")
+    if state is not None and state not in STATE_RANK:
+        raise ApiError(400, "invalid_query", f"state must be one of {sorted(STATE_RANK)}")
     repo, tenant = request.app[TASKS], tenant_of(request)
     records = []
     for task_id in await repo.ids():
@@ -109,7 +128,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         if found and found[0].tenant == tenant and (state is None or found[0].state == state):
             records.append(found[0])
     records.sort(key=lambda r: r.created_at, reverse=True)
-    page = Page[TaskRecord](items=records[offset:offset + limit], total=len(records))
+    page = TaskPage(items=records[offset:offset + limit], total=len(records))
     return web.json_response(text=page.model_dump_json())
 
 

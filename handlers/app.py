@@ -6,14 +6,26 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from handlers.adapters import StoreWeightsIndex
+from handlers.deliverer import on_delivery_job, on_status_event, open_webhooks
+from handlers.dlq import on_advisory
 from handlers.transport import Deps, on_any_event, on_requested
 from infra.consumer import consume
-from infra.jetstream import ENRICH, PROJECTOR, connect, wait_for_streams
+from infra.jetstream import (
+    DLQ_FORWARDER,
+    ENRICH,
+    PROJECTOR,
+    WEBHOOK_DELIVERIES,
+    WEBHOOKS,
+    connect,
+    wait_for_streams,
+)
 from infra.kv import DatasetRepo, TaskRepo
+from infra.metrics import setup_process
 from infra.settings import Settings
 from infra.store import open_store
 
@@ -22,6 +34,16 @@ log = logging.getLogger("radtrain.handlers")
 HANDLERS: dict[str, Callable[[Msg, Deps], Awaitable[None]]] = {
     ENRICH: on_requested,
     PROJECTOR: on_any_event,
+    WEBHOOKS: on_status_event,
+    WEBHOOK_DELIVERIES: on_delivery_job,
+    # Not on TASKS: a durable consumer on the ADVISORIES stream (max deliveries and
+    # dead-letter terms), so no dead letter is missed while this process is down.
+    DLQ_FORWARDER: on_advisory,
+}
+
+CONSUME_OPTIONS: dict[str, dict[str, Any]] = {
+    # Receivers may take up to the HTTP timeout each: attempt a batch side by side.
+    WEBHOOK_DELIVERIES: {"batch": 32, "concurrent": True},
 }
 
 
@@ -29,14 +51,18 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     nc, js = await connect(settings, name="radtrain-handlers")
     try:
         await wait_for_streams(js)
+        hooks = await open_webhooks(settings, js)
         deps = Deps(js=js, datasets=await DatasetRepo.open(js), tasks=await TaskRepo.open(js),
-                    weights=StoreWeightsIndex(open_store(settings)))
+                    weights=StoreWeightsIndex(open_store(settings)), webhooks=hooks)
         loops = [
-            consume(js, durable, _bind(handler, deps), stop)
+            consume(js, durable, _bind(handler, deps), stop, **CONSUME_OPTIONS.get(durable, {}))
             for durable, handler in HANDLERS.items()
         ]
         log.info("handlers consuming %s", ", ".join(HANDLERS))
-        await asyncio.gather(*loops)
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            await hooks.close()
     finally:
         await nc.drain()
 
@@ -49,8 +75,8 @@ def _bind(handler: Callable[[Msg, Deps], Awaitable[None]], deps: Deps
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
+    setup_process("handlers", settings, settings.handlers_metrics_port)
     asyncio.run(_main(settings))
 
 

@@ -10,15 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from handlers.catalog.select import rank
 from handlers.catalog.zoo import UnknownZooEntry, ZooEntry, get_entry
+from handlers.tuning import auto_hyperparameters, manual_hyperparameters
+from handlers.tuning import check as check_hyperparameters
 from schemas.common import ErrorDetail
 from schemas.dataset import DatasetSummary
-from schemas.spec import DatasetSnapshot, ModelSpec, Preprocessing, TrainingSpec, Window
-from schemas.tasks import AutoModel, Hyperparameters, ManualModel, ManualTuning, TaskRequested
+from schemas.spec import (
+    DatasetSnapshot,
+    LabelMode,
+    ModelSpec,
+    Preprocessing,
+    TrainingSpec,
+    Window,
+)
+from schemas.tasks import (
+    AutoModel,
+    DataType,
+    Hyperparameters,
+    ManualModel,
+    ManualTuning,
+    TaskRequested,
+)
 
 CLASSIFICATION_ANNOTATIONS = ("single_label", "multi_label")
+ANNOTATIONS_FOR: dict[str, tuple[str, ...]] = {
+    "classification": CLASSIFICATION_ANNOTATIONS, "detection": ("boxes",),
+    "segmentation": ("masks",)}
+"""Which dataset annotation types each task type trains on."""
 SUPPORTED_FLOWS = ("general",)
-SUPPORTED_TASK_TYPES = ("classification",)
+AUTO_CANDIDATES = 40
+"""How far down the ranking auto-select looks for an entry with mirrored weights."""
+SUPPORTED_TASK_TYPES = ("classification", "detection", "segmentation")
 
 CT_WINDOWS = (
     Window(name="brain", center=40, width=80),
@@ -52,14 +75,27 @@ def check_dataset(cmd: TaskRequested, ds: DatasetSummary | None) -> list[ErrorDe
         return [_err("dataset_id", "dataset_not_found",
                      f"dataset {cmd.dataset_id!r} does not exist for tenant {cmd.tenant!r}")]
     errors = []
-    if cmd.task_type == "classification" and ds.annotation_type not in CLASSIFICATION_ANNOTATIONS:
+    wanted = ANNOTATIONS_FOR.get(cmd.task_type or "", ())
+    if wanted and ds.annotation_type not in wanted:
         errors.append(_err("dataset_id", "annotation_mismatch",
                            f"dataset {ds.id!r} has {ds.annotation_type} annotations; "
-                           "classification needs single_label or multi_label"))
+                           f"{cmd.task_type} needs {' or '.join(wanted)}"))
     if ds.annotation_type == "single_label" and len(ds.classes) < 2:
         errors.append(_err("dataset_id", "too_few_classes",
                            f"dataset {ds.id!r} has {len(ds.classes)} class; need at least 2"))
     return errors
+
+
+def label_mode_of(ds: DatasetSummary) -> LabelMode:
+    """Boxes and masks train as they are; any other annotation as single/multi-label."""
+    if ds.annotation_type in ("boxes", "masks", "multi_label"):
+        return ds.annotation_type
+    return "single_label"
+
+
+def num_classes_of(label_mode: str, classes: list[str]) -> int:
+    """Detectors and segmenters reserve index 0 for the background."""
+    return len(classes) + 1 if label_mode in ("boxes", "masks") else len(classes)
 
 
 def check_flow(cmd: TaskRequested) -> list[ErrorDetail]:
@@ -79,42 +115,66 @@ def check_flow(cmd: TaskRequested) -> list[ErrorDetail]:
     return errors
 
 
-def auto_select(choice: AutoModel, task_type: str) -> tuple[ZooEntry, str]:
-    """Smallest sensible default per preference; the full ranking lives in the zoo issue."""
-    pref = choice.preference
-    if pref.goal == "fastest" or pref.target in ("cpu", "edge"):
-        entry_id = "mobilenetv3_small_100"
-    elif pref.goal == "most_accurate":
-        entry_id = "convnext_tiny"
-    else:
-        entry_id = "efficientnet_lite0"
-    entry = get_entry(entry_id)
-    assert task_type in entry.task_types
-    reason = (f"goal={pref.goal}, target={pref.target}: {entry.id} "
-              f"({entry.params_m}M params, {entry.speed})")
-    return entry, reason
+def data_type_for(choice: AutoModel, ds: DatasetSummary | None) -> DataType:
+    """What the request says about its data, completed from the dataset where it is silent."""
+    given = choice.data_type
+    if ds is None:
+        return given
+    known = {"num_cases": ds.num_cases, "modality": ds.modality}
+    return given.model_copy(update={k: v for k, v in known.items()
+                                    if k not in given.model_fields_set})
+
+
+def auto_select(choice: AutoModel, task_type: str, ds: DatasetSummary | None,
+                weights: WeightsIndex) -> tuple[ZooEntry, WeightsRef | None, dict[str, str]]:
+    """The best-ranked entry whose weights are mirrored (handlers/catalog/select.py).
+
+    Falls back to the top entry (and so a ``weights_missing`` rejection naming
+    it) when none of the leading candidates has weights in the store.
+    """
+    data = data_type_for(choice, ds)
+    ranked = rank(task_type, data, choice.preference, limit=AUTO_CANDIDATES,
+                  one_per_network=False)
+    if not ranked:
+        raise UnknownZooEntry(f"<any {task_type} entry>")
+    top5 = ", ".join(f"{r.entry.id} ({r.score:g})" for r in ranked[:5])
+    reasons = {"model.ranking": f"top of {len(ranked)} for {task_type}, {data.num_cases} "
+                                f"{data.modality} cases at {data.image_size} px: {top5}"}
+    for pos, r in enumerate(ranked, 1):
+        ref = weights.find(r.entry.id)
+        if ref is not None:
+            skipped = [x.entry.id for x in ranked[:pos - 1]]
+            reasons["model"] = (f"auto-select #{pos}: {r.entry.id}, score {r.score:g}; {r.reason}"
+                                + (f"; higher-ranked {', '.join(skipped[:3])} have no mirrored "
+                                   f"weights (`radtrain zoo mirror {skipped[0]}`)"
+                                   if skipped else ""))
+            return r.entry, ref, reasons
+    reasons["model"] = f"auto-select #1: {ranked[0].entry.id}; {ranked[0].reason}"
+    return ranked[0].entry, None, reasons
 
 
 def resolve_model(
-    cmd: TaskRequested, weights: WeightsIndex
+    cmd: TaskRequested, weights: WeightsIndex, ds: DatasetSummary | None = None
 ) -> tuple[ZooEntry | None, bool, WeightsRef | None, list[ErrorDetail], dict[str, str]]:
     choice = cmd.model or AutoModel(mode="auto")
-    reasons: dict[str, str] = {}
+    task_type = cmd.task_type or "classification"
     if isinstance(choice, ManualModel):
         try:
             entry = get_entry(choice.network)
         except UnknownZooEntry as exc:
             return None, False, None, [_err("model.network", "unknown_network", str(exc))], {}
         pretrained = choice.pretrained
-        reasons["model"] = f"manual choice {entry.id}"
+        ref = weights.find(entry.id) if pretrained else None
+        init = f"pretrained on {entry.pretrained_on}" if pretrained else "random init"
+        reasons = {"model": f"manual choice {entry.id} ({init}, {entry.params_m:g}M params, "
+                            f"{entry.gmacs:g} GMACs)"}
     else:
-        entry, reasons["model"] = auto_select(choice, cmd.task_type or "classification")
+        entry, ref, reasons = auto_select(choice, task_type, ds, weights)
         pretrained = True
     errors = []
     if cmd.task_type not in entry.task_types:
         errors.append(_err("model.network", "task_type_mismatch",
                            f"{entry.id} supports {list(entry.task_types)}, not {cmd.task_type}"))
-    ref = weights.find(entry.id) if pretrained else None
     if pretrained and ref is None:
         errors.append(_err(
             "model.pretrained", "weights_missing",
@@ -126,26 +186,15 @@ def resolve_model(
 def resolve_hyperparameters(
     cmd: TaskRequested, ds: DatasetSummary, entry: ZooEntry, pretrained: bool
 ) -> tuple[Hyperparameters, str]:
+    """The complete set (handlers/tuning.py): manual fields as given, else derived."""
+    label_mode = label_mode_of(ds)
     if isinstance(cmd.tuning, ManualTuning):
-        given = cmd.tuning.hyperparameters.model_dump(exclude_none=True)
-        return Hyperparameters(**given), f"manual: {sorted(given)} set, the rest default"
-    n = ds.num_cases
-    epochs = 30 if n < 300 else 15 if n < 3000 else 8
-    lr = 3e-4 if pretrained else 1e-3
-    hp = Hyperparameters(
-        learning_rate=lr,
-        epochs=epochs,
-        batch_size=16 if n < 2000 else 32,
-        warmup_epochs=1,
-        image_size=min(entry.input_size, 512),
-        augmentation="strong" if n < 500 else "light",
-        class_weighting="balanced",
-        early_stopping_patience=5,
-    )
-    reason = (f"auto: {n} cases -> {epochs} epochs, lr {lr:g} "
-              f"({'fine-tuning' if pretrained else 'from scratch'}), "
-              f"{hp.augmentation} augmentation, early stopping after 5 flat epochs")
-    return hp, reason
+        return manual_hyperparameters(cmd.tuning.hyperparameters, entry, label_mode)
+    auto = cmd.model if isinstance(cmd.model, AutoModel) else None
+    return auto_hyperparameters(
+        entry=entry, num_cases=ds.num_cases, label_mode=label_mode, pretrained=pretrained,
+        preference=auto.preference if auto else None,
+        data=data_type_for(auto, ds) if auto else None)
 
 
 def preprocessing_for(ds: DatasetSummary, entry: ZooEntry, image_size: int) -> Preprocessing:
@@ -156,12 +205,14 @@ def preprocessing_for(ds: DatasetSummary, entry: ZooEntry, image_size: int) -> P
 
 def enrich(cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex) -> TrainingSpec:
     errors = check_flow(cmd) + check_dataset(cmd, ds)
-    entry, pretrained, ref, model_errors, reasons = resolve_model(cmd, weights)
+    entry, pretrained, ref, model_errors, reasons = resolve_model(cmd, weights, ds)
     errors += model_errors
+    if ds is not None and entry is not None:
+        hp, reasons["hyperparameters"] = resolve_hyperparameters(cmd, ds, entry, pretrained)
+        errors += check_hyperparameters(hp, entry, label_mode_of(ds))
     if errors or ds is None or entry is None:
         raise Rejected(errors)
-    hp, reasons["hyperparameters"] = resolve_hyperparameters(cmd, ds, entry, pretrained)
-    label_mode = "multi_label" if ds.annotation_type == "multi_label" else "single_label"
+    label_mode = label_mode_of(ds)
     return TrainingSpec(
         task_id=cmd.task_id,
         tenant=cmd.tenant,
@@ -178,7 +229,7 @@ def enrich(cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex)
         model=ModelSpec(entry_id=entry.id, builder=entry.builder, network=entry.network,
                         pretrained=pretrained, weights_key=ref.key if ref else None,
                         weights_sha256=ref.sha256 if ref else None,
-                        num_classes=len(ds.classes), in_chans=3),
+                        num_classes=num_classes_of(label_mode, ds.classes), in_chans=3),
         hyperparameters=hp,
         resources=cmd.resources,
         reasons=reasons,

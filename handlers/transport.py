@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from handlers.enrich import Rejected, WeightsIndex, enrich
 from handlers.projector import RecordMissing, project
-from infra.errors import PermanentError, TransientError
+from infra.errors import PoisonMessage, TransientError
 from infra.events import publish_event
 from infra.kv import DatasetRepo, TaskRepo
 from schemas.common import ErrorDetail, is_identifier
@@ -30,6 +31,9 @@ from schemas.events import (
     parse_event,
 )
 
+if TYPE_CHECKING:
+    from handlers.deliverer import WebhookContext
+
 SOURCE = "radtrain/handlers"
 
 
@@ -39,6 +43,7 @@ class Deps:
     datasets: DatasetRepo
     tasks: TaskRepo
     weights: WeightsIndex
+    webhooks: WebhookContext | None = None
 
 
 def validation_details(exc: ValidationError) -> list[ErrorDetail]:
@@ -61,7 +66,7 @@ def decode(msg: Msg) -> Event:
     try:
         return parse_event(msg.data)
     except ValidationError as exc:
-        raise PermanentError("invalid_event", f"{msg.subject}: {exc}") from exc
+        raise PoisonMessage("invalid_event", f"{msg.subject}: {exc}") from exc
 
 
 async def on_requested(msg: Msg, deps: Deps) -> None:
@@ -70,13 +75,13 @@ async def on_requested(msg: Msg, deps: Deps) -> None:
         event = parse_event(msg.data)
     except ValidationError as exc:
         if not is_identifier(task_id):
-            raise PermanentError("invalid_event", f"{msg.subject}: {exc}") from exc
+            raise PoisonMessage("invalid_event", f"{msg.subject}: {exc}") from exc
         # An upstream system published a malformed request: tell it why, on its own task.
         await _publish(deps.js, TaskRejectedEvent(source=SOURCE, subject=task_id, data=TaskRejected(
             task_id=task_id, tenant=_tenant_of(msg.data), errors=validation_details(exc))))
         return
     if not isinstance(event, TaskRequestedEvent) or event.subject != event.data.task_id:
-        raise PermanentError("invalid_event", f"{msg.subject}: not a consistent task.requested")
+        raise PoisonMessage("invalid_event", f"{msg.subject}: not a consistent task.requested")
     cmd = event.data
     try:
         dataset = await deps.datasets.get(cmd.dataset_id)

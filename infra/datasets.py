@@ -7,10 +7,12 @@ new snapshot, and the runner refuses a manifest whose hash moved.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+from infra.datasets_import.stats import dataset_stats
 from infra.kv import DatasetRepo
 from infra.store import ObjectStore
-from schemas.dataset import DatasetManifest, DatasetSummary
+from schemas.dataset import DatasetManifest, DatasetStats, DatasetSummary
 
 
 def manifest_key(dataset_id: str, sha256: str | None = None) -> str:
@@ -24,9 +26,16 @@ def case_key(dataset_id: str, image: str) -> str:
 
 
 async def register_dataset(
-    store: ObjectStore, repo: DatasetRepo, manifest: DatasetManifest
+    store: ObjectStore, repo: DatasetRepo, manifest: DatasetManifest,
+    *, stats: DatasetStats | None = None,
 ) -> DatasetSummary:
-    """Write the manifest (latest + content-addressed snapshot) and the KV summary."""
+    """Write the manifest (latest + content-addressed snapshot) and the KV summary.
+
+    ``stats`` come from the importer, which knows the image sizes; without
+    them the statistics that the manifest alone gives are computed here.
+    """
+    if stats is None:
+        stats = dataset_stats(manifest.cases, manifest.classes)
     data = manifest.model_dump_json(indent=2).encode()
     info = await asyncio.to_thread(store.put_bytes, manifest_key(manifest.id), data,
                                    "application/json")
@@ -36,7 +45,8 @@ async def register_dataset(
         id=manifest.id, tenant=manifest.tenant, name=manifest.name,
         annotation_type=manifest.annotation_type, modality=manifest.modality,
         classes=list(manifest.classes), num_cases=len(manifest.cases),
-        manifest_key=snapshot, manifest_sha256=info.sha256,
+        manifest_key=snapshot, manifest_sha256=info.sha256, stats=stats,
+        created_at=datetime.now(UTC),
     )
     await repo.put(summary)
     return summary

@@ -29,3 +29,17 @@ class TransientError(Exception):
 
 class Superseded(Exception):
     """A newer attempt owns the task or it is already finished: ack and do nothing."""
+
+
+class Fenced(Exception):
+    """A newer delivery of this very message is being worked on: settle nothing.
+
+    JetStream takes an ack (or nak) that arrives after the ack wait for the
+    message, whichever delivery sent it; acking a stale delivery would end the
+    newer attempt's redelivery guarantee, and a nak would start a third one.
+    """
+
+
+class PoisonMessage(PermanentError):
+    """The message itself is unusable (not an event, inconsistent): nobody can be told
+    through its task, so besides ``term()`` it is copied to the ``DLQ`` stream for a human."""

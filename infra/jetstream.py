@@ -28,6 +28,7 @@ from infra.settings import Settings
 
 TASKS_STREAM = "TASKS"
 DLQ_STREAM = "DLQ"
+ADVISORIES_STREAM = "ADVISORIES"
 KV_TASKS = "tasks"
 KV_DATASETS = "datasets"
 KV_WEBHOOKS = "webhooks"
@@ -35,6 +36,8 @@ KV_APIKEYS = "apikeys"
 KV_TENANTS = "tenants"
 KV_DELIVERIES = "webhook_deliveries"
 KV_INBOUND_IDS = "inbound_ids"
+KV_IDEMPOTENCY = "idempotency"
+KV_CONSUMER_ERRORS = "consumer_errors"
 WEBHOOKS_STREAM = "WEBHOOKS"
 
 ENRICH = "enrich"
@@ -42,13 +45,52 @@ RUNNER = "runner"
 PROJECTOR = "projector"
 WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook-deliveries"
+DLQ_FORWARDER = "dlq-forwarder"
 
-CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM}
+CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
+                                    DLQ_FORWARDER: ADVISORIES_STREAM}
 """The stream of each durable consumer that is not on ``TASKS``."""
+
+ADVISORY_SUBJECTS = [
+    f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.*"
+    for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")
+    for stream in (TASKS_STREAM, WEBHOOKS_STREAM)
+]
+"""Advisories are fire-and-forget on core NATS: a stream keeps them while the
+dead-letter forwarder is down, so no dead letter is missed."""
+
+RETRY_METADATA_KEY = "radtrain.retry_delays_s"
+"""Consumer metadata holding the nak delays after each failed delivery: every
+process bound to the consumer reads the same schedule from the server."""
+
+RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
+    ENRICH: (2.0, 5.0, 15.0, 30.0),
+    RUNNER: (30.0, 60.0),
+    PROJECTOR: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0, 60.0),
+    WEBHOOKS: (2.0, 5.0, 15.0, 30.0, 60.0, 60.0, 60.0),
+    WEBHOOK_DELIVERIES: (5.0, 30.0, 60.0),
+    DLQ_FORWARDER: (1.0, 5.0, 15.0, 30.0, 60.0),
+}
+"""Delay before delivery n+1 after delivery n failed (an unexpected error); the last
+entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
 
 
 def stream_of(durable: str) -> str:
     return CONSUMER_STREAMS.get(durable, TASKS_STREAM)
+
+
+def retry_metadata(durable: str, settings: Settings) -> dict[str, str]:
+    delays = (round(d * settings.retry_delay_scale, 3) for d in RETRY_DELAYS_S[durable])
+    return {RETRY_METADATA_KEY: " ".join(f"{d:g}" for d in delays)}
+
+
+def parse_retry_metadata(metadata: dict[str, str] | None) -> tuple[float, ...]:
+    """The schedule written by :func:`retry_metadata`; empty when absent or garbled."""
+    raw = (metadata or {}).get(RETRY_METADATA_KEY, "")
+    try:
+        return tuple(float(x) for x in raw.split())
+    except ValueError:
+        return ()
 
 STATUS_SUBJECTS = [
     "tasks.rejected.*",
@@ -86,9 +128,15 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=DLQ_STREAM,
-            description="Messages that exhausted their deliveries.",
+            description="Messages that exhausted their deliveries, or poison; see `radtrain dlq`.",
             subjects=["dlq.>"],
-            **common,
+            **{**common, "max_age": settings.dead_letter_days * day},
+        ),
+        StreamConfig(
+            name=ADVISORIES_STREAM,
+            description="Max-deliveries and terminated advisories, kept for the DLQ forwarder.",
+            subjects=ADVISORY_SUBJECTS,
+            **{**common, "max_age": settings.dead_letter_days * day},
         ),
         StreamConfig(
             # One job per (event, subscription): each retries on its own schedule
@@ -102,7 +150,23 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
-    """Durable pull consumers on ``TASKS``; ``backoff`` paces redeliveries after a timeout."""
+    """Durable pull consumers, each with its ``max_deliver`` and retry schedule.
+
+    Errors are retried with ``nak(delay)`` on the schedule in the metadata
+    (:data:`RETRY_DELAYS_S`, scaled by the settings); a crashed worker's message
+    comes back after ``ack_wait``. JetStream's own ``backoff`` is left empty on
+    purpose: with it the server adds ``backoff[n] - ack_wait`` to every nak delay
+    (measured on nats-server 2.15: nak(0.1 s) became 4.1 s), so explicit delays
+    would no longer mean what they say.
+    """
+    configs = _consumer_configs(settings)
+    for durable, cfg in configs.items():
+        cfg.metadata = retry_metadata(durable, settings)
+        cfg.backoff = []  # clears a backoff an older radtrain set
+    return configs
+
+
+def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
     explicit: dict[str, Any] = {
         "ack_policy": AckPolicy.EXPLICIT,
         "deliver_policy": DeliverPolicy.ALL,
@@ -114,7 +178,6 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             filter_subject="tasks.requested.*",
             ack_wait=30.0,
             max_deliver=5,
-            backoff=[30.0, 30.0, 60.0, 120.0],
             max_ack_pending=256,
             **explicit,
         ),
@@ -123,7 +186,6 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             filter_subject="tasks.ready.*",
             ack_wait=runner_wait,
             max_deliver=3,
-            backoff=[runner_wait, runner_wait * 2],
             max_ack_pending=64,
             **explicit,
         ),
@@ -154,6 +216,15 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=20_000,
             **explicit,
         ),
+        DLQ_FORWARDER: ConsumerConfig(
+            # A dead letter must never be dropped: the forwarder retries until it
+            # has copied the message (its failures show in `radtrain status`).
+            durable_name=DLQ_FORWARDER,
+            ack_wait=30.0,
+            max_deliver=-1,
+            max_ack_pending=256,
+            **explicit,
+        ),
     }
 
 
@@ -171,6 +242,12 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
                        ttl=settings.webhook_log_days * 86_400.0, **common),
         KeyValueConfig(bucket=KV_INBOUND_IDS, history=1, description="seen webhook-ids (replay)",
                        ttl=2 * settings.inbound_tolerance_s, **common),
+        KeyValueConfig(bucket=KV_IDEMPOTENCY, history=1,
+                       description="tenant.sha256(Idempotency-Key) -> task id, body hash, response",
+                       ttl=settings.idempotency_ttl_s, **common),
+        KeyValueConfig(bucket=KV_CONSUMER_ERRORS, history=1,
+                       description="stream.consumer.seq -> last error, for dead letters",
+                       ttl=settings.dead_letter_days * 86_400.0, **common),
     ]
 
 
@@ -180,7 +257,12 @@ def _drifted(desired: dict[str, Any], actual: dict[str, Any]) -> bool:
         if value is None or key in ("name", "durable_name"):
             continue
         have = actual.get(key)
-        if isinstance(value, list) and isinstance(have, list):
+        if value == [] and not have:  # "none" either way
+            continue
+        if isinstance(value, dict) and isinstance(have, dict):  # metadata: the server adds _nats.*
+            if any(have.get(k) != v for k, v in value.items()):
+                return True
+        elif isinstance(value, list) and isinstance(have, list):
             if sorted(map(str, value)) != sorted(map(str, have)):
                 return True
         elif have != value:

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from infra.jetstream import KV_DATASETS, KV_TASKS
+from infra.kvscan import scan
 from schemas.dataset import DatasetSummary
 from schemas.record import TaskRecord
 
@@ -79,3 +81,15 @@ class DatasetRepo:
 
     async def put(self, summary: DatasetSummary) -> None:
         await self._kv.put(summary.id, summary.model_dump_json().encode())
+
+    async def list(self, tenant: str | None = None) -> list[DatasetSummary]:
+        """Every summary (of one tenant), read in one pass; a malformed entry is skipped."""
+        out = []
+        for value in (await scan(self._kv)).values():
+            try:
+                summary = DatasetSummary.model_validate_json(value)
+            except ValidationError:
+                continue
+            if tenant is None or summary.tenant == tenant:
+                out.append(summary)
+        return out

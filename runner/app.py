@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from infra.consumer import consume
 from infra.jetstream import RUNNER, connect, wait_for_streams
 from infra.kv import TaskRepo
+from infra.metrics import setup_process
 from infra.settings import Settings
 from infra.store import open_store
 from runner.job import pick_device
@@ -44,8 +45,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_main(Settings()))
+    settings = Settings()
+    setup_process("runner", settings, settings.runner_metrics_port)
+    asyncio.run(_main(settings))
 
 
 async def _main(settings: Settings) -> None:

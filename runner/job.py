@@ -19,8 +19,9 @@ from infra.errors import PermanentError
 from infra.settings import Settings
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore
 from runner.artifacts import write_artifacts
+from runner.checkpoint import Checkpointer, State
 from runner.data import prepare
-from runner.train import ProgressUpdate, train
+from runner.train import ProgressUpdate, TrainingStopped, TrainOptions, train
 from schemas.dataset import DatasetManifest
 from schemas.events import Artifact
 from schemas.spec import TrainingSpec
@@ -59,13 +60,28 @@ def load_manifest(store: ObjectStore, spec: TrainingSpec) -> DatasetManifest:
         raise PermanentError("dataset_invalid", f"manifest {snap.manifest_key}: {exc}") from exc
 
 
+def checkpointer_for(store: ObjectStore, spec: TrainingSpec, settings: Settings,
+                     guard: Callable[[], bool] = lambda: True) -> Checkpointer:
+    return Checkpointer(store, spec, settings.work_dir / spec.task_id / "checkpoints", guard)
+
+
 def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: str,
             on_progress: Callable[[ProgressUpdate], None],
-            should_stop: Callable[[], bool]) -> JobResult:
+            should_stop: Callable[[], object], *,
+            checkpointer: Checkpointer | None = None,
+            resume: State | None = None) -> JobResult:
+    """Prepare (or hit the cache), train (or resume), then write and upload the artifacts."""
     started = time.monotonic()
     manifest = load_manifest(store, spec)
     data = prepare(spec, manifest, store, settings.cache_dir)
-    result = train(spec, data, torch.device(device), on_progress, should_stop, store=store)
+    reason = should_stop()
+    if reason:  # cancelled or shut down while the data was decoded
+        raise TrainingStopped(str(reason) if isinstance(reason, str) else "stopped",
+                              None if resume is None else int(resume["epoch"]))
+    options = TrainOptions(workers=settings.dataloader_workers, compile=settings.compile_model,
+                           checkpointer=checkpointer, resume=resume)
+    result = train(spec, data, torch.device(device), on_progress, should_stop, store=store,
+                   options=options)
     work = settings.work_dir / spec.task_id
     work.mkdir(parents=True, exist_ok=True)
     artifacts = write_artifacts(store, spec, result, work)

@@ -16,6 +16,8 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from infra.events import publish_event
+from infra.logging import traceparent_var
+from infra.metrics import RUNNER_IMAGES_PER_S
 from runner.train import ProgressUpdate
 from schemas.events import TaskProgress, TaskProgressEvent
 
@@ -31,6 +33,8 @@ class ProgressReporter:
         self._last_epoch = -1
         self._metrics: dict[str, float] = {}
         self.sent = 0
+        # Built while the task.ready message is handled: its trace goes on every progress event.
+        self._traceparent = traceparent_var.get()
 
     def report(self, update: ProgressUpdate) -> None:
         """Called from the training thread after every step; sends at most one per interval."""
@@ -42,7 +46,10 @@ class ProgressReporter:
         if update.metrics:
             self._last_epoch = update.epoch
             self._metrics = dict(update.metrics)  # carried on later steps: the record shows them
-        event = TaskProgressEvent(source=self._source, subject=self._task_id, data=TaskProgress(
+        if update.throughput is not None:
+            RUNNER_IMAGES_PER_S.set(update.throughput)
+        event = TaskProgressEvent(source=self._source, subject=self._task_id,
+                                  traceparent=self._traceparent, data=TaskProgress(
             task_id=self._task_id, epoch=update.epoch, epochs=update.epochs, step=update.step,
             total_steps=update.total_steps, loss=update.loss, metrics=self._metrics,
             throughput=update.throughput, eta_s=update.eta_s))

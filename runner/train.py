@@ -1,9 +1,10 @@
 """The training loop (DESIGN.md §8): prepared arrays in, best-epoch model out.
 
 Transport-free and synchronous: the caller rate-limits ``on_progress`` and
-turns ``should_stop`` into cancellation or fencing. The whole dataset is a
-uint8 tensor in memory (on the GPU when it fits), so batches are index
-slices with no DataLoader overhead; augmentation runs on the device.
+turns ``should_stop`` into cancellation, shutdown or fencing. One loop for
+every task type; what differs (targets, loss, metrics) is the strategy's
+(``runner.tasks``). A full checkpoint is written after every epoch and when
+the run is told to stop, and a run given one continues exactly where it was.
 """
 
 from __future__ import annotations
@@ -13,27 +14,38 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from infra.imaging.transforms import per_channel
 from infra.store import ObjectStore
+from runner.checkpoint import Checkpointer, State, rng_state, set_rng_state
 from runner.data import PreparedData
-from runner.metrics import classification_metrics
+from runner.loader import BatchSource
 from runner.model import build_model, head_prefixes
+from runner.tasks import EvalOutput, TaskStrategy, strategy_for
+from runner.tasks.base import augment
 from schemas.spec import TrainingSpec
 from schemas.tasks import Hyperparameters
 
-ON_DEVICE_MAX_BYTES = 2 * 1024**3
-EVAL_BATCH = 128
+__all__ = ["ProgressUpdate", "TrainOptions", "TrainResult", "TrainingStopped", "augment",
+           "lr_factor", "seed_everything", "train"]
+
+EVAL_BATCH = 64
+SAMPLES = 8
 
 
 class TrainingStopped(Exception):
-    """``should_stop`` returned True: cancelled, or a newer attempt owns the task."""
+    """``should_stop`` said why (cancelled, shutdown, fenced); a checkpoint may be kept."""
+
+    def __init__(self, reason: str, checkpoint_epoch: int | None = None) -> None:
+        super().__init__(f"training stopped: {reason}")
+        self.reason = reason
+        self.checkpoint_epoch = checkpoint_epoch
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,15 @@ class ProgressUpdate:
     epoch_end: bool = False
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    workers: int = 0
+    """DataLoader worker processes (0: batches are sliced in the training thread)."""
+    compile: bool = False
+    checkpointer: Checkpointer | None = None
+    resume: State | None = None
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -62,6 +83,14 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     seconds: float = 0.0
+    strategy: TaskStrategy | None = None
+    evaluation: EvalOutput | None = None
+    """The best model's validation predictions, for the plots."""
+    samples: np.ndarray | None = None
+    """The first validation images (uint8), in the order of ``evaluation``."""
+    example: torch.Tensor | None = None
+    """A model-ready CPU input (normalised as in training), for the ONNX check."""
+    resumed_from_epoch: int | None = None
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -72,104 +101,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class _Batches:
-    """Index-sliced batches from the in-memory uint8 stack, normalised on the device."""
-
-    def __init__(self, data: PreparedData, spec: TrainingSpec, device: torch.device) -> None:
-        keep = device.type == "cuda" and data.x.nbytes <= ON_DEVICE_MAX_BYTES
-        self.device = device
-        self.x = torch.from_numpy(data.x)
-        self.y = torch.from_numpy(data.y)
-        if keep:
-            self.x, self.y = self.x.to(device), self.y.to(device)
-        self.pin = device.type == "cuda" and not keep
-        c = data.x.shape[1]
-        prep = spec.preprocessing
-        self.mean = _channel_vector(prep.mean, c, device)
-        self.std = _channel_vector(prep.std, c, device)
-        self.channels_last = device.type == "cuda"
-
-    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch in [0, 1] on the device (augment, then ``normalise``)."""
-        idx = idx.to(self.x.device)
-        xb, yb = self.x[idx], self.y[idx]
-        if self.pin:  # page-locked batch, so the copy below really is asynchronous
-            xb, yb = xb.pin_memory(), yb.pin_memory()
-        xb = xb.to(self.device, non_blocking=True).float().div_(255.0)
-        return xb, yb.to(self.device, non_blocking=True)
-
-    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        xb = (xb - self.mean) / self.std
-        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
-
-
-def _channel_vector(values: tuple[float, ...], c: int, device: torch.device) -> torch.Tensor:
-    return torch.tensor(per_channel(values, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
-
-
-def augment(xb: torch.Tensor, level: str, gen: torch.Generator) -> torch.Tensor:
-    """Random flip + shift (light), plus rotation, scale and contrast (strong), per sample.
-
-    One affine ``grid_sample`` does it all, on whatever device the batch is on;
-    random draws come from the CPU generator so runs repeat exactly.
-    """
-    if level == "none":
-        return xb
-    b = xb.shape[0]
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    shift = (torch.rand(b, 2, generator=gen) - 0.5) * 0.16
-    angle = torch.zeros(b)
-    scale = torch.ones(b)
-    if level == "strong":
-        angle = (torch.rand(b, generator=gen) - 0.5) * math.radians(30)
-        scale = 0.85 + torch.rand(b, generator=gen) * 0.3
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-            torch.stack([sin * flip, cos, shift[:, 1]], 1),
-        ],
-        1,
-    ).to(xb.device, xb.dtype)
-    grid = F.affine_grid(theta, list(xb.shape), align_corners=False)
-    out = F.grid_sample(xb, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if level == "strong":
-        gain = (0.9 + torch.rand(b, 1, 1, 1, generator=gen) * 0.2).to(xb.device)
-        out = (out * gain).clamp_(0.0, 1.0)
-    return out
-
-
-def _loss_fn(spec: TrainingSpec, data: PreparedData, device: torch.device) -> nn.Module:
-    """Cross-entropy for single-label; BCE per label for multi-label or when asked."""
-    hp = spec.hyperparameters
-    train_y = torch.from_numpy(data.y[data.indices("train")])
-    k = len(data.classes)
-    if data.label_mode == "single_label" and hp.loss == "cross_entropy":
-        weight = None
-        if hp.class_weighting == "balanced":
-            counts = torch.bincount(train_y.long(), minlength=k).float().clamp(min=1)
-            weight = (counts.sum() / (k * counts)).to(device)
-        return nn.CrossEntropyLoss(weight=weight)
-    pos_weight = None
-    if hp.class_weighting == "balanced":
-        onehot = F.one_hot(train_y.long(), k).float() if train_y.ndim == 1 else train_y.float()
-        pos = onehot.sum(0).clamp(min=1)
-        pos_weight = ((onehot.shape[0] - pos).clamp(min=1) / pos).to(device)
-    return _OneHotBCE(pos_weight, k)
-
-
-class _OneHotBCE(nn.Module):
-    """BCE-with-logits that accepts class indices too (single-label trained with BCE)."""
-
-    def __init__(self, pos_weight: torch.Tensor | None, k: int) -> None:
-        super().__init__()
-        self.inner = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        self.k = k
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.ndim == 1:
-            target = F.one_hot(target.long(), self.k)
-        return self.inner(logits, target.to(logits.dtype))
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine to zero (or constant), per optimizer step."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
@@ -180,14 +119,14 @@ def _optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=hp.learning_rate)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to zero (or constant), per optimizer step."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def _precision(device: torch.device, hp: Hyperparameters
+               ) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """bf16 autocast on CUDA; fp16 with a grad scaler where bf16 is missing; fp32 on CPU."""
+    if device.type != "cuda" or not hp.mixed_precision:
+        return None, torch.amp.GradScaler(device.type, enabled=False)
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
+    return torch.float16, torch.amp.GradScaler("cuda", enabled=True)
 
 
 def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
@@ -203,108 +142,199 @@ def _batch_plan(n: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 else 0)
 
 
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 @dataclass
 class _Loop:
-    """Mutable state of one run, so each phase is a short method."""
+    """Mutable state of one run, so each phase is a short method (and one checkpoint)."""
 
     spec: TrainingSpec
     data: PreparedData
     device: torch.device
     on_progress: Callable[[ProgressUpdate], None]
-    should_stop: Callable[[], bool]
+    should_stop: Callable[[], object]
     model: nn.Module
-    batches: _Batches
+    net: Callable[..., Any]
+    """``model``, or its ``torch.compile`` wrapper: state dicts always come from ``model``."""
+    strategy: TaskStrategy
+    source: BatchSource
     gen: torch.Generator
-    loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
     steps_per_epoch: int
+    checkpointer: Checkpointer | None = None
     started: float = field(default_factory=time.monotonic)
     step: int = 0
+    start_step: int = 0
+    epoch: int = 0
+    """Completed epochs."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    bad_epochs: int = 0
+    order: torch.Tensor | None = None
+    """This epoch's shuffled train indices; None between epochs."""
+    batch_index: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    epoch_lr: float = 0.0
 
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.spec.hyperparameters.epochs
 
     def autocast(self) -> torch.autocast:
-        enabled = self.device.type == "cuda" and self.spec.hyperparameters.mixed_precision
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
 
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
     def eta(self) -> float | None:
-        if self.step == 0:
+        done = self.step - self.start_step
+        if done <= 0:
             return None
-        elapsed = time.monotonic() - self.started
-        return elapsed / self.step * (self.total_steps - self.step)
+        return (time.monotonic() - self.started) / done * (self.total_steps - self.step)
 
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        if not self.strategy.normalise_input:
+            return xb
+        c = xb.shape[1]
+        prep = self.spec.preprocessing
+        mean = torch.tensor(per_channel(prep.mean, c), device=xb.device).view(1, c, 1, 1)
+        std = torch.tensor(per_channel(prep.std, c), device=xb.device).view(1, c, 1, 1)
+        xb = (xb - mean) / std
+        if self.device.type == "cuda" and self.strategy.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
+    # --- training -------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the train split; returns the mean training loss."""
+        """One pass over the train split (or its rest, when resumed); the mean training loss."""
         hp = self.spec.hyperparameters
+        if self.order is None:
+            train_idx = torch.from_numpy(self.data.indices("train"))
+            self.order = train_idx[torch.randperm(len(train_idx), generator=self.gen)]
+            self.batch_index, self.loss_sum, self.seen, self.epoch_lr = 0, 0.0, 0, self.lr()
         self.model.train()
         _set_backbone_frozen(self.model, epoch <= hp.freeze_backbone_epochs)
-        train_idx = torch.from_numpy(self.data.indices("train"))
-        order = train_idx[torch.randperm(len(train_idx), generator=self.gen)]
-        t0, seen, total_loss = time.monotonic(), 0, 0.0
-        for b in range(self.steps_per_epoch):
-            if self.should_stop():
-                raise TrainingStopped(f"stopped at epoch {epoch}, step {self.step}")
-            idx = order[b * hp.batch_size : (b + 1) * hp.batch_size]
-            loss = self.train_step(idx)
-            seen += len(idx)
-            total_loss += loss * len(idx)
-            rate = seen / max(time.monotonic() - t0, 1e-9)
-            self.on_progress(
-                ProgressUpdate(
-                    epoch, hp.epochs, self.step, self.total_steps, loss, {}, rate, self.eta()
-                )
-            )
-        return total_loss / max(seen, 1)
+        bs = hp.batch_size
+        plan = [self.order[b * bs:(b + 1) * bs].numpy()
+                for b in range(self.batch_index, self.steps_per_epoch)]
+        t0, seen_here = time.monotonic(), 0
+        for xb, targets in self.source.batches(plan):
+            reason = self.should_stop()
+            if reason:
+                self.stop(reason)
+            loss = self.train_step(xb, targets)
+            n = xb.shape[0]
+            self.batch_index += 1
+            self.seen, seen_here = self.seen + n, seen_here + n
+            self.loss_sum += loss * n
+            rate = seen_here / max(time.monotonic() - t0, 1e-9)
+            self.on_progress(ProgressUpdate(epoch, hp.epochs, self.step, self.total_steps, loss,
+                                            {}, rate, self.eta()))
+        self.order = None
+        return self.loss_sum / max(self.seen, 1)
 
-    def train_step(self, idx: torch.Tensor) -> float:
-        hp = self.spec.hyperparameters
-        xb, yb = self.batches.get(idx)
-        xb = self.batches.normalise(augment(xb, hp.augmentation, self.gen))
+    def train_step(self, xb: torch.Tensor, targets: Any) -> float:
+        hp, strat = self.spec.hyperparameters, self.strategy
+        targets = strat.targets_to_device(targets)
+        xb, targets = strat.augment(xb, targets, hp.augmentation, self.gen)
+        xb = self.normalise(xb)
         with self.autocast():
-            logits = self.model(xb)
-        loss = self.loss_fn(logits.float(), yb)
+            loss = strat.loss(self.net, xb, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if hp.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), hp.grad_clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return float(loss.detach())
 
+    def stop(self, reason: object) -> None:
+        """Keep a checkpoint of exactly this position (unless fenced), then stop."""
+        why = reason if isinstance(reason, str) else "stopped"
+        ckpt = self.checkpointer
+        if ckpt is not None and why != "fenced":
+            ckpt.save(self.state())
+        raise TrainingStopped(why, ckpt.saved_epoch if ckpt is not None else None)
+
+    # --- evaluation -----------------------------------------------------------
     @torch.inference_mode()
-    def evaluate(self) -> dict[str, float]:
+    def collect(self, idx: np.ndarray) -> EvalOutput:
         self.model.eval()
-        idx = torch.from_numpy(self.data.indices("val"))
-        logits, targets = [], []
-        for start in range(0, len(idx), EVAL_BATCH):
-            xb, yb = self.batches.get(idx[start : start + EVAL_BATCH])
+        chunks = [idx[s:s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)]
+        preds, targets = [], []
+        for xb, t in self.source.batches(chunks):
             with self.autocast():
-                logits.append(self.model(self.batches.normalise(xb)).float().cpu())
-            targets.append(yb.cpu())
-        return classification_metrics(
-            torch.cat(logits), torch.cat(targets), self.data.label_mode, self.data.classes
-        )
+                preds.append(self.strategy.predict(self.net, self.normalise(xb), t))
+            targets.append(t)
+        return self.strategy.evaluate(preds, targets)
+
+    def evaluate(self) -> dict[str, float]:
+        return self.collect(self.data.indices("val")).metrics
+
+    # --- checkpoints ----------------------------------------------------------
+    def state(self) -> State:
+        return {
+            "epoch": self.epoch, "step": self.step, "order": self.order,
+            "batch_index": self.batch_index, "loss_sum": self.loss_sum, "seen": self.seen,
+            "epoch_lr": self.epoch_lr, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(self.gen),
+            "history": self.history, "best": self.best, "bad_epochs": self.bad_epochs,
+        }
+
+    def restore(self, st: State) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        set_rng_state(st["rng"], self.gen)
+        self.epoch, self.step, self.start_step = st["epoch"], st["step"], st["step"]
+        self.order, self.batch_index = st["order"], st["batch_index"]
+        self.loss_sum, self.seen, self.epoch_lr = st["loss_sum"], st["seen"], st["epoch_lr"]
+        self.history, self.best, self.bad_epochs = st["history"], st["best"], st["bad_epochs"]
+        if self.checkpointer is not None:
+            self.checkpointer.saved_epoch = self.epoch
+
+    def end_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float],
+                  seconds: float) -> bool:
+        """Record the epoch, track the best, checkpoint; True when early stopping ends the run."""
+        hp = self.spec.hyperparameters
+        self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics,
+                             "lr": self.epoch_lr, "seconds": seconds})
+        self.on_progress(ProgressUpdate(epoch, hp.epochs, self.step, self.total_steps, train_loss,
+                                        metrics, None, self.eta(), epoch_end=True))
+        self.epoch = epoch
+        score = self.strategy.score(metrics)
+        if self.best is None or score > tuple(self.best["score"]):
+            self.best = {"score": score, "epoch": epoch, "metrics": dict(metrics),
+                         "state": _cpu_state(self.model)}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.state())
+        patience = hp.early_stopping_patience
+        return bool(patience) and epoch - int(self.best["epoch"]) >= patience
 
 
-def _build_loop(
-    spec: TrainingSpec,
-    data: PreparedData,
-    device: torch.device,
-    on_progress: Callable[[ProgressUpdate], None],
-    should_stop: Callable[[], bool],
-    store: ObjectStore | None,
-) -> _Loop:
+def _build_loop(spec: TrainingSpec, data: PreparedData, device: torch.device,
+                on_progress: Callable[[ProgressUpdate], None], should_stop: Callable[[], object],
+                store: ObjectStore | None, options: TrainOptions) -> _Loop:
     hp = spec.hyperparameters
     gen = seed_everything(hp.seed)
     model = build_model(spec.model, store).to(device)
-    if device.type == "cuda":
+    strategy = strategy_for(spec, data, device)
+    if device.type == "cuda" and strategy.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_train = len(data.indices("train"))
     steps = _batch_plan(n_train, hp.batch_size)
@@ -313,27 +343,12 @@ def _build_loop(
     optimizer = _optimizer(model, hp)
     total, warmup = steps * hp.epochs, steps * hp.warmup_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, hp.schedule)
-    )
-    return _Loop(
-        spec,
-        data,
-        device,
-        on_progress,
-        should_stop,
-        model,
-        _Batches(data, spec, device),
-        gen,
-        _loss_fn(spec, data, device),
-        optimizer,
-        scheduler,
-        steps,
-    )
-
-
-def _score(metrics: dict[str, float]) -> tuple[float, float]:
-    """Early-stopping monitor: val AUC (where defined), ties broken by the lower val loss."""
-    return (metrics.get("auc", 0.0), -metrics["val_loss"])
+        optimizer, lambda s: lr_factor(s, total, warmup, hp.schedule))
+    amp_dtype, scaler = _precision(device, hp)
+    net: Callable[..., Any] = torch.compile(model) if options.compile else model
+    return _Loop(spec, data, device, on_progress, should_stop, model, net, strategy,
+                 BatchSource(data, device, options.workers), gen, optimizer, scheduler, scaler,
+                 amp_dtype, steps, options.checkpointer)
 
 
 def train(
@@ -341,48 +356,35 @@ def train(
     data: PreparedData,
     device: torch.device,
     on_progress: Callable[[ProgressUpdate], None],
-    should_stop: Callable[[], bool],
+    should_stop: Callable[[], object],
     *,
     store: ObjectStore | None = None,
+    options: TrainOptions | None = None,
 ) -> TrainResult:
-    """Train, evaluate every epoch, stop early on a stalled val AUC, keep the best epoch."""
+    """Train, evaluate every epoch, stop early on a stalled main metric, keep the best epoch."""
+    options = options or TrainOptions()
     hp = spec.hyperparameters
-    loop = _build_loop(spec, data, device, on_progress, should_stop, store)
-    history: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], int, dict[str, float], dict[str, torch.Tensor]] | None = None
-    for epoch in range(1, hp.epochs + 1):
-        t0 = time.monotonic()
-        lr = loop.lr()
+    loop = _build_loop(spec, data, device, on_progress, should_stop, store, options)
+    resumed = None
+    if options.resume is not None:
+        loop.restore(options.resume)
+        resumed = loop.epoch
+    while loop.epoch < hp.epochs:
+        if loop.best is not None and hp.early_stopping_patience and \
+                loop.epoch - int(loop.best["epoch"]) >= hp.early_stopping_patience:
+            break  # resumed from the checkpoint of the epoch that stopped early
+        epoch, t0 = loop.epoch + 1, time.monotonic()
         train_loss = loop.train_epoch(epoch)
-        metrics = loop.evaluate()
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **metrics,
-                "lr": lr,
-                "seconds": time.monotonic() - t0,
-            }
-        )
-        on_progress(
-            ProgressUpdate(
-                epoch,
-                hp.epochs,
-                loop.step,
-                loop.total_steps,
-                train_loss,
-                metrics,
-                None,
-                loop.eta(),
-                epoch_end=True,
-            )
-        )
-        if best is None or _score(metrics) > best[0]:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
-            best = (_score(metrics), epoch, metrics, state)
-        elif hp.early_stopping_patience and epoch - best[1] >= hp.early_stopping_patience:
+        if loop.end_epoch(epoch, train_loss, loop.evaluate(), time.monotonic() - t0):
             break
-    assert best is not None  # epochs >= 1 by the schema
-    loop.model.load_state_dict(best[3])
+    assert loop.best is not None  # epochs >= 1 by the schema
+    loop.model.load_state_dict(loop.best["state"])
+    val = loop.data.indices("val")
+    evaluation = loop.collect(val)
+    samples = np.asarray(data.x[val[:SAMPLES]])
+    with torch.no_grad():
+        example = loop.normalise(torch.from_numpy(samples[:2]).to(device).float() / 255.0)
     model = loop.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    return TrainResult(model, dict(best[2]), history, best[1], time.monotonic() - loop.started)
+    return TrainResult(model, dict(loop.best["metrics"]), loop.history, int(loop.best["epoch"]),
+                       time.monotonic() - loop.started, loop.strategy, evaluation, samples,
+                       example.detach().cpu().contiguous(), resumed)

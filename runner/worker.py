@@ -2,34 +2,43 @@
 
 Order matters for "no data lost": artifacts are stored, then ``task.completed``
 is published (JetStream-acked), and only then is the message acked. A crash
-anywhere before the ack means redelivery, and the fence below makes that
-redelivery a no-op when the task already finished.
+anywhere before the ack means redelivery; the redelivered attempt resumes from
+the task's last checkpoint (``task.started`` says from which epoch), and the
+fence (``runner.attempt``) makes a redelivery of a finished task a no-op and
+stops an older attempt that a newer one has replaced.
+
+How each way of stopping is settled:
+
+* cancelled (``task.cancel_requested`` seen): checkpoint kept, ``task.cancelled``
+  published, message acked;
+* shutdown (SIGTERM): checkpoint written, message nak'ed so that a runner
+  resumes it at once;
+* fenced (a newer attempt owns the task): nothing written, nothing settled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from infra.errors import PermanentError, Superseded, TransientError
+from infra.errors import Fenced, PermanentError, Superseded, TransientError
 from infra.events import publish_event
-from infra.jetstream import TASKS_STREAM
-from infra.kv import TaskRepo
-from infra.settings import Settings
-from infra.store import ObjectStore, StoreUnavailable
-from runner.job import JobResult, run_job
+from infra.store import StoreUnavailable
+from runner.attempt import Attempt, RunnerContext, cancel_request, fence, ownership
+from runner.checkpoint import Checkpointer, State
+from runner.job import JobResult, checkpointer_for, run_job
 from runner.progress import ProgressReporter
+from runner.train import TrainingStopped
 from schemas.events import (
     Envelope,
+    TaskCancelled,
+    TaskCancelledEvent,
+    TaskCancelRequestedEvent,
     TaskCompleted,
     TaskCompletedEvent,
     TaskFailed,
@@ -39,22 +48,13 @@ from schemas.events import (
     TaskStartedEvent,
     parse_event,
 )
-from schemas.record import TERMINAL_STATES
 from schemas.spec import TrainingSpec
+
+__all__ = ["RunnerContext", "fence", "handle_ready"]
 
 log = logging.getLogger("radtrain.runner")
 SOURCE = "radtrain/runner"
 MAX_DELIVER = 3
-
-
-@dataclass
-class RunnerContext:
-    settings: Settings
-    js: JetStreamContext
-    tasks: TaskRepo
-    store: ObjectStore
-    device: str
-    shutdown: threading.Event = field(default_factory=threading.Event)
 
 
 async def _publish(ctx: RunnerContext, event: Envelope) -> None:
@@ -64,45 +64,16 @@ async def _publish(ctx: RunnerContext, event: Envelope) -> None:
         raise TransientError("publish_failed", str(exc)) from exc
 
 
-async def _finished_in_stream(js: JetStreamContext, task_id: str) -> str | None:
-    """The stream, not the (possibly lagging) KV projection, says whether a task ended."""
-    for name in ("completed", "failed", "cancelled"):
-        try:
-            await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
-            return name
-        except NotFoundError:
-            continue
-    return None
-
-
-async def fence(ctx: RunnerContext, task_id: str, attempt: int) -> bool:
-    """True while this attempt still owns the task (DESIGN.md §4)."""
-    if await _finished_in_stream(ctx.js, task_id):
-        return False
-    found = await ctx.tasks.get(task_id)
-    if found is None:
-        return True
-    rec = found[0]
-    return rec.state not in TERMINAL_STATES and not (rec.state == "running"
-                                                     and rec.attempt > attempt)
-
-
-async def _keep_alive(msg: Msg, ctx: RunnerContext, spec: TrainingSpec, attempt: int,
-                      stop: threading.Event) -> None:
-    """Heartbeat the ack deadline and stop the job if a newer attempt took over."""
-    while not stop.is_set():
-        await asyncio.sleep(ctx.settings.heartbeat_s)
-        try:
-            await msg.in_progress()
-            if not await fence(ctx, spec.task_id, attempt):
-                log.warning("task %s: a newer attempt owns it; stopping", spec.task_id)
-                stop.set()
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("heartbeat for %s failed: %r", spec.task_id, exc)
-
-
 def _attempt(msg: Msg) -> int:
     return int(msg.metadata.num_delivered or 1)
+
+
+async def _check_owner(ctx: RunnerContext, task_id: str, attempt: int) -> None:
+    why = await ownership(ctx, task_id, attempt)
+    if why == "finished":
+        raise Superseded(f"task {task_id} already finished")
+    if why == "newer_attempt":
+        raise Fenced(f"task {task_id}: a newer attempt than {attempt} owns it")
 
 
 async def handle_ready(msg: Msg, ctx: RunnerContext) -> None:
@@ -113,29 +84,51 @@ async def handle_ready(msg: Msg, ctx: RunnerContext) -> None:
     if not isinstance(event, TaskReadyEvent):
         raise PermanentError("invalid_event", f"{msg.subject}: not a task.ready")
     spec, attempt = event.data, _attempt(msg)
-    if not await fence(ctx, spec.task_id, attempt):
-        raise Superseded(f"task {spec.task_id} finished or owned by a newer attempt")
-    await _publish(ctx, TaskStartedEvent(source=SOURCE, subject=spec.task_id, data=TaskStarted(
-        task_id=spec.task_id, runner_id=ctx.settings.runner_id, attempt=attempt,
-        device=ctx.device)))
-    result = await _train(msg, ctx, spec, attempt)
+    await _check_owner(ctx, spec.task_id, attempt)
+    cancel = await cancel_request(ctx.js, spec.task_id)
+    if cancel is not None:  # cancelled before any runner started it
+        await _cancelled(ctx, spec, attempt, cancel, None)
+        return
+    sup = Attempt(msg, ctx, spec.task_id, attempt)
+    sup.start()  # heartbeats from here on: loading a large checkpoint takes a while
+    try:
+        ckpt = checkpointer_for(ctx.store, spec, ctx.settings, sup.owns)
+        resume = await asyncio.to_thread(ckpt.load)
+        resumed = None if resume is None else int(resume["epoch"])
+        await _publish(ctx, TaskStartedEvent(source=SOURCE, subject=spec.task_id,
+                                             data=TaskStarted(
+            task_id=spec.task_id, runner_id=ctx.settings.runner_id, attempt=attempt,
+            resumed_from_epoch=resumed, device=ctx.device)))
+        result = await _train(ctx, sup, spec, attempt, ckpt, resume)
+    finally:
+        sup.stop()
+    if result is None:
+        return
+    await _check_owner(ctx, spec.task_id, attempt)  # a stalled attempt must not complete
     await _publish(ctx, TaskCompletedEvent(source=SOURCE, subject=spec.task_id, data=TaskCompleted(
         task_id=spec.task_id, metrics=result.metrics, artifacts=result.artifacts,
         duration_s=result.duration_s, attempt=attempt)))
     log.info("task %s completed: %s", spec.task_id, result.metrics)
 
 
-async def _train(msg: Msg, ctx: RunnerContext, spec: TrainingSpec, attempt: int) -> JobResult:
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-    reporter = ProgressReporter(ctx.js, loop, spec.task_id, SOURCE,
+async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: int,
+                 ckpt: Checkpointer, resume: State | None) -> JobResult | None:
+    """The job in a thread; None when it was cancelled (and that was reported)."""
+    reporter = ProgressReporter(ctx.js, asyncio.get_running_loop(), spec.task_id, SOURCE,
                                 ctx.settings.progress_interval_s)
-    heartbeat = asyncio.create_task(_keep_alive(msg, ctx, spec, attempt, stop))
     started = time.monotonic()
     try:
         return await asyncio.to_thread(
             run_job, spec, ctx.store, ctx.settings, ctx.device, reporter.report,
-            lambda: stop.is_set() or ctx.shutdown.is_set())
+            sup.should_stop, checkpointer=ckpt, resume=resume)
+    except TrainingStopped as exc:
+        if exc.reason == "cancelled" and sup.cancel is not None:
+            await _cancelled(ctx, spec, attempt, sup.cancel, exc.checkpoint_epoch)
+            return None
+        if exc.reason == "fenced":
+            raise Fenced(f"task {spec.task_id}: attempt {attempt} superseded") from exc
+        raise TransientError("shutdown", f"runner stopping ({exc.reason}); checkpoint after "
+                                         f"epoch {exc.checkpoint_epoch}", delay_s=1.0) from exc
     except PermanentError as exc:
         await _fail(ctx, spec, attempt, exc.code, exc.message, retryable=False)
         raise
@@ -144,8 +137,8 @@ async def _train(msg: Msg, ctx: RunnerContext, spec: TrainingSpec, attempt: int)
     except TransientError:
         raise
     except Exception as exc:
-        if stop.is_set():
-            raise Superseded(f"task {spec.task_id}: stopped for a newer attempt") from exc
+        if sup.reason == "fenced":
+            raise Fenced(f"task {spec.task_id}: attempt {attempt} superseded") from exc
         if ctx.shutdown.is_set():
             raise TransientError("shutdown", "runner shutting down", delay_s=1.0) from exc
         if attempt >= MAX_DELIVER:
@@ -153,10 +146,17 @@ async def _train(msg: Msg, ctx: RunnerContext, spec: TrainingSpec, attempt: int)
             raise PermanentError("unexpected", repr(exc)) from exc
         raise
     finally:
-        stop.set()
-        heartbeat.cancel()
         log.info("task %s attempt %d ran %.1fs", spec.task_id, attempt,
                  time.monotonic() - started)
+
+
+async def _cancelled(ctx: RunnerContext, spec: TrainingSpec, attempt: int,
+                     request: TaskCancelRequestedEvent, epoch: int | None) -> None:
+    log.info("task %s cancelled (checkpoint after epoch %s kept)", spec.task_id, epoch)
+    await _publish(ctx, TaskCancelledEvent(source=SOURCE, subject=spec.task_id,
+                                           data=TaskCancelled(
+        task_id=spec.task_id, by=request.data.by, reason=request.data.reason,
+        last_checkpoint_epoch=epoch, attempt=attempt)))
 
 
 async def _fail(ctx: RunnerContext, spec: TrainingSpec, attempt: int, code: str, message: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas.common import Strict
 from schemas.record import TaskRecord, TaskState
@@ -39,3 +39,33 @@ class ErrorBody(Strict):
 
 class TaskPage(Page[TaskRecord]):
     """A concrete page type: OpenAPI component names cannot carry ``[...]``."""
+
+
+class CancelRequest(Strict):
+    """``POST /v1/tasks/{id}/cancel`` body (optional): why, for the record and webhooks."""
+
+    reason: str = Field("", max_length=1000)
+
+
+class CancelAccepted(Strict):
+    task_id: str
+    state: TaskState
+    """The state when the request was accepted; ``cancelled`` follows once a runner stops."""
+    cancel_requested: bool = True
+
+
+class ArtifactLink(Strict):
+    """One file of a finished task, with where to download it."""
+
+    name: str
+    key: str
+    sha256: str
+    size: int
+    url: str
+    """The object store's presigned URL (a file:// URI for the local store)."""
+    href: str
+    """The gateway's own tenant-checked download route."""
+
+
+class ArtifactPage(Page[ArtifactLink]):
+    pass

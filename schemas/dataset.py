@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -70,6 +71,36 @@ class DatasetManifest(Strict):
         return self
 
 
+class SizeStats(Strict):
+    """Image size distribution (rows x columns of each case's middle image)."""
+
+    min_rows: int
+    max_rows: int
+    median_rows: float
+    min_cols: int
+    max_cols: int
+    median_cols: float
+    common: dict[str, int] = Field(default_factory=dict)
+    """The most frequent sizes, ``"ROWSxCOLS"`` -> number of cases."""
+
+
+class DatasetStats(Strict):
+    """What a user checks before training: balance, sizes, patients, splits."""
+
+    num_images: int
+    class_counts: dict[str, int]
+    """Cases with at least one example of each class (a label, a box or mask pixels)."""
+    positive_rate: dict[str, float]
+    """``class_counts / num_cases`` per class."""
+    box_counts: dict[str, int] = Field(default_factory=dict)
+    """Boxes per class (``boxes`` datasets only)."""
+    image_sizes: SizeStats | None = None
+    patients: int
+    cases_without_patient: int
+    splits: dict[str, int]
+    """``train``/``val``/``test``/``unassigned`` -> number of cases."""
+
+
 class DatasetSummary(Strict):
     """What KV ``datasets`` holds: enough to enrich a task without reading the manifest."""
 
@@ -82,3 +113,5 @@ class DatasetSummary(Strict):
     num_cases: int
     manifest_key: str
     manifest_sha256: str
+    stats: DatasetStats | None = None
+    created_at: datetime | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from schemas.common import Identifier, Strict, ZooId
 
@@ -115,6 +115,13 @@ class TaskRequest(Strict):
     model: ModelChoice | None = None
     tuning: Tuning = AutoTuning(mode="auto")
     resources: Resources = Resources()
+
+    # The validator below, said in JSON Schema too, so that OpenAPI clients know it.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"flow": {"const": "general"}}, "required": ["flow"]},
+        "then": {"required": ["task_type"],
+                 "properties": {"task_type": {"type": "string"}}},
+    })
 
     @model_validator(mode="after")
     def _general_needs_task_type(self) -> TaskRequest:

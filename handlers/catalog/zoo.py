@@ -1,36 +1,41 @@
-"""The model zoo: network × pretrained weights, as frozen data.
+"""The model zoo: network × pretrained weights, as frozen data (DESIGN.md §7).
 
-Like timm's registry: entries are data, one lookup function raises a typed
-error, and nothing here imports torch, so the gateway can list the zoo.
+Like timm's registry: entries are data, one lookup raises a typed error, and
+nothing here imports torch, so the gateway can list the zoo without the
+runner extra. The entries themselves live in ``zoo.json``, generated from
+timm and torchvision metadata by ``python -m handlers.catalog.generate`` and
+checked in, so the catalog a task was enriched against is reviewable in git
+and identical on every machine. It is parsed once, on first use, not at import.
+
+Ids follow timm: ``<network>.<weights tag>`` (``resnet50.a1_in1k``). A bare
+network name is an alias of its default weights, exactly as
+``timm.create_model("resnet50", pretrained=True)`` picks ``a1_in1k``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from schemas.zoo import ZooEntry, weights_key, weights_sha256_key
 
-SpeedClass = Literal["fast", "medium", "slow"]
+__all__ = ["Catalog", "UnknownZooEntry", "ZooEntry", "catalog", "get_entry", "list_entries",
+           "mirror_key", "weights_key", "weights_sha256_key"]
 
 
-class ZooEntry(BaseModel):
+class Catalog(BaseModel):
+    """The whole of ``zoo.json``: entries, the bare-name aliases and what generated them."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
-    task_types: tuple[str, ...]
-    builder: Literal["timm"]
-    network: str
-    weights_tag: str | None
-    params_m: float
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    speed: SpeedClass
-    licence: str
-    source: str
+    generated_by: str
+    versions: dict[str, str]
+    entries: tuple[ZooEntry, ...]
+    aliases: dict[str, str]
 
 
 class UnknownZooEntry(KeyError):
@@ -42,47 +47,47 @@ class UnknownZooEntry(KeyError):
         return f"unknown zoo entry {self.entry_id!r}; list them with `radtrain zoo list`"
 
 
-def _timm(network: str, tag: str, params_m: float, size: int, speed: SpeedClass,
-          licence: str = "apache-2.0") -> ZooEntry:
-    return ZooEntry(
-        id=network,
-        task_types=("classification",),
-        builder="timm",
-        network=network,
-        weights_tag=tag,
-        params_m=params_m,
-        input_size=size,
-        speed=speed,
-        licence=licence,
-        source=f"timm/{network}.{tag}",
-    )
+@cache
+def catalog() -> Catalog:
+    """Parse ``zoo.json`` once; later calls share the frozen result."""
+    text = resources.files("handlers.catalog").joinpath("zoo.json").read_text(encoding="utf-8")
+    return Catalog.model_validate(json.loads(text))
 
 
-ENTRIES: tuple[ZooEntry, ...] = (
-    _timm("mobilenetv3_small_100", "lamb_in1k", 2.5, 224, "fast"),
-    _timm("mobilenetv3_large_100", "ra_in1k", 5.5, 224, "fast"),
-    _timm("efficientnet_lite0", "ra_in1k", 4.7, 224, "fast"),
-    _timm("resnet10t", "c3_in1k", 5.4, 224, "fast"),
-    _timm("resnet18", "a1_in1k", 11.7, 224, "medium"),
-    _timm("resnet50", "a1_in1k", 25.6, 224, "medium"),
-    _timm("efficientnet_b0", "ra_in1k", 5.3, 224, "medium"),
-    _timm("convnext_tiny", "fb_in22k_ft_in1k", 28.6, 224, "slow"),
-)
-
-_BY_ID: dict[str, ZooEntry] = {e.id: e for e in ENTRIES}
+@cache
+def _by_id() -> dict[str, ZooEntry]:
+    return {e.id: e for e in catalog().entries}
 
 
 def get_entry(entry_id: str) -> ZooEntry:
-    try:
-        return _BY_ID[entry_id]
-    except KeyError:
-        raise UnknownZooEntry(entry_id) from None
+    """The entry for an id or alias; ``UnknownZooEntry`` otherwise."""
+    by_id = _by_id()
+    found = by_id.get(entry_id) or by_id.get(catalog().aliases.get(entry_id, ""))
+    if found is None:
+        raise UnknownZooEntry(entry_id)
+    return found
 
 
-def list_entries(task_type: str | None = None) -> list[ZooEntry]:
-    return [e for e in ENTRIES if task_type is None or task_type in e.task_types]
+def list_entries(task_type: str | None = None, family: str | None = None,
+                 q: str | None = None) -> list[ZooEntry]:
+    """Catalog order; ``q`` matches id, network, family and pretraining, case-insensitive."""
+    needle = (q or "").strip().lower()
+    return [
+        e for e in catalog().entries
+        if (task_type is None or task_type in e.task_types)
+        and (family is None or e.family == family)
+        and (not needle or needle in _haystack(e))
+    ]
 
 
-def weights_key(entry_id: str) -> str:
-    """Where the offline mirror keeps an entry's pretrained weights in the store."""
-    return f"zoo/weights/{entry_id}.safetensors"
+def _haystack(e: ZooEntry) -> str:
+    return " ".join((e.id, e.network, e.family, e.pretrained_on, e.builder)).lower()
+
+
+def families(entries: Iterable[ZooEntry] | None = None) -> list[str]:
+    return sorted({e.family for e in (catalog().entries if entries is None else entries)})
+
+
+def mirror_key(entry: ZooEntry) -> str:
+    """The store key holding this entry's weights (shared between entries with one source)."""
+    return weights_key(entry.weights_id)

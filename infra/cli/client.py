@@ -19,10 +19,13 @@ class ApiCallError(RuntimeError):
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 30.0) -> tuple[int, Any, dict[str, str]]:
+         timeout: float = 30.0, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    """One request; ``token`` is the API key, sent as ``Authorization: Bearer``."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     for k, v in (headers or {}).items():
         req.add_header(k, v)
     try:

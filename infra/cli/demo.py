@@ -65,7 +65,8 @@ def demo_request(dataset_id: str) -> dict[str, Any]:
     }
 
 
-def follow(url: str, task_id: str, console: Console, timeout_s: float = 900.0) -> dict[str, Any]:
+def follow(url: str, task_id: str, console: Console, timeout_s: float = 900.0,
+           token: str | None = None) -> dict[str, Any]:
     """Poll the task and draw a progress bar until it reaches a terminal state."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} steps"),
@@ -74,7 +75,7 @@ def follow(url: str, task_id: str, console: Console, timeout_s: float = 900.0) -
     with Progress(*columns, console=console, transient=False) as bar:
         tid = bar.add_task("requested", total=None, info="")
         while True:
-            _, rec, _ = call("GET", f"{url}/v1/tasks/{task_id}")
+            _, rec, _ = call("GET", f"{url}/v1/tasks/{task_id}", token=token)
             prog = rec.get("progress") or {}
             info = _progress_info(prog)
             bar.update(tid, description=rec["state"], info=info,

@@ -18,6 +18,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra.cli import replay, status, watch
+from infra.cli.datasets import datasets_app
+from infra.cli.dlq import dlq_app
+from infra.cli.keys import keys_app
+from infra.cli.zoo import zoo_app
 from infra.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -26,6 +31,13 @@ infra_app = typer.Typer(no_args_is_help=True, help="Streams, consumers and KV bu
 schemas_app = typer.Typer(no_args_is_help=True, help="The contracts as JSON Schema.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(keys_app, name="keys")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(zoo_app, name="zoo")
+app.command("replay")(replay.replay)
+app.command("status")(status.status)
+app.command("watch")(watch.watch)
 console = Console()
 
 
@@ -60,6 +72,9 @@ def up(
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    console.print(f"API key (tenant {stack.settings.default_tenant}): [bold]{stack.api_key}[/]\n"
+                  f"  curl -H 'Authorization: Bearer {stack.api_key}' "
+                  f"{stack.gateway_url}/v1/tasks")
     console.print(f"radtrain is up: gateway [bold]{stack.gateway_url}[/], "
                   f"NATS {stack.settings.nats_url}, store {stack.settings.store_dir}")
     console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
@@ -82,6 +97,9 @@ def demo(
                                               help="Cases to generate (default: the recipe's).")
                      ] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    api_key: Annotated[str | None, typer.Option(
+        help="Key for --url (default: RADTRAIN_API_KEY); the embedded stack makes its own.")
+                       ] = None,
 ) -> None:
     """Synthetic head-CT dataset → task over HTTP → progress → metrics and artifacts."""
     from infra.cli.client import call
@@ -92,17 +110,21 @@ def demo(
     started = time.monotonic()
     stack = None
     settings = Settings()
+    secret = settings.api_key.get_secret_value() if settings.api_key else None
+    token = api_key or secret
     if url is None:
         stack = start_stack(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
-        settings, url = stack.settings, stack.gateway_url
+        settings, url, token = stack.settings, stack.gateway_url, stack.api_key
         console.print(f"embedded stack up: gateway {url}, NATS {settings.nats_url}")
+        console.print(f"API key (tenant {settings.default_tenant}): {token}")
     try:
         dataset_id = f"demo-{uuid.uuid4().hex[:8]}"
         build_demo_dataset(settings, dataset_id, cases or int(DEMO_RECIPE["n_cases"]), seed,
                            console)
-        _, accepted, headers = call("POST", f"{url}/v1/tasks", demo_request(dataset_id))
+        _, accepted, headers = call("POST", f"{url}/v1/tasks", demo_request(dataset_id),
+                                    token=token)
         console.print(f"task [bold]{accepted['task_id']}[/] accepted ({headers.get('Location')})")
-        record = follow(url, accepted["task_id"], console)
+        record = follow(url, accepted["task_id"], console, token=token)
         print_result(record, console)
     finally:
         if stack is not None:

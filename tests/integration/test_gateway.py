@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
-from infra.jetstream import apply, connect
 from infra.settings import Settings
+from tests.tenancy_utils import apply_streams, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,8 @@ GOOD: dict[str, Any] = {
 @pytest.fixture
 async def client(nats_server: str, tmp_path: Path) -> AsyncIterator[TestClient]:
     settings = Settings(nats_url=nats_server, store_dir=tmp_path, max_request_bytes=4096)
-    nc, js = await connect(settings, "test-apply")
-    await apply(js, settings)
-    await nc.close()
-    async with TestClient(TestServer(create_app(settings))) as c:
+    await apply_streams(settings)
+    async with gateway_client(settings, await issue_key(settings, "default")) as c:
         yield c
 
 

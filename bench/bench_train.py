@@ -1,0 +1,143 @@
+"""Training loop (DESIGN.md §12): images/s of the runner's loop (``runner.train.train``:
+batches from the prepared arrays, augmentation, normalisation, mixed precision,
+clipping, schedule, progress callbacks) against the same model and batch size on
+synthetic tensors already on the device (forward, loss, backward, step: the
+bound no data path can beat).
+
+    python -m bench.bench_train [--network resnet10t] [--image-size 128] [--batch 32]
+                                [--cases 256] [--epochs 3] [--steps 20] [--workers 0] [--json]
+
+The loop's rate is the per-epoch training throughput it reports itself
+(evaluation excluded), the median over the epochs after the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from runner.data import PreparedData
+from runner.job import pick_device
+from runner.model import build_model
+from runner.train import ProgressUpdate, TrainOptions, _precision, train
+from schemas.spec import TrainingSpec
+
+
+def _spec(args: argparse.Namespace) -> TrainingSpec:
+    return TrainingSpec.model_validate({
+        "task_id": "bench-train", "tenant": "bench", "name": "bench", "flow": "general",
+        "task_type": "classification",
+        "dataset": {"dataset_id": "bench", "manifest_key": "datasets/bench/manifest.json",
+                    "sha256": "0" * 64, "annotation_type": "single_label", "modality": "CT",
+                    "num_cases": args.cases},
+        "classes": ["normal", "finding"], "label_mode": "single_label",
+        "preprocessing": {"image_size": args.image_size, "channels": 3, "mean": [0.5],
+                          "std": [0.5]},
+        "model": {"entry_id": args.network, "builder": "timm", "network": args.network,
+                  "pretrained": False, "num_classes": 2, "in_chans": 3},
+        "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch,
+                            "image_size": args.image_size, "augmentation": "light"},
+        "resources": {"gpus": 1},
+    })
+
+
+def _data(args: argparse.Namespace) -> PreparedData:
+    """In memory, every case but one in train: the loop, not the evaluation, is timed."""
+    n, s = args.cases + 1, args.image_size
+    rng = np.random.default_rng(0)
+    split = np.array(["train"] * args.cases + ["val"])
+    return PreparedData(
+        x=rng.integers(0, 255, (n, 3, s, s), dtype=np.uint8),
+        y=rng.integers(0, 2, n).astype(np.int64), case_ids=[f"c{i}" for i in range(n)],
+        patient_ids=[None] * n, split=split, classes=["normal", "finding"],
+        label_mode="single_label", cache_path=Path("/nonexistent"), cache_hit=True)
+
+
+def loop_rate(spec: TrainingSpec, args: argparse.Namespace, device: torch.device) -> float:
+    rates: dict[int, float] = {}
+
+    def on_progress(u: ProgressUpdate) -> None:
+        if not u.epoch_end and u.throughput is not None:
+            rates[u.epoch] = u.throughput  # the last step's value: the whole epoch's rate
+
+    train(spec, _data(args), device, on_progress, lambda: False,
+          options=TrainOptions(workers=args.workers, compile=args.compile))
+    later = [r for e, r in rates.items() if e > 1] or list(rates.values())
+    return statistics.median(later)
+
+
+def bound_rate(spec: TrainingSpec, args: argparse.Namespace, device: torch.device) -> float:
+    """Same model, batch, optimizer and precision; inputs already on the device."""
+    model: nn.Module = build_model(spec.model).to(device).train()
+    amp, _ = _precision(device, spec.hyperparameters)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if args.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 2, (args.batch,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = loss_fn(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return args.steps * args.batch / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__)
+    parser.add_argument("--network", default="resnet10t")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--cases", type=int, default=256, help="training cases per epoch")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of the bound")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(pick_device(args.device))
+    spec = _spec(args)
+    # The bound is timed before and after the loop and the better kept: on a shared
+    # machine a single timing is at the mercy of whatever else runs at that moment.
+    first = bound_rate(spec, args, device)
+    loop = loop_rate(spec, args, device)
+    bound = max(first, bound_rate(spec, args, device))
+    report = {"device": str(device), "network": args.network, "image_size": args.image_size,
+              "batch": args.batch, "workers": args.workers, "compile": args.compile,
+              "bound_images_per_s": bound, "loop_images_per_s": loop,
+              "ratios": {"runner loop / synthetic on device": loop / bound}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"device {device}, {args.network} at {args.image_size}px, batch {args.batch}")
+        print(f"  synthetic tensors on device (bound) {bound:9.1f} images/s")
+        print(f"  runner loop                         {loop:9.1f} images/s")
+        print(f"ratios:\n  runner loop / synthetic on device   {loop / bound:7.2f}x")
+    return report
+
+
+if __name__ == "__main__":
+    main()

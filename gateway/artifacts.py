@@ -1,0 +1,63 @@
+"""``GET /v1/tasks/{task_id}/artifacts/{name}``: a finished task's files, tenant-scoped.
+
+The store key comes from the task record (written by the runner, checked by
+its sha256), never from the URL: a caller names an artifact, and only one
+that its own task produced can be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.auth import tenant_of
+from gateway.errors import ApiError
+from gateway.keys import STORE, TASKS
+from infra.store import ObjectNotFound, StoreUnavailable
+from schemas.common import is_identifier
+
+routes = web.RouteTableDef()
+CHUNK = 1 << 20
+
+
+@routes.get("/v1/tasks/{task_id}/artifacts/{name}")
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    task_id, name = request.match_info["task_id"], request.match_info["name"]
+    not_found = ApiError(404, "not_found", f"artifact {name!r} of task {task_id!r} not found")
+    if not is_identifier(task_id):
+        raise not_found
+    found = await request.app[TASKS].get(task_id)
+    if found is None or found[0].tenant != tenant_of(request):
+        raise not_found
+    artifact = next((a for a in found[0].artifacts if a.name == name), None)
+    if artifact is None:
+        raise not_found
+    with tempfile.TemporaryDirectory(prefix="radtrain-artifact-") as tmp:
+        path = Path(tmp) / "blob"
+        try:
+            await asyncio.to_thread(request.app[STORE].get_file, artifact.key, path)
+        except ObjectNotFound:
+            raise not_found from None
+        except StoreUnavailable as exc:
+            raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+        return await _stream(request, path, name, artifact.sha256)
+
+
+async def _stream(request: web.Request, path: Path, name: str, sha256: str
+                  ) -> web.StreamResponse:
+    """Chunked from a temporary file: large weights never sit whole in memory."""
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "ETag": f'"{sha256}"',
+    })
+    resp.content_length = (await asyncio.to_thread(path.stat)).st_size
+    await resp.prepare(request)
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            await resp.write(chunk)
+    await resp.write_eof()
+    return resp

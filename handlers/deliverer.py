@@ -1,0 +1,227 @@
+"""Webhook deliverer glue: status event -> one job per subscription -> signed HTTP attempts.
+
+Two consumers. ``webhooks`` (on ``TASKS`` status subjects) fans each event out
+into jobs on the ``WEBHOOKS`` stream and acks. ``webhook-deliveries`` makes
+one attempt per delivery of a job; on failure it records the attempt and
+raises ``TransientError(delay)``, which the transport turns into
+``nak(delay)``: JetStream keeps the job and its schedule durably, across
+restarts and replicas, with no timer in memory. After the retry window the
+delivery is marked failed and the job acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import aiohttp
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from handlers.webhooks import (
+    RetryPolicy,
+    delivery_id,
+    is_success,
+    request_headers,
+    subscribers,
+    webhook_event_type,
+)
+from infra.errors import PermanentError, TransientError
+from infra.jetstream import TASKS_STREAM
+from infra.kv import TaskRepo
+from infra.metrics import WEBHOOK_ATTEMPTS
+from infra.netguard import BlockedAddress, GuardedResolver, check_url
+from infra.settings import Settings
+from infra.webhook_repo import DeliveryRepo, WebhookRepo, active_secrets
+from schemas.events import Event, TaskRejectedEvent, TaskRequestedEvent, parse_event
+from schemas.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    WebhookEventType,
+    WebhookJob,
+    WebhookSubscription,
+)
+
+if TYPE_CHECKING:
+    from handlers.transport import Deps
+
+log = logging.getLogger("radtrain.webhooks")
+
+
+@dataclass
+class WebhookContext:
+    settings: Settings
+    subs: WebhookRepo
+    deliveries: DeliveryRepo
+    session: aiohttp.ClientSession
+    policy: RetryPolicy
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def open_webhooks(settings: Settings, js: JetStreamContext) -> WebhookContext:
+    """One HTTP session whose resolver refuses non-public addresses (unless allowed)."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(settings.webhooks_allow_private),
+                                     use_dns_cache=False, limit=64)
+    session = aiohttp.ClientSession(connector=connector, trust_env=False)
+    return WebhookContext(
+        settings=settings, subs=await WebhookRepo.open(js),
+        deliveries=await DeliveryRepo.open(js), session=session,
+        policy=RetryPolicy(settings.webhook_retry_base_s, settings.webhook_retry_max_delay_s,
+                           settings.webhook_retry_window_s))
+
+
+def _ctx(deps: Deps) -> WebhookContext:
+    if deps.webhooks is None:
+        raise PermanentError("misconfigured", "webhook context missing")
+    return deps.webhooks
+
+
+async def _tenant_of(js: JetStreamContext, tasks: TaskRepo, event: Event) -> str:
+    """Status events carry no tenant (but rejected): the record or the request says it."""
+    if isinstance(event, TaskRejectedEvent):
+        return event.data.tenant
+    found = await tasks.get(event.subject)
+    if found is not None:
+        return found[0].tenant
+    try:
+        raw = await js.get_last_msg(TASKS_STREAM, f"tasks.requested.{event.subject}")
+        requested = parse_event(raw.data or b"")
+    except (NotFoundError, ValidationError):
+        requested = None
+    if isinstance(requested, TaskRequestedEvent):
+        return requested.data.tenant
+    raise TransientError("tenant_unknown", f"task {event.subject}: no record yet", delay_s=5.0)
+
+
+async def on_status_event(msg: Msg, deps: Deps) -> None:
+    """Fan out: one delivery record and one job per matching subscription."""
+    ctx = _ctx(deps)
+    try:
+        event = parse_event(msg.data)
+    except ValidationError as exc:
+        raise PermanentError("invalid_event", f"{msg.subject}: {exc}") from exc
+    wtype = webhook_event_type(event.type)
+    if wtype is None:
+        return
+    try:
+        tenant = await _tenant_of(deps.js, deps.tasks, event)
+        subs = subscribers(await ctx.subs.list(tenant), wtype)
+        for sub in subs:
+            await _enqueue(deps.js, ctx, tenant, sub, event, wtype, msg.data)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransientError("kv_unavailable", str(exc)) from exc
+
+
+async def _enqueue(js: JetStreamContext, ctx: WebhookContext, tenant: str,
+                   sub: WebhookSubscription, event: Event, wtype: WebhookEventType,
+                   body: bytes) -> None:
+    did = delivery_id(event.id, sub.id)
+    now = datetime.now(UTC)
+    delivery = Delivery(id=did, webhook_id=sub.id, event_id=event.id, event_type=wtype,
+                        task_id=event.subject, created_at=now, updated_at=now)
+    if not await ctx.deliveries.create(tenant, delivery):
+        existing = await ctx.deliveries.get(tenant, sub.id, did)
+        if existing is not None and existing[0].attempts:
+            return  # a redelivered event whose job already ran
+    job = WebhookJob(delivery_id=did, webhook_id=sub.id, tenant=tenant, task_id=event.subject,
+                     event_type=wtype, body=body.decode(), first_at=now,
+                     traceparent=event.traceparent)
+    await js.publish(f"webhooks.jobs.{tenant}.{sub.id}", job.model_dump_json().encode(),
+                     headers={"Nats-Msg-Id": did}, timeout=10.0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and is_success(self.status_code)
+
+
+async def send(ctx: WebhookContext, sub: WebhookSubscription, job: WebhookJob) -> Outcome:
+    """One signed POST; never raises for the receiver's faults, it reports them."""
+    body = job.body.encode()
+    headers = request_headers(active_secrets(sub, datetime.now(UTC)), job.delivery_id,
+                              int(time.time()), body, job.traceparent)
+    started = time.perf_counter()
+
+    def done(status: int | None, error: str | None) -> Outcome:
+        return Outcome(status, error, (time.perf_counter() - started) * 1000.0)
+
+    try:
+        check_url(sub.url, ctx.settings.webhooks_allow_private)
+        timeout = aiohttp.ClientTimeout(total=ctx.settings.webhook_timeout_s)
+        async with ctx.session.post(sub.url, data=body, headers=headers, timeout=timeout,
+                                    allow_redirects=False) as resp:
+            return done(resp.status, None if is_success(resp.status) else f"HTTP {resp.status}")
+    except BlockedAddress as exc:
+        return done(None, f"blocked_address: {exc}")
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, BlockedAddress):
+            return done(None, f"blocked_address: {exc.os_error}")
+        return done(None, f"connect_error: {exc}")
+    except TimeoutError:
+        return done(None, f"timeout after {ctx.settings.webhook_timeout_s:.0f}s")
+    except aiohttp.ClientError as exc:
+        return done(None, f"http_error: {exc!r}")
+
+
+async def on_delivery_job(msg: Msg, deps: Deps) -> None:
+    """One attempt; success or give-up acks, anything else naks with the next delay."""
+    ctx = _ctx(deps)
+    try:
+        job = WebhookJob.model_validate_json(msg.data)
+    except ValidationError as exc:
+        raise PermanentError("invalid_job", f"{msg.subject}: {exc}") from exc
+    found = await ctx.deliveries.get(job.tenant, job.webhook_id, job.delivery_id)
+    if found is not None and found[0].state != "pending":
+        return
+    sub = await ctx.subs.get(job.tenant, job.webhook_id)
+    if sub is None:
+        await _record(ctx, job, None, "failed")
+        return
+    outcome = await send(ctx, sub, job)
+    attempts = len(found[0].attempts) + 1 if found else 1
+    now = datetime.now(UTC)
+    delay = None if outcome.ok else ctx.policy.next_delay(attempts, job.first_at, now)
+    state: DeliveryState = ("succeeded" if outcome.ok else
+                            "pending" if delay is not None else "failed")
+    WEBHOOK_ATTEMPTS.labels("ok" if outcome.ok else "retry" if delay else "gave_up").inc()
+    attempt = DeliveryAttempt(
+        attempt=attempts, at=now, status_code=outcome.status_code, error=outcome.error,
+        duration_ms=outcome.duration_ms,
+        next_retry_at=now + timedelta(seconds=delay) if delay is not None else None)
+    await _record(ctx, job, attempt, state)
+    if delay is not None:
+        log.info("webhook %s to %s failed (%s); attempt %d, retry in %.1fs",
+                 job.delivery_id, sub.url, outcome.error, attempts, delay)
+        raise TransientError("webhook_failed", outcome.error or "failed", delay_s=delay)
+
+
+async def _record(ctx: WebhookContext, job: WebhookJob, attempt: DeliveryAttempt | None,
+                  state: DeliveryState) -> None:
+    now = datetime.now(UTC)
+
+    def change(d: Delivery) -> Delivery:
+        attempts = [*d.attempts, attempt] if attempt else d.attempts
+        return d.model_copy(update={"attempts": attempts, "state": state, "updated_at": now})
+
+    updated = await ctx.deliveries.update(job.tenant, job.webhook_id, job.delivery_id, change)
+    if updated is None:  # the record expired or was never written: start it from the job
+        event = parse_event(job.body)
+        await ctx.deliveries.create(job.tenant, change(Delivery(
+            id=job.delivery_id, webhook_id=job.webhook_id, event_id=event.id,
+            event_type=job.event_type, task_id=job.task_id, created_at=job.first_at,
+            updated_at=now)))

@@ -1,0 +1,96 @@
+"""Dataset import and browsing contracts (DESIGN.md §6): request, report, pages.
+
+The report is the one thing a user reads when an import fails, so every
+problem carries the case it concerns and the file or row it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.api import Page
+from schemas.common import Identifier, Strict
+from schemas.dataset import AnnotationType, Case, DatasetSummary, SkippedCase
+from schemas.tasks import Modality
+
+ImportFormat = Literal["folder-csv", "rsna-ich", "coco", "masks", "siim-rle"]
+RleLayout = Literal["relative", "absolute"]
+DecodeMode = Literal["auto", "always", "never"]
+
+TASK_ANNOTATIONS: dict[str, tuple[AnnotationType, ...]] = {
+    "classification": ("single_label", "multi_label"),
+    "detection": ("boxes",),
+    "segmentation": ("masks",),
+}
+"""Which annotation types fit each task type: the dataset list filters by this."""
+
+
+def fits(summary: DatasetSummary, task_type: str | None = None,
+         annotation_type: str | None = None, modality: str | None = None) -> bool:
+    """Whether a dataset passes the list filters (unset filters pass everything)."""
+    if task_type is not None and summary.annotation_type not in TASK_ANNOTATIONS.get(task_type, ()):
+        return False
+    if annotation_type is not None and summary.annotation_type != annotation_type:
+        return False
+    return modality is None or summary.modality == modality
+
+
+class ImportProblem(Strict):
+    code: str
+    """``unreadable``, ``not_image``, ``truncated``, ``no_pixel_data``, ``too_large``,
+    ``missing_image``, ``missing_label``, ``unknown_label``, ``empty_class``,
+    ``duplicate_case``, ``mixed_modality``, ``box_outside``, ``mask_size`` ..."""
+    message: str
+    case_id: str | None = None
+    """None for problems of the whole dataset (an empty class, no cases at all)."""
+    source: str | None = None
+    """The file or CSV row the problem was found in, relative to the import source."""
+
+
+class ImportRequest(Strict):
+    """``POST /v1/datasets/import``: a source already uploaded to the store.
+
+    ``source`` is a folder under the caller's own ``imports/<tenant>/`` prefix;
+    it can name nothing outside it.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    format: ImportFormat
+    source: str = Field(min_length=1, max_length=500)
+    dataset_id: Identifier | None = None
+    annotation_type: AnnotationType | None = None
+    classes: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    modality: Modality | None = None
+    labels: str | None = Field(default=None, max_length=500)
+    """The labels file (CSV or COCO JSON), relative to ``source``; found by name if absent."""
+    skip_bad: bool = False
+    replace: bool = False
+    """Register a new version of an existing dataset id of the same tenant."""
+    rle: RleLayout = "relative"
+    decode: DecodeMode = "auto"
+
+
+class ImportReport(Strict):
+    dataset_id: str
+    name: str
+    format: ImportFormat
+    registered: bool
+    annotation_type: AnnotationType | None = None
+    modality: Modality | None = None
+    classes: list[str] = Field(default_factory=list)
+    num_cases: int = 0
+    """Cases registered (or that would be, had the import not failed)."""
+    skipped: list[SkippedCase] = Field(default_factory=list)
+    problems: list[ImportProblem] = Field(default_factory=list)
+    summary: DatasetSummary | None = None
+    elapsed_s: float = 0.0
+
+
+class DatasetPage(Page[DatasetSummary]):
+    """Concrete page types: OpenAPI component names cannot carry ``[...]``."""
+
+
+class CasePage(Page[Case]):
+    pass

@@ -1,0 +1,281 @@
+"""Faults on a real stack: kill -9 and SIGTERM of a training runner, and cancellation.
+
+The gateway and handlers run as services (``start_stack``); each test starts
+its runners itself as ``python -m runner`` subprocesses, so it can kill them.
+The runner consumer's ack wait is short (Settings.ack_wait_s), so a killed
+runner's message comes back in seconds.
+
+Injected, expected, observed (asserted):
+- kill -9 after the epoch-1 checkpoint -> a second runner resumes from it
+  (task.started says resumed_from_epoch >= 1), exactly one task.completed,
+  every epoch once in history.csv, at most one epoch trained twice;
+- SIGSTOP past the ack wait, redelivery, SIGCONT -> the stalled runner is fenced:
+  it stops without a checkpoint, a completion or an ack; one task.completed (attempt 2);
+- SIGTERM mid-epoch -> a checkpoint of that exact position, exit 0, nak, and
+  the next runner resumes from it;
+- cancel while training -> task.cancelled within a few seconds, checkpoint kept,
+  message acked (no redelivery); cancel before any runner -> skipped, cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import torch
+from rich.console import Console
+
+from infra.cli.client import call
+from infra.cli.demo import build_demo_dataset
+from infra.jetstream import RUNNER, TASKS_STREAM, connect
+from infra.settings import Settings
+from infra.stack import Stack, start_stack
+from infra.store import LocalStore
+from runner.checkpoint import checkpoint_key
+from schemas.events import Envelope, parse_event
+
+pytestmark = pytest.mark.e2e
+T = TypeVar("T")
+FINAL = {"completed", "failed", "cancelled", "rejected"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("resume")
+    settings = Settings(
+        data_dir=data, store_dir=data / "store", cache_dir=data / "cache", work_dir=data / "work",
+        gateway_port=0, nats_port=0, nats_sync_always=False, progress_interval_s=0.2,
+        heartbeat_s=0.5, ack_wait_s=3.0, cancel_poll_s=0.3, log_format="text")
+    st = start_stack(settings, services=("gateway", "handlers"))
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def dataset_id(stack: Stack) -> str:
+    ds = f"rs-{uuid.uuid4().hex[:6]}"
+    build_demo_dataset(stack.settings, ds, n_cases=24, seed=3, console=Console(quiet=True))
+    return ds
+
+
+class Runners:
+    """Runner subprocesses of one test, each with its own id and log."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack, self.procs = stack, []  # type: ignore[var-annotated]
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        env = dict(self.stack.env, RADTRAIN_RUNNER_ID=name)
+        log = (self.stack.settings.data_dir / "logs" / f"{name}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "runner"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def runners(stack: Stack) -> Iterator[Runners]:
+    r = Runners(stack)
+    yield r
+    r.stop_all()
+
+
+def submit(stack: Stack, dataset_id: str, epochs: int) -> str:
+    body = {"name": "fault", "flow": "general", "task_type": "classification",
+            "dataset_id": dataset_id,
+            "model": {"mode": "manual", "network": "mobilenetv3_small_100", "pretrained": False},
+            "tuning": {"mode": "manual", "hyperparameters": {
+                "epochs": epochs, "image_size": 64, "batch_size": 4, "seed": 1,
+                "augmentation": "none"}}}
+    _, accepted, _ = call("POST", f"{stack.gateway_url}/v1/tasks", body, token=stack.api_key)
+    return str(accepted["task_id"])
+
+
+def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def record(stack: Stack, task_id: str) -> dict[str, Any]:
+    return dict(call("GET", f"{stack.gateway_url}/v1/tasks/{task_id}", token=stack.api_key)[1])
+
+
+def history(stack: Stack, task_id: str) -> list[Envelope]:
+    async def read() -> list[Envelope]:
+        nc, js = await connect(stack.settings, "fault-history")
+        try:
+            info = await js.stream_info(TASKS_STREAM, subjects_filter=f"tasks.*.{task_id}")
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(TASKS_STREAM, seq)
+                except Exception:
+                    continue
+                if msg.subject.endswith(f".{task_id}"):
+                    out.append(parse_event(msg.data or b""))
+            return out
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
+def named(events: list[Envelope], name: str) -> list[Any]:
+    return [e for e in events if e.name == name]
+
+
+def checkpoint_epoch(stack: Stack, task_id: str) -> int | None:
+    store = LocalStore(stack.settings.store_dir)
+    key = checkpoint_key(task_id)
+    if not store.exists(key):
+        return None
+    try:
+        state = torch.load(store.root / key, map_location="cpu", weights_only=True)
+    except Exception:  # replaced while we read it
+        return None
+    return int(state["epoch"])
+
+
+def ack_pending(stack: Stack) -> int:
+    async def read() -> int:
+        nc, js = await connect(stack.settings, "fault-consumer")
+        try:
+            return int((await js.consumer_info(TASKS_STREAM, RUNNER)).num_ack_pending)
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
+def test_kill_9_then_a_second_runner_finishes_from_the_checkpoint(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    first = runners.start("runner-a")
+    task_id = submit(stack, dataset_id, epochs=4)
+    killed_at = wait_for(lambda: checkpoint_epoch(stack, task_id), 120, "a checkpoint")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert killed_at >= 1
+    runners.start("runner-b")
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    assert final["state"] == "completed", final
+
+    events = history(stack, task_id)
+    assert len(named(events, "completed")) == 1
+    started = named(events, "started")
+    assert [s.data.attempt for s in started] == [1, 2]
+    resumed = started[-1].data.resumed_from_epoch
+    assert resumed is not None and resumed >= killed_at >= 1
+    assert started[-1].data.runner_id == "runner-b"
+    csv_key = next(a["key"] for a in final["artifacts"] if a["name"] == "history.csv")
+    rows = list(csv.DictReader(io.StringIO(LocalStore(stack.settings.store_dir)
+                                           .get_bytes(csv_key).decode())))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # each epoch once in the result
+    # epochs trained twice = those runner A finished past its checkpoint (0) plus the one
+    # it was in when killed: at most one
+    epochs_a = {p.data.epoch for p in named(events, "progress") if p.data.metrics
+                and p.time < started[-1].time}
+    assert max(epochs_a, default=0) <= resumed + 1
+    print(f"kill -9 after checkpoint epoch {killed_at}; resumed_from_epoch {resumed}; "
+          f"runner A reached epoch {max(epochs_a, default=0)}; completed events 1")
+
+
+def test_a_stalled_runner_is_fenced_when_it_wakes_up(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    """SIGSTOP (a stall past the ack wait), redelivery to B, SIGCONT: A must stop on its own,
+    publish nothing more and settle nothing, while B finishes the task once."""
+    stalled = runners.start("runner-g")
+    task_id = submit(stack, dataset_id, epochs=4)
+    wait_for(lambda: checkpoint_epoch(stack, task_id), 120, "a checkpoint")
+    stalled.send_signal(signal.SIGSTOP)
+    runners.start("runner-h")
+    wait_for(lambda: len(named(history(stack, task_id), "started")) == 2 or None, 60, "attempt 2")
+    stalled.send_signal(signal.SIGCONT)
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    assert final["state"] == "completed" and final["attempt"] == 2, final
+    events = history(stack, task_id)
+    completed = named(events, "completed")
+    assert len(completed) == 1 and completed[0].data.attempt == 2
+    assert [s.data.runner_id for s in named(events, "started")] == ["runner-g", "runner-h"]
+    log = stack.settings.data_dir / "logs" / "runner-g.log"
+    wait_for(lambda: "fenced" in log.read_text(errors="replace") or None, 20, "A fenced")
+    assert stalled.poll() is None  # A lives on and takes other work
+    print("stalled runner fenced after waking; attempt 2 completed once")
+
+
+def test_sigterm_writes_a_checkpoint_and_the_next_runner_resumes(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    first = runners.start("runner-c")
+    task_id = submit(stack, dataset_id, epochs=3)
+    wait_for(lambda: checkpoint_epoch(stack, task_id) == 1 or None, 120, "epoch 1")
+    time.sleep(0.5)  # inside epoch 2
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    store = LocalStore(stack.settings.store_dir)
+    state = torch.load(store.root / checkpoint_key(task_id), map_location="cpu",
+                       weights_only=True)
+    stopped_at = (int(state["epoch"]), int(state["batch_index"]))
+    assert stopped_at[0] >= 1
+    runners.start("runner-d")
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    assert final["state"] == "completed", final
+    events = history(stack, task_id)
+    assert len(named(events, "completed")) == 1
+    assert named(events, "started")[-1].data.resumed_from_epoch == stopped_at[0]
+    print(f"SIGTERM checkpoint at epoch {stopped_at[0]}, next batch {stopped_at[1]}; resumed")
+
+
+def test_cancel_while_training_stops_within_seconds_and_keeps_the_checkpoint(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    runners.start("runner-e")
+    task_id = submit(stack, dataset_id, epochs=30)
+    wait_for(lambda: checkpoint_epoch(stack, task_id), 120, "a checkpoint")
+    asked = time.monotonic()
+    status, body, _ = call("POST", f"{stack.gateway_url}/v1/tasks/{task_id}/cancel",
+                           {"reason": "wrong dataset"}, token=stack.api_key)
+    assert status == 202 and body["cancel_requested"]
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 30, "cancel")
+    took = time.monotonic() - asked
+    assert final["state"] == "cancelled" and took < 10, took
+    print(f"cancel -> cancelled state in {took:.2f}s")
+    events = history(stack, task_id)
+    cancelled = named(events, "cancelled")
+    assert len(cancelled) == 1 and cancelled[0].data.reason == "wrong dataset"
+    assert cancelled[0].data.last_checkpoint_epoch is not None
+    assert checkpoint_epoch(stack, task_id) is not None
+    assert not named(events, "completed")
+    wait_for(lambda: ack_pending(stack) == 0 or None, 10, "the ack")
+    time.sleep(4)  # longer than the ack wait: an unacked message would be back by now
+    assert len(named(history(stack, task_id), "started")) == 1
+
+
+def test_cancel_before_any_runner_skips_the_task(stack: Stack, dataset_id: str,
+                                                 runners: Runners) -> None:
+    task_id = submit(stack, dataset_id, epochs=2)
+    wait_for(lambda: record(stack, task_id)["state"] == "ready" or None, 60, "ready")
+    status, _, _ = call("POST", f"{stack.gateway_url}/v1/tasks/{task_id}/cancel",
+                        token=stack.api_key)
+    assert status == 202
+    runners.start("runner-f")
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 60, "end")
+    assert final["state"] == "cancelled"
+    events = history(stack, task_id)
+    assert not named(events, "started")
+    assert named(events, "cancelled")[0].data.last_checkpoint_epoch is None

@@ -1,0 +1,20 @@
+"""Smoke test of ``python -m bench.bench_submit``: it runs end to end and reports ratios."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import bench_submit
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def test_bench_submit_reports_every_path_and_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    report = bench_submit.main(["--requests", "20", "--concurrency", "4"])
+    paths = {(r["sync"], r["path"]) for r in report["results"]}
+    assert paths == {(s, p) for s in ("always", "default")
+                     for p in ("raw nats-py", "gateway", "gateway+idempotency-key")}
+    assert all(r["rps"] > 0 and r["requests"] == 20 for r in report["results"])
+    assert "gateway/raw throughput, sync always" in report["ratios"]
+    assert "raw nats-py throughput, always/default" in report["ratios"]
+    assert "ratios" in capsys.readouterr().out

@@ -1,0 +1,147 @@
+"""Resume = uninterrupted: a run stopped and resumed from its checkpoint ends where an
+uninterrupted run with the same seed ends (deterministic CPU, tolerance RESUME_ATOL).
+
+The checkpoints go through a real LocalStore and ``torch.load(weights_only=True)``,
+so this also proves that everything in them (RNG states included) is plain data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from infra.store import LocalStore
+from runner.checkpoint import Checkpointer, checkpoint_key
+from runner.data import PreparedData
+from runner.train import TrainingStopped, TrainOptions, TrainResult, train
+from schemas.spec import TrainingSpec
+
+RESUME_ATOL = 1e-6
+"""Final metrics of a resumed run may differ from the uninterrupted run's by at most this."""
+CPU = torch.device("cpu")
+
+
+def tiny_data(tmp_path: Path) -> PreparedData:
+    """24 cases at 32 px whose label is a bright square: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    y = np.array([i % 2 for i in range(24)], dtype=np.int64)
+    x = rng.integers(0, 80, (24, 3, 32, 32), dtype=np.uint8)
+    x[y == 1, :, 8:20, 8:20] = 230
+    split = np.array(["train"] * 16 + ["val"] * 8)
+    return PreparedData(x=x, y=y, case_ids=[f"c{i}" for i in range(24)], patient_ids=[None] * 24,
+                        split=split, classes=["normal", "finding"], label_mode="single_label",
+                        cache_path=tmp_path / "none", cache_hit=False)
+
+
+def tiny_spec(**hp: Any) -> TrainingSpec:
+    return TrainingSpec.model_validate({
+        "task_id": "resume-1", "tenant": "default", "name": "resume", "flow": "general",
+        "task_type": "classification",
+        "dataset": {"dataset_id": "ds", "manifest_key": "datasets/ds/manifest.json",
+                    "sha256": "0" * 64, "annotation_type": "single_label", "modality": "CT",
+                    "num_cases": 24},
+        "classes": ["normal", "finding"], "label_mode": "single_label",
+        "preprocessing": {"image_size": 32, "channels": 3, "mean": [0.5], "std": [0.5]},
+        "model": {"entry_id": "resnet10t", "builder": "timm", "network": "resnet10t",
+                  "pretrained": False, "num_classes": 2, "in_chans": 3},
+        "hyperparameters": {"epochs": 3, "batch_size": 8, "image_size": 32, "seed": 7,
+                            "learning_rate": 3e-3, "warmup_epochs": 1,
+                            "augmentation": "strong", **hp},
+        "resources": {"gpus": 0},
+    })
+
+
+def run(spec: TrainingSpec, data: PreparedData, ckpt: Checkpointer | None,
+        stop_at_step: int | None = None, resume: dict[str, Any] | None = None) -> TrainResult:
+    steps: list[int] = []
+
+    def should_stop() -> str | None:
+        return "shutdown" if stop_at_step is not None and len(steps) >= stop_at_step else None
+
+    return train(spec, data, CPU, lambda u: steps.append(u.step) if not u.epoch_end else None,
+                 should_stop, options=TrainOptions(checkpointer=ckpt, resume=resume))
+
+
+def assert_same_run(a: TrainResult, b: TrainResult) -> None:
+    assert a.best_epoch == b.best_epoch
+    assert a.metrics.keys() == b.metrics.keys()
+    for key in a.metrics:
+        assert abs(a.metrics[key] - b.metrics[key]) <= RESUME_ATOL, key
+    assert len(a.history) == len(b.history)
+    for ra, rb in zip(a.history, b.history, strict=True):
+        assert abs(ra["train_loss"] - rb["train_loss"]) <= RESUME_ATOL
+        assert abs(ra["val_loss"] - rb["val_loss"]) <= RESUME_ATOL
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
+                                  strict=True):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, atol=RESUME_ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    tmp = tmp_path_factory.mktemp("plain")
+    return run(tiny_spec(), tiny_data(tmp), None)
+
+
+def test_sigterm_mid_epoch_checkpoint_resumes_exactly(uninterrupted: TrainResult,
+                                                       tmp_path: Path) -> None:
+    store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(), tiny_data(tmp_path)
+    ckpt = Checkpointer(store, spec, tmp_path / "work")
+    with pytest.raises(TrainingStopped) as stopped:
+        run(spec, data, ckpt, stop_at_step=5)  # 2 steps per epoch: 1 into epoch 3
+    assert stopped.value.reason == "shutdown" and stopped.value.checkpoint_epoch == 2
+    assert store.exists(checkpoint_key(spec.task_id))
+    state = Checkpointer(store, spec, tmp_path / "work").load()
+    assert state is not None and state["epoch"] == 2 and state["batch_index"] == 1
+    assert state["step"] == 5 and [h["epoch"] for h in state["history"]] == [1, 2]
+    resumed = run(spec, data, ckpt, resume=state)
+    assert resumed.resumed_from_epoch == 2
+    assert_same_run(uninterrupted, resumed)
+
+
+def test_crash_after_an_epoch_resumes_from_its_checkpoint(uninterrupted: TrainResult,
+                                                          tmp_path: Path) -> None:
+    """kill -9 after epoch 1: only the epoch-end checkpoint exists (later writes refused)."""
+    store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(), tiny_data(tmp_path)
+    writes: list[int] = []
+
+    def first_only() -> bool:
+        writes.append(1)
+        return len(writes) == 1
+
+    run(spec, data, Checkpointer(store, spec, tmp_path / "w1", first_only))
+    state = Checkpointer(store, spec, tmp_path / "w2").load()
+    assert state is not None and state["epoch"] == 1 and state["order"] is None
+    resumed = run(spec, data, Checkpointer(store, spec, tmp_path / "w2"), resume=state)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # nothing repeated, nothing lost
+    assert_same_run(uninterrupted, resumed)
+
+
+def test_checkpoint_holds_every_piece_of_state(tmp_path: Path) -> None:
+    store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
+    run(spec, data, Checkpointer(store, spec, tmp_path / "w"))
+    state = Checkpointer(store, spec, tmp_path / "w").load()
+    assert state is not None
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "best",
+            "bad_epochs", "history"} <= set(state)
+    assert {"torch", "cuda", "numpy", "python", "loop"} <= set(state["rng"])
+    assert state["best"]["epoch"] == 1 and "auc" in state["best"]["metrics"]
+
+
+def test_checkpoint_of_another_recipe_is_ignored(tmp_path: Path) -> None:
+    store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
+    run(spec, data, Checkpointer(store, spec, tmp_path / "w"))
+    other = tiny_spec(epochs=1, learning_rate=1e-2)
+    assert Checkpointer(store, other, tmp_path / "w").load() is None
+    store.put_bytes(checkpoint_key(spec.task_id), b"not a checkpoint")
+    assert Checkpointer(store, spec, tmp_path / "w").load() is None
+
+
+def test_a_refused_guard_writes_nothing(tmp_path: Path) -> None:
+    store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
+    run(spec, data, Checkpointer(store, spec, tmp_path / "w", lambda: False))
+    assert not store.exists(checkpoint_key(spec.task_id))
