@@ -138,8 +138,8 @@ def auto_select(choice: AutoModel, task_type: str, ds: DatasetSummary | None,
     if not ranked:
         raise UnknownZooEntry(f"<any {task_type} entry>")
     top5 = ", ".join(f"{r.entry.id} ({r.score:g})" for r in ranked[:5])
-    reasons = {"model.ranking": f"top of {len(ranked)} for {task_type}, {data.num_cases} "
-                                f"{data.modality} cases at {data.image_size} px: {top5}"}
+    reasons = {"model.ranking": f"best for {task_type}, {data.num_cases} {data.modality} "
+                                f"cases at {data.image_size} px: {top5}"}
     for pos, r in enumerate(ranked, 1):
         ref = weights.find(r.entry.id)
         if ref is not None:
@@ -169,7 +169,10 @@ def resolve_model(
         reasons = {"model": f"manual choice {entry.id} ({init}, {entry.params_m:g}M params, "
                             f"{entry.gmacs:g} GMACs)"}
     else:
-        entry, ref, reasons = auto_select(choice, task_type, ds, weights)
+        try:
+            entry, ref, reasons = auto_select(choice, task_type, ds, weights)
+        except UnknownZooEntry as exc:
+            return None, False, None, [_err("model", "no_candidates", str(exc))], {}
         pretrained = True
     errors = []
     if cmd.task_type not in entry.task_types:

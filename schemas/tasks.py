@@ -62,7 +62,12 @@ class Hyperparameters(Strict):
 
 
 class ManualTuningParams(Strict):
-    """Manual tuning: any subset; unspecified fields take the defaults above."""
+    """Manual tuning: any subset; unspecified fields take the defaults above, except
+    ``image_size`` (the network's input size) and ``loss`` (``bce`` for multi-label).
+
+    Bounds and unknown names are 422s here; combinations that depend on the
+    network or the labels (warm-up past the last epoch, a fixed-input network
+    at another size) are rejection reasons from the enrich handler."""
 
     optimizer: Literal["adamw", "sgd"] | None = None
     learning_rate: float | None = Field(None, gt=0, le=1.0)
