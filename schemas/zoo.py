@@ -60,8 +60,8 @@ class ZooEntry(BaseModel):
     """Multiply-accumulates per image at ``input_size``, in billions (a cost proxy)."""
     input_size: int
     fixed_input_size: bool = False
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = Field(IMAGENET_MEAN, min_length=3, max_length=3)
+    std: tuple[float, ...] = Field(IMAGENET_STD, min_length=3, max_length=3)
     speed: SpeedClass
     """fast < 1 GMAC, medium < 8, slow above, at ``input_size``."""
     pretrained_on: str

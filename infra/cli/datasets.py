@@ -184,12 +184,13 @@ def _print_summary(s: DatasetSummary) -> None:
     if stats is None:
         return
     table = Table(title="classes")
-    for col in ("class", "cases", "positive rate", "boxes"):
+    columns = ("class", "cases", "positive rate", *(("boxes",) if stats.box_counts else ()))
+    for col in columns:
         table.add_column(col, justify="left" if col == "class" else "right")
     for name in s.classes:
-        table.add_row(name, str(stats.class_counts.get(name, 0)),
-                      f"{stats.positive_rate.get(name, 0.0):.3f}",
-                      str(stats.box_counts.get(name, "")) if stats.box_counts else "")
+        row = [name, str(stats.class_counts.get(name, 0)),
+               f"{stats.positive_rate.get(name, 0.0):.3f}"]
+        table.add_row(*row, *([str(stats.box_counts.get(name, 0))] if stats.box_counts else []))
     console.print(table)
     sizes = stats.image_sizes
     if sizes is not None:

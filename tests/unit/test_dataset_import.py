@@ -82,6 +82,9 @@ def test_folder_csv_reports_every_problem_with_its_case(tmp_path: Path) -> None:
     (root / "images" / "c2.dcm").write_text("not an image at all" * 20)
     ct(root / "images" / "stray.dcm")  # no row
     ct(root / "images" / "mr.dcm", modality="MR")
+    nopix = pydicom.dcmread(ct(root / "images" / "nopix.dcm"))
+    del nopix.PixelData
+    nopix.save_as(root / "images" / "nopix.dcm")
     _claim_size(write_dicom(root / "images" / "huge.dcm", np.zeros((4, 4), np.float32)), 2000)
     write_csv(root / "labels.csv", ["image", "label", "patient_id", "split"], [
         ["images/c0.dcm", "normal", "PA", "train"],
@@ -92,13 +95,15 @@ def test_folder_csv_reports_every_problem_with_its_case(tmp_path: Path) -> None:
         ["images/missing.dcm", "normal", "PF", ""],
         ["images/mr.dcm", "finding", "PG", ""],
         ["images/huge.dcm", "normal", "PA", "val"],
+        ["images/nopix.dcm", "normal", "PH", ""],
     ])
     v = run(root, "folder-csv", classes=["normal", "finding", "other"],
             max_image_bytes=1_000_000)
     found = problems(v)
     assert {("truncated", "c1"), ("not_image", "c2"), ("missing_label", "stray"),
             ("duplicate_case", "c3"), ("missing_image", "missing"),
-            ("mixed_modality", "mr"), ("too_large", "huge")} <= found
+            ("mixed_modality", "mr"), ("too_large", "huge"), ("no_pixel_data", "nopix")
+            } <= found
     assert ("empty_class", None) in found  # 'other' has no example
     assert v.fatal and all(p.message for p in v.problems)
     assert any("c1.dcm" in (p.source or "") for p in v.problems if p.code == "truncated")
@@ -137,21 +142,27 @@ def test_image_size_is_refused_from_the_header_before_decoding(tmp_path: Path,
     assert ("too_large", "big") in problems(v)
 
 
-def test_compressed_dicoms_and_pillow_formats_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("names", "modality"), [
+    (["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+      "MR_small_bigendian.dcm", "MR_small.dcm"], "MR"),
+    (["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm", "SC_rgb_gdcm_KY.dcm",
+      "JPEGLSNearLossless_08.dcm"], "other"),
+])
+def test_compressed_dicoms_and_pillow_formats_import(tmp_path: Path, names: list[str],
+                                                      modality: str) -> None:
+    """RLE, JPEG 2000, JPEG-LS, JPEG baseline and JPEG Lossless DICOM, PNG and JPEG."""
     from pydicom.data import get_testdata_file
 
-    names = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-             "MR_small_bigendian.dcm", "MR_small.dcm"]
     rows = []
     for name in names:
         (tmp_path / name).write_bytes(Path(str(get_testdata_file(name))).read_bytes())
-        rows.append([name, "mr"])
+        rows.append([name, "x"])
     write_png(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "y.jpg")
-    rows += [["x.png", "mr"], ["y.jpg", "mr"]]
+    rows += [["x.png", "x"], ["y.jpg", "x"]]
     write_csv(tmp_path / "labels.csv", ["image", "label"], rows)
     v = run(tmp_path, "folder-csv", decode="always")
-    assert not v.problems and v.modality == "MR" and len(v.good) == 7
+    assert not v.problems and v.modality == modality and len(v.good) == 7
 
 
 # --- RSNA intracranial hemorrhage ----------------------------------------------
