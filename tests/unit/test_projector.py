@@ -72,7 +72,7 @@ def run(events: list[Event]) -> TaskRecord | None:
 def test_happy_path() -> None:
     rec = run([requested(), ready(), started(), progress(0, 5), completed()])
     assert rec is not None and rec.state == "completed"
-    assert rec.metrics == {"auc": 0.95} and rec.network == "mobilenetv3_small_100"
+    assert rec.metrics == {"auc": 0.95} and rec.network == "mobilenetv3_small_100.lamb_in1k"
     assert rec.progress is not None and rec.progress.step == 5
     assert rec.updated_at == at(100)
 
