@@ -10,7 +10,7 @@ from typing import TypeVar
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from gateway import artifacts, datasets, events, observe, openapi, runs, webhooks, zoo
+from gateway import artifacts, datasets, events, observe, openapi, presets, runs, webhooks, zoo
 from gateway.auth import KEYS, KeyCache, auth_middleware
 from gateway.errors import error_middleware
 from gateway.idempotency import IdempotencyStore
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STORE] = open_store(settings, ensure_bucket=False)
     app.cleanup_ctx.append(_nats_ctx)
     app.add_routes(routes)
-    for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo):
+    for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo, presets):
         app.add_routes(module.routes)
     return app
 

@@ -52,8 +52,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await wait_for_streams(js)
         hooks = await open_webhooks(settings, js)
+        store = open_store(settings)
         deps = Deps(js=js, datasets=await DatasetRepo.open(js), tasks=await TaskRepo.open(js),
-                    weights=StoreWeightsIndex(open_store(settings)), webhooks=hooks)
+                    weights=StoreWeightsIndex(store), webhooks=hooks, store=store)
         loops = [
             consume(js, durable, _bind(handler, deps), stop, **CONSUME_OPTIONS.get(durable, {}))
             for durable, handler in HANDLERS.items()

@@ -8,7 +8,7 @@ collected, so a user fixes a request in one round trip, not one per error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from handlers.catalog.select import rank
 from handlers.catalog.zoo import UnknownZooEntry, ZooEntry, get_entry
@@ -33,12 +33,15 @@ from schemas.tasks import (
     TaskRequested,
 )
 
+if TYPE_CHECKING:
+    from handlers.flows import BaseTask
+
 CLASSIFICATION_ANNOTATIONS = ("single_label", "multi_label")
 ANNOTATIONS_FOR: dict[str, tuple[str, ...]] = {
     "classification": CLASSIFICATION_ANNOTATIONS, "detection": ("boxes",),
     "segmentation": ("masks",)}
 """Which dataset annotation types each task type trains on."""
-SUPPORTED_FLOWS = ("general",)
+SUPPORTED_FLOWS = ("general", "specialized", "retrain")
 AUTO_CANDIDATES = 40
 """How far down the ranking auto-select looks for an entry with mirrored weights."""
 SUPPORTED_TASK_TYPES = ("classification", "detection", "segmentation")
@@ -102,7 +105,7 @@ def check_flow(cmd: TaskRequested) -> list[ErrorDetail]:
     errors = []
     if cmd.flow not in SUPPORTED_FLOWS:
         errors.append(_err("flow", "unsupported_flow",
-                           f"flow {cmd.flow!r} is not available yet; use 'general'"))
+                           f"flow {cmd.flow!r} is not one of {', '.join(SUPPORTED_FLOWS)}"))
     if cmd.task_type is not None and cmd.task_type not in SUPPORTED_TASK_TYPES:
         errors.append(_err("task_type", "unsupported_task_type",
                            f"task_type {cmd.task_type!r} is not available yet; "
@@ -206,7 +209,16 @@ def preprocessing_for(ds: DatasetSummary, entry: ZooEntry, image_size: int) -> P
                          mean=entry.mean, std=entry.std)
 
 
-def enrich(cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex) -> TrainingSpec:
+def enrich(cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex,
+           base: BaseTask | None = None) -> TrainingSpec:
+    """``base`` is the retrain flow's base task, loaded by the transport glue."""
+    if cmd.flow != "general":
+        # Imported here: handlers.flows builds on this module's checks.
+        from handlers.flows import resolve_retrain, resolve_specialized
+
+        if cmd.flow == "specialized":
+            return resolve_specialized(cmd, ds, weights)
+        return resolve_retrain(cmd, ds, base)
     errors = check_flow(cmd) + check_dataset(cmd, ds)
     entry, pretrained, ref, model_errors, reasons = resolve_model(cmd, weights, ds)
     errors += model_errors

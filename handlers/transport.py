@@ -7,6 +7,7 @@ errors raised here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,10 +18,12 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from handlers.enrich import Rejected, WeightsIndex, enrich
+from handlers.flows import BaseTask
 from handlers.projector import RecordMissing, project
 from infra.errors import PoisonMessage, TransientError
 from infra.events import publish_event
 from infra.kv import DatasetRepo, TaskRepo
+from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
 from schemas.common import ErrorDetail, is_identifier
 from schemas.events import (
     Event,
@@ -30,6 +33,7 @@ from schemas.events import (
     TaskRequestedEvent,
     parse_event,
 )
+from schemas.spec import TrainingSpec
 
 if TYPE_CHECKING:
     from handlers.deliverer import WebhookContext
@@ -44,6 +48,8 @@ class Deps:
     tasks: TaskRepo
     weights: WeightsIndex
     webhooks: WebhookContext | None = None
+    store: ObjectStore | None = None
+    """Where a retrain's base task left its spec.json (the flows need it, nothing else)."""
 
 
 def validation_details(exc: ValidationError) -> list[ErrorDetail]:
@@ -87,9 +93,11 @@ async def on_requested(msg: Msg, deps: Deps) -> None:
         dataset = await deps.datasets.get(cmd.dataset_id)
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
+    base = await load_base_task(deps, cmd.base_task_id) \
+        if cmd.flow == "retrain" and cmd.base_task_id else None
     out: TaskReadyEvent | TaskRejectedEvent
     try:
-        spec = await asyncio.to_thread(enrich, cmd, dataset, deps.weights)
+        spec = await asyncio.to_thread(enrich, cmd, dataset, deps.weights, base)
         out = TaskReadyEvent(source=SOURCE, subject=cmd.task_id, data=spec,
                              traceparent=event.traceparent)
     except Rejected as rej:
@@ -97,6 +105,45 @@ async def on_requested(msg: Msg, deps: Deps) -> None:
                                 data=TaskRejected(task_id=cmd.task_id, tenant=cmd.tenant,
                                                   errors=rej.errors))
     await _publish(deps.js, out)
+
+
+async def load_base_task(deps: Deps, task_id: str) -> BaseTask | None:
+    """The retrain base: its KV record, and for a completed task its spec and weights.
+
+    The spec is read from the store and checked against the sha256 of its
+    ``spec.json`` artifact, so a retrain never builds on a file changed since;
+    tenant, state and a missing or unreadable spec are judged by the pure flow.
+    """
+    try:
+        found = await deps.tasks.get(task_id)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransientError("kv_unavailable", str(exc)) from exc
+    if found is None:
+        return None
+    rec = found[0]
+    arts = {a.name: a for a in rec.artifacts}
+    model, spec_art = arts.get("model.safetensors"), arts.get("spec.json")
+    spec = None
+    if rec.state == "completed" and spec_art is not None and deps.store is not None:
+        spec = await asyncio.to_thread(_read_spec, deps.store, spec_art.key, spec_art.sha256)
+    return BaseTask(task_id=rec.task_id, tenant=rec.tenant, state=rec.state, spec=spec,
+                    weights_key=model.key if model else None,
+                    weights_sha256=model.sha256 if model else None)
+
+
+def _read_spec(store: ObjectStore, key: str, sha256: str) -> TrainingSpec | None:
+    try:
+        raw = store.get_bytes(key)
+    except (ObjectNotFound, InvalidKey):
+        return None
+    except StoreUnavailable as exc:
+        raise TransientError("store_unavailable", f"reading {key}: {exc}") from exc
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        return None
+    try:
+        return TrainingSpec.model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 async def on_any_event(msg: Msg, deps: Deps) -> None:

@@ -111,7 +111,7 @@ def prepare(
     _check_compatible(spec, manifest)
     classification = spec.label_mode in ("single_label", "multi_label")
     if classification:  # label errors are reported before any download
-        labels = encode_labels(manifest.cases, spec.classes, spec.label_mode)
+        labels = encode_labels(manifest.cases, spec.classes, spec.label_mode, spec.class_map)
     case_ids = [c.case_id for c in manifest.cases]
     path = cache_dir / cache_key(spec)
     arrays = _load_cache(path, case_ids, spec)

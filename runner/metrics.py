@@ -35,10 +35,13 @@ def log_loss(logits: torch.Tensor, target: torch.Tensor, label_mode: str) -> flo
 
 
 def classification_metrics(
-    logits: torch.Tensor, target: torch.Tensor, label_mode: str, classes: Sequence[str]
+    logits: torch.Tensor, target: torch.Tensor, label_mode: str, classes: Sequence[str],
+    report: Sequence[str] = (),
 ) -> dict[str, float]:
     """accuracy, auc (binary or macro), val_loss, auc_<class>, and for 2 classes
-    sensitivity/specificity of the second class at the argmax decision."""
+    sensitivity/specificity of the second class at the argmax decision; plus what a
+    preset asks for in ``report`` (the spec's ``metrics``): ``auc_any`` and
+    ``weighted_log_loss`` (multi-label, see :func:`any_label_metrics`)."""
     logits, target = logits.detach().cpu(), target.detach().cpu()
     probs = probabilities(logits, label_mode)
     out = {"val_loss": log_loss(logits, target, label_mode)}
@@ -59,6 +62,26 @@ def classification_metrics(
         out.update({f"auc_{name}": v for name, v in per_class.items()})
         if per_class:
             out["auc"] = sum(per_class.values()) / len(per_class)
+    if label_mode == "multi_label" and {"auc_any", "weighted_log_loss"} & set(report):
+        out.update(any_label_metrics(probs, target.float()))
+    return out
+
+
+def any_label_metrics(probs: torch.Tensor, target: torch.Tensor,
+                      any_weight: float = 2.0) -> dict[str, float]:
+    """RSNA 2019 hemorrhage scoring: an ``any`` label derived as the maximum of the
+    subtypes (probability and truth), then the per-image binary log loss averaged
+    with weight 2 for ``any`` and 1 for each subtype; plus the AUC of ``any``."""
+    eps = 1e-7
+    p = torch.cat([probs, probs.max(dim=1, keepdim=True).values], dim=1).clamp(eps, 1 - eps)
+    t = torch.cat([target, target.max(dim=1, keepdim=True).values], dim=1)
+    w = torch.ones(p.shape[1])
+    w[-1] = any_weight
+    bce = -(t * p.log() + (1 - t) * (1 - p).log())
+    out = {"weighted_log_loss": float(((bce * w).sum(dim=1) / w.sum()).mean())}
+    positives = int(t[:, -1].sum())
+    if 0 < positives < t.shape[0]:
+        out["auc_any"] = min(1.0, max(0.0, float(binary_auroc(p[:, -1], t[:, -1].long()))))
     return out
 
 

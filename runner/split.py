@@ -6,7 +6,7 @@ Splits are by patient, deterministic, and never put one patient on both sides.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,8 +28,15 @@ class DatasetError(PermanentError):
 
 
 
-def encode_labels(cases: Sequence[Case], classes: Sequence[str], label_mode: str) -> np.ndarray:
-    """(N,) class index for single-label, (N, K) multi-hot float32 for multi-label."""
+def encode_labels(cases: Sequence[Case], classes: Sequence[str], label_mode: str,
+                  class_map: Mapping[str, str | None] | None = None) -> np.ndarray:
+    """(N,) class index for single-label, (N, K) multi-hot float32 for multi-label.
+
+    ``class_map`` (the spec's) renames dataset labels onto the task classes
+    first; a label mapped to ``None`` is dropped (a preset's derived ``any``).
+    """
+    if class_map:
+        cases = [_mapped(case, class_map) for case in cases]
     index = {c: i for i, c in enumerate(classes)}
     problems: list[str] = []
     for case in cases:
@@ -46,6 +53,12 @@ def encode_labels(cases: Sequence[Case], classes: Sequence[str], label_mode: str
     for i, case in enumerate(cases):
         y[i, [index[label] for label in case.labels]] = 1.0
     return y
+
+
+def _mapped(case: Case, class_map: Mapping[str, str | None]) -> Case:
+    labels = [class_map.get(label, label) for label in case.labels]
+    kept = list(dict.fromkeys(label for label in labels if label is not None))
+    return case.model_copy(update={"labels": kept})
 
 
 def assign_splits(

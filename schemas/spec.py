@@ -75,5 +75,12 @@ class TrainingSpec(Strict):
     resources: Resources
     preset: Identifier | None = None
     lineage: Lineage | None = None
+    class_map: dict[str, str | None] = Field(default_factory=dict)
+    """Dataset label name -> task class, or ``None`` for a label that is dropped (RSNA's
+    derived ``any``). Labels absent from the map are taken as they are. Lets a preset
+    train on a dataset whose label names differ from the preset's classes."""
+    metrics: list[str] = Field(default_factory=list)
+    """Extra metrics a preset reports beyond the defaults (``weighted_log_loss``,
+    ``auc_any``); see runner/metrics.py."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each automatic choice was made, keyed by the field it chose."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +24,38 @@ from infra.kv import DatasetRepo
 from infra.settings import Settings
 from infra.store import open_store
 from infra.synthetic import DEMO_RECIPE, generate_dicom_dataset, synthetic_manifest
+from infra.synthetic_presets import (
+    PRESET_DEMO_TUNING,
+    generate_pneumothorax_dataset,
+    pneumothorax_manifest,
+)
 from schemas.dataset import DatasetManifest, DatasetSummary
 
 TERMINAL = {"completed", "failed", "rejected", "cancelled"}
+FLOWS = ("general", "specialized", "retrain")
+PTX_CASES = 100
 
 
 def build_demo_dataset(settings: Settings, dataset_id: str, n_cases: int, seed: int,
-                       console: Console) -> DatasetSummary:
+                       console: Console, kind: str = "CT") -> DatasetSummary:
+    """Synthetic head CT (``CT``, the general flow) or chest DX pneumothorax (``ptx``)."""
     store = open_store(settings)
     with tempfile.TemporaryDirectory() as tmp:
-        cases = generate_dicom_dataset(Path(tmp), n_cases=n_cases, seed=seed, modality="CT")
+        if kind == "ptx":
+            cases = generate_pneumothorax_dataset(Path(tmp), n_cases=n_cases, seed=seed)
+        else:
+            cases = generate_dicom_dataset(Path(tmp), n_cases=n_cases, seed=seed, modality="CT")
         for case in cases:
             store.put_file(case_key(dataset_id, f"cases/{case.file}"), Path(tmp) / case.file,
                            "application/dicom")
+    tenant = settings.default_tenant
     manifest = DatasetManifest.model_validate(
-        synthetic_manifest(dataset_id=dataset_id, tenant=settings.default_tenant, cases=cases))
+        pneumothorax_manifest(dataset_id, tenant, cases) if kind == "ptx" else
+        synthetic_manifest(dataset_id=dataset_id, tenant=tenant, cases=cases))
     summary = asyncio.run(_register(settings, store, manifest))
-    console.print(f"dataset [bold]{dataset_id}[/]: {n_cases} synthetic CT cases, "
-                  f"classes {summary.classes}, manifest sha256 {summary.manifest_sha256[:12]}")
+    console.print(f"dataset [bold]{dataset_id}[/]: {n_cases} synthetic {manifest.modality} "
+                  f"cases, classes {summary.classes}, manifest sha256 "
+                  f"{summary.manifest_sha256[:12]}")
     return summary
 
 
@@ -63,6 +78,46 @@ def demo_request(dataset_id: str) -> dict[str, Any]:
         "model": {"mode": "manual", "network": DEMO_RECIPE["network"], "pretrained": False},
         "tuning": {"mode": "manual", "hyperparameters": recipe},
     }
+
+
+def specialized_request(dataset_id: str, preset: str = "pneumothorax") -> dict[str, Any]:
+    """Network, weights, preprocessing and recipe from the preset; only the size and
+    length shrink (manual tuning) so that it runs in about a minute on a laptop CPU."""
+    return {"name": f"demo: {preset} preset", "flow": "specialized", "preset": preset,
+            "dataset_id": dataset_id,
+            "tuning": {"mode": "manual", "hyperparameters": dict(PRESET_DEMO_TUNING)}}
+
+
+def retrain_request(base_task_id: str, dataset_id: str, epochs: int = 4) -> dict[str, Any]:
+    """Everything but the data and the tuning comes from the base task."""
+    return {"name": f"demo: retrain of {base_task_id}", "flow": "retrain",
+            "base_task_id": base_task_id, "dataset_id": dataset_id,
+            "tuning": {"mode": "manual", "hyperparameters": {
+                "epochs": epochs, "learning_rate": 1e-3, "warmup_epochs": 0}}}
+
+
+def run_flow(flow: str, url: str, token: str | None, settings: Settings, cases: int | None,
+             seed: int, console: Console) -> dict[str, Any]:
+    """One flow end to end; ``retrain`` first trains the general demo task as its base."""
+    def submit(body: dict[str, Any]) -> dict[str, Any]:
+        _, accepted, headers = call("POST", f"{url}/v1/tasks", body, token=token)
+        console.print(f"{body['flow']} task [bold]{accepted['task_id']}[/] accepted "
+                      f"({headers.get('Location')})")
+        record = follow(url, accepted["task_id"], console, token=token)
+        print_result(record, console)
+        return record
+
+    tag = uuid.uuid4().hex[:8]
+    if flow == "specialized":
+        build_demo_dataset(settings, f"demo-ptx-{tag}", cases or PTX_CASES, seed, console, "ptx")
+        return submit(specialized_request(f"demo-ptx-{tag}"))
+    n = cases or int(DEMO_RECIPE["n_cases"])
+    build_demo_dataset(settings, f"demo-{tag}", n, seed, console)
+    record = submit(demo_request(f"demo-{tag}"))
+    if flow != "retrain" or record["state"] != "completed":
+        return record
+    build_demo_dataset(settings, f"demo-new-{tag}", n, seed + 1, console)
+    return submit(retrain_request(record["task_id"], f"demo-new-{tag}"))
 
 
 def follow(url: str, task_id: str, console: Console, timeout_s: float = 900.0,

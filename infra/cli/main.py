@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from infra.cli import replay, status, watch
 from infra.cli.datasets import datasets_app
 from infra.cli.dlq import dlq_app
 from infra.cli.keys import keys_app
+from infra.cli.presets import presets_app
 from infra.cli.zoo import zoo_app
 from infra.settings import Settings
 
@@ -35,6 +35,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(presets_app, name="presets")
 app.command("replay")(replay.replay)
 app.command("status")(status.status)
 app.command("watch")(watch.watch)
@@ -100,12 +101,17 @@ def demo(
     api_key: Annotated[str | None, typer.Option(
         help="Key for --url (default: RADTRAIN_API_KEY); the embedded stack makes its own.")
                        ] = None,
+    flow: Annotated[str, typer.Option(
+        help="general (head CT), specialized (pneumothorax preset on chest DX) or retrain "
+             "(general, then a retrain of it on new data).")] = "general",
 ) -> None:
-    """Synthetic head-CT dataset → task over HTTP → progress → metrics and artifacts."""
-    from infra.cli.client import call
-    from infra.cli.demo import build_demo_dataset, demo_request, follow, print_result
+    """Synthetic DICOM dataset → task over HTTP → progress → metrics and artifacts."""
+    from infra.cli.demo import FLOWS, run_flow
     from infra.stack import start_stack
-    from infra.synthetic import DEMO_RECIPE
+
+    if flow not in FLOWS:
+        console.print(f"[red]--flow must be one of {', '.join(FLOWS)}[/]")
+        raise typer.Exit(2)
 
     started = time.monotonic()
     stack = None
@@ -118,14 +124,7 @@ def demo(
         console.print(f"embedded stack up: gateway {url}, NATS {settings.nats_url}")
         console.print(f"API key (tenant {settings.default_tenant}): {token}")
     try:
-        dataset_id = f"demo-{uuid.uuid4().hex[:8]}"
-        build_demo_dataset(settings, dataset_id, cases or int(DEMO_RECIPE["n_cases"]), seed,
-                           console)
-        _, accepted, headers = call("POST", f"{url}/v1/tasks", demo_request(dataset_id),
-                                    token=token)
-        console.print(f"task [bold]{accepted['task_id']}[/] accepted ({headers.get('Location')})")
-        record = follow(url, accepted["task_id"], console, token=token)
-        print_result(record, console)
+        record = run_flow(flow, url, token, settings, cases, seed, console)
     finally:
         if stack is not None:
             stack.stop()

@@ -33,7 +33,8 @@ class ClassificationStrategy(TaskStrategy):
 
     def evaluate(self, preds: list[Any], targets: list[Targets]) -> EvalOutput:
         logits, target = torch.cat(preds), torch.cat([t.cpu() for t in targets])
-        metrics = classification_metrics(logits, target, self.label_mode, self.classes)
+        metrics = classification_metrics(logits, target, self.label_mode, self.classes,
+                                         self.spec.metrics)
         return EvalOutput(metrics, probabilities(logits, self.label_mode), target)
 
     def draw(self, image: np.ndarray, pred: Any, target: Any) -> Image.Image:

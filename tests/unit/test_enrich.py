@@ -77,11 +77,13 @@ def test_wrong_annotation_and_other_tenant() -> None:
     assert codes(exc) == {("dataset_id", "dataset_not_found")}
 
 
-def test_flows_not_built_yet_and_wrong_annotations_are_rejected_with_reason() -> None:
-    with pytest.raises(Rejected) as exc:
+def test_other_flows_dispatch_and_wrong_annotations_are_rejected_with_reason() -> None:
+    with pytest.raises(Rejected) as exc:  # the full table: tests/unit/test_flows.py
         enrich(request(flow="specialized", task_type=None, preset="pneumothorax"),
                dataset(), FakeWeights())
-    assert ("flow", "unsupported_flow") in codes(exc)
+    assert ("flow", "unsupported_flow") not in codes(exc)
+    assert ("model.network", "not_allowed") in codes(exc)  # a preset fixes the network
+    assert ("dataset_id", "modality_mismatch") in codes(exc)  # CT for a chest X-ray preset
     for task_type, needs in (("detection", "boxes"), ("segmentation", "masks")):
         with pytest.raises(Rejected) as exc:  # trainable now, but not on labels
             enrich(request(task_type=task_type), dataset(), FakeWeights())
