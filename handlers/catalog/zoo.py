@@ -3,7 +3,7 @@
 Like timm's registry: entries are data, one lookup raises a typed error, and
 nothing here imports torch, so the gateway can list the zoo without the
 runner extra. The entries themselves live in ``zoo.json``, generated from
-timm and torchvision metadata by ``python -m handlers.catalog.generate`` and
+timm and torchvision metadata by ``python -m runner.zoo_generate`` and
 checked in, so the catalog a task was enriched against is reviewable in git
 and identical on every machine. It is parsed once, on first use, not at import.
 

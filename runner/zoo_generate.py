@@ -1,4 +1,4 @@
-"""Regenerate ``zoo.json`` from timm and torchvision: ``python -m handlers.catalog.generate``.
+"""Regenerate ``zoo.json`` from timm and torchvision: ``python -m runner.zoo_generate``.
 
 A developer tool, not part of any service: it imports timm, torchvision and
 segmentation-models-pytorch (the ``runner`` extra) to read pretrained configs
@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import detection, get_model_builder, get_model_weights, get_weight
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-OUT = Path(__file__).with_name("zoo.json")
+OUT = Path(__file__).resolve().parents[1] / "handlers" / "catalog" / "zoo.json"
 PERMISSIVE = {"apache-2.0", "mit", "bsd-3-clause"}
 MAX_PARAMS_M = 200.0
 MAX_INPUT = 384
@@ -326,7 +326,7 @@ def build_catalog() -> dict[str, Any]:
     assert len(ids) == len(set(ids)), "duplicate entry ids"
     assert not set(aliases) & set(ids), "an alias shadows an entry id"
     return {
-        "generated_by": "python -m handlers.catalog.generate",
+        "generated_by": "python -m runner.zoo_generate",
         "versions": {"timm": timm.__version__, "torchvision": torchvision.__version__,
                      "segmentation_models_pytorch": smp.__version__},
         "entries": entries,
