@@ -27,17 +27,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from gateway.auth import tenant_of
 from gateway.body import require_json
 from gateway.errors import ApiError, from_validation
-from gateway.keys import API_KEY_ID, JS, STORE, TASKS
-from gateway.tasks import _record_from_stream
+from gateway.keys import API_KEY_ID, JS, STORE
+from gateway.tasks import task_record_for
 from infra.events import publish_event
 from infra.jetstream import TASKS_STREAM
 from schemas.api import ArtifactLink, ArtifactPage, CancelAccepted, CancelRequest
-from schemas.common import is_identifier
 from schemas.events import TaskCancelRequested, TaskCancelRequestedEvent
-from schemas.record import TaskRecord
 
 routes = web.RouteTableDef()
 FINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
@@ -45,16 +42,6 @@ KEEPALIVE_S = 15.0
 PRESIGN_S = 3600
 
 
-async def _record(request: web.Request) -> TaskRecord:
-    task_id = request.match_info["task_id"]
-    not_found = ApiError(404, "not_found", f"task {task_id!r} not found")
-    if not is_identifier(task_id):
-        raise not_found
-    found = await request.app[TASKS].get(task_id)
-    record = found[0] if found else await _record_from_stream(request.app[JS], task_id)
-    if record is None or record.tenant != tenant_of(request):
-        raise not_found
-    return record
 
 
 async def _final_event(request: web.Request, task_id: str) -> str | None:
@@ -69,7 +56,7 @@ async def _final_event(request: web.Request, task_id: str) -> str | None:
 
 @routes.post("/v1/tasks/{task_id}/cancel")
 async def cancel_task(request: web.Request) -> web.Response:
-    record = await _record(request)
+    record = await task_record_for(request)
     raw = await request.read()
     if raw.strip():
         require_json(request)
@@ -97,7 +84,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 @routes.get("/v1/tasks/{task_id}/artifacts")
 async def list_artifacts(request: web.Request) -> web.Response:
-    record = await _record(request)
+    record = await task_record_for(request)
     store = request.app[STORE]
     items = []
     for art in record.artifacts:
@@ -122,7 +109,7 @@ def _start_after(request: web.Request) -> int | None:
 @routes.get("/v1/tasks/{task_id}/events")
 async def task_events(request: web.Request) -> web.StreamResponse:
     """The task's history, then live events, as ``text/event-stream``."""
-    record = await _record(request)
+    record = await task_record_for(request)
     after = _start_after(request)
     config = ConsumerConfig(inactive_threshold=60.0)
     if after is None:

@@ -101,8 +101,8 @@ async def _record_from_stream(js: JetStreamContext, task_id: str) -> TaskRecord 
                       created_at=event.time, updated_at=event.time)
 
 
-@routes.get("/v1/tasks/{task_id}")
-async def get_task(request: web.Request) -> web.Response:
+async def task_record_for(request: web.Request) -> TaskRecord:
+    """The ``{task_id}`` of the path as the caller's tenant may see it, or a 404."""
     task_id = request.match_info["task_id"]
     not_found = ApiError(404, "not_found", f"task {task_id!r} not found")
     if not is_identifier(task_id):
@@ -111,6 +111,12 @@ async def get_task(request: web.Request) -> web.Response:
     record = found[0] if found else await _record_from_stream(request.app[JS], task_id)
     if record is None or record.tenant != tenant_of(request):
         raise not_found
+    return record
+
+
+@routes.get("/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    record = await task_record_for(request)
     return web.json_response(text=record.model_dump_json())
 
 
