@@ -25,7 +25,7 @@ import pydicom
 import torch
 
 from infra.store import LocalStore
-from infra.synthetic import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
+from radtrain.synthetic.ct import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
 from runner.data import PreparedData, prepare
 from runner.job import pick_device
 from runner.loader import BatchSource

@@ -27,8 +27,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from infra.datasets_import.base import ImportOptions
-from infra.datasets_import.pipeline import import_dataset
+from handlers.datasets_import.base import ImportOptions
+from handlers.datasets_import.pipeline import import_dataset
 from infra.store import LocalStore
 from schemas.dataset import DatasetSummary
 
@@ -109,10 +109,10 @@ async def timed_import(root: Path, store_dir: Path, memory_kv: bool) -> tuple[fl
         started = time.perf_counter()
         report = await import_dataset(store, MemoryRepo(), root, opts)  # type: ignore[arg-type]
         return time.perf_counter() - started, report.num_cases if report.registered else -1
-    from infra.jetstream import apply, connect
+    from infra.bus.topology import apply, connect
     from infra.kv import DatasetRepo
-    from infra.localservers import start_nats
     from infra.settings import Settings
+    from radtrain.servers.nats import start_nats
 
     proc, url = start_nats(store_dir.parent / "nats", port=0, sync_always=False)
     try:

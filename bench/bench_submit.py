@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 
-from infra.jetstream import connect
+from infra.bus.topology import connect
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
+from radtrain.stack import Stack, start_stack
 from schemas.events import TaskRequestedEvent, encode_event
 from schemas.tasks import TaskRequested
 

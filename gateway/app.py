@@ -11,10 +11,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from gateway import artifacts, datasets, events, observe, openapi, presets, runs, webhooks, zoo
-from gateway.auth import KEYS, KeyCache, auth_middleware
-from gateway.errors import error_middleware
-from gateway.idempotency import IdempotencyStore
-from gateway.keys import (
+from gateway.app_keys import (
     CONNECTED,
     DELIVERIES,
     IDEMPOTENCY,
@@ -27,14 +24,17 @@ from gateway.keys import (
     TENANTS,
     WEBHOOK_SUBS,
 )
+from gateway.auth import KEYS, KeyCache, auth_middleware
+from gateway.errors import error_middleware
+from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from gateway.tasks import routes
-from infra.jetstream import connect
+from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
+from infra.bus.topology import connect
 from infra.kv import TaskRepo
-from infra.metrics import setup_process
 from infra.settings import Settings
 from infra.store import open_store
-from infra.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
+from infra.telemetry.metrics import setup_process
 from infra.webhook_repo import DeliveryRepo, WebhookRepo
 
 log = logging.getLogger("radtrain.gateway")

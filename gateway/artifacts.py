@@ -13,9 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.app_keys import STORE, TASKS
 from gateway.auth import tenant_of
 from gateway.errors import ApiError
-from gateway.keys import STORE, TASKS
 from infra.store import ObjectNotFound, StoreUnavailable
 from schemas.common import is_identifier
 

@@ -12,10 +12,10 @@ import time
 
 from aiohttp import web
 
+from gateway.app_keys import API_KEY_ID, LIMITER, TENANT
 from gateway.errors import ApiError
-from gateway.keys import API_KEY_ID, LIMITER, TENANT
 from gateway.ratelimit import retry_after_header
-from infra.tenancy import ApiKeyRepo
+from gateway.tenancy import ApiKeyRepo
 from schemas.tenancy import ApiKeyRecord
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})

@@ -22,16 +22,16 @@ from typing import get_args
 
 from aiohttp import web
 
+from gateway.app_keys import JS, STORE
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.datasets_openapi import register_operations
 from gateway.errors import ApiError
-from gateway.keys import JS, STORE
-from infra.datasets_import.base import ImportOptions
-from infra.datasets_import.pipeline import import_dataset
-from infra.datasets_preview import ManifestMismatch, case_preview, load_manifest, preview_key
-from infra.imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
-from infra.imaging.reader import CaseReadError
+from gateway.previews import ManifestMismatch, case_preview, load_manifest, preview_key
+from handlers.datasets_import.base import ImportOptions
+from handlers.datasets_import.pipeline import import_dataset
+from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
+from imaging.reader import CaseReadError
 from infra.kv import DatasetRepo
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreError, validate_key
 from schemas.common import is_identifier

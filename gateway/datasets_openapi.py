@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 from gateway.openapi import AUTHED, OPERATIONS, PAGING, Op, Param
-from infra.imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
+from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from schemas.common import ID_PATTERN
 from schemas.dataset import AnnotationType, DatasetSummary
 from schemas.dataset_import import (

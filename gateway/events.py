@@ -15,15 +15,15 @@ import time
 import nats.errors
 from aiohttp import web
 
+from gateway.app_keys import JS, REPLAY, SETTINGS, TENANTS
 from gateway.auth import Unauthorized, tenant_of
 from gateway.body import require_json
 from gateway.errors import ApiError
-from gateway.keys import JS, REPLAY, SETTINGS, TENANTS
 from gateway.observe import traceparent_of
-from infra.events import publish_event
-from infra.logging import task_id_var
-from infra.signing import SignatureError, verify
-from infra.tracing import parse_traceparent
+from infra.bus.publish import publish_event
+from infra.security.signing import SignatureError, verify
+from infra.telemetry.logging import task_id_var
+from infra.telemetry.tracing import parse_traceparent
 from schemas.api import ErrorItem, TaskAccepted
 from schemas.events import TaskRequestedEvent
 

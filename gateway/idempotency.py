@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from gateway.errors import ApiError
-from infra.jetstream import KV_IDEMPOTENCY
+from infra.bus.topology import KV_IDEMPOTENCY
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"

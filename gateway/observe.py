@@ -15,10 +15,10 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.keys import TRACEPARENT
-from infra.logging import log_context
-from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from infra.tracing import new_traceparent, parse_traceparent
+from gateway.app_keys import TRACEPARENT
+from infra.telemetry.logging import log_context
+from infra.telemetry.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from infra.telemetry.tracing import new_traceparent, parse_traceparent
 
 log = logging.getLogger("radtrain.gateway.access")
 

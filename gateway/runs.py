@@ -27,12 +27,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from gateway.app_keys import API_KEY_ID, JS, STORE
 from gateway.body import require_json
 from gateway.errors import ApiError, from_validation
-from gateway.keys import API_KEY_ID, JS, STORE
 from gateway.tasks import task_record_for
-from infra.events import publish_event
-from infra.jetstream import TASKS_STREAM
+from infra.bus.publish import publish_event
+from infra.bus.topology import TASKS_STREAM
 from schemas.api import ArtifactLink, ArtifactPage, CancelAccepted, CancelRequest
 from schemas.events import TaskCancelRequested, TaskCancelRequestedEvent
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from gateway.app_keys import CONNECTED, IDEMPOTENCY, JS, TASKS
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
@@ -20,11 +21,10 @@ from gateway.idempotency import (
     submit_once,
     unavailable,
 )
-from gateway.keys import CONNECTED, IDEMPOTENCY, JS, TASKS
 from gateway.observe import traceparent_of
-from infra.events import publish_event
-from infra.jetstream import TASKS_STREAM, streams_exist
-from infra.logging import task_id_var
+from infra.bus.publish import publish_event
+from infra.bus.topology import TASKS_STREAM, streams_exist
+from infra.telemetry.logging import task_id_var
 from schemas.api import TaskAccepted, TaskPage
 from schemas.common import is_identifier
 from schemas.events import TaskRequestedEvent, parse_event

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.app_keys import DELIVERIES, SETTINGS, WEBHOOK_SUBS
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
-from gateway.keys import DELIVERIES, SETTINGS, WEBHOOK_SUBS
-from infra.netguard import BlockedAddress, check_url, literal_ip, resolve_checked
-from infra.signing import new_secret
+from infra.security.address_guard import BlockedAddress, check_url, literal_ip, resolve_checked
+from infra.security.signing import new_secret
 from schemas.api import ErrorItem
 from schemas.common import is_identifier
 from schemas.tenancy import SigningSecret

@@ -11,11 +11,11 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from handlers.adapters import StoreWeightsIndex
+from handlers.dead_letter_forwarder import on_advisory
 from handlers.deliverer import on_delivery_job, on_status_event, open_webhooks
-from handlers.dlq import on_advisory
 from handlers.transport import Deps, on_any_event, on_requested
-from infra.consumer import consume
-from infra.jetstream import (
+from infra.bus.consumer import consume
+from infra.bus.topology import (
     DLQ_FORWARDER,
     ENRICH,
     PROJECTOR,
@@ -25,9 +25,9 @@ from infra.jetstream import (
     wait_for_streams,
 )
 from infra.kv import DatasetRepo, TaskRepo
-from infra.metrics import setup_process
 from infra.settings import Settings
 from infra.store import open_store
+from infra.telemetry.metrics import setup_process
 
 log = logging.getLogger("radtrain.handlers")
 

@@ -32,12 +32,12 @@ from handlers.webhooks import (
     subscribers,
     webhook_event_type,
 )
+from infra.bus.topology import TASKS_STREAM
 from infra.errors import PermanentError, TransientError
-from infra.jetstream import TASKS_STREAM
 from infra.kv import TaskRepo
-from infra.metrics import WEBHOOK_ATTEMPTS
-from infra.netguard import BlockedAddress, GuardedResolver, check_url
+from infra.security.address_guard import BlockedAddress, GuardedResolver, check_url
 from infra.settings import Settings
+from infra.telemetry.metrics import WEBHOOK_ATTEMPTS
 from infra.webhook_repo import DeliveryRepo, WebhookRepo, active_secrets
 from schemas.events import Event, TaskRejectedEvent, TaskRequestedEvent, parse_event
 from schemas.webhooks import (

@@ -1,6 +1,6 @@
 """Transport glue for the handlers: decode → validate → call → publish.
 
-Acknowledgement is decided by ``infra.consumer.dispatch`` from the typed
+Acknowledgement is decided by ``infra.bus.consumer.dispatch`` from the typed
 errors raised here.
 """
 
@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from handlers.enrich import Rejected, WeightsIndex, enrich
 from handlers.flows import BaseTask
 from handlers.projector import RecordMissing, project
+from infra.bus.publish import publish_event
 from infra.errors import PoisonMessage, TransientError
-from infra.events import publish_event
 from infra.kv import DatasetRepo, TaskRepo
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
 from schemas.common import ErrorDetail, is_identifier

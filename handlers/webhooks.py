@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from infra.signing import sign_headers
+from infra.security.signing import sign_headers
 from schemas.webhooks import ALL_WEBHOOK_EVENTS, WebhookEventType, WebhookSubscription
 
 DELIVERY_NS = uuid.UUID("0b8e0f5e-5a2c-4b7e-9f57-2d3c1a6e9b41")

@@ -13,8 +13,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from infra.jetstream import KV_DATASETS, KV_TASKS
-from infra.kvscan import scan
+from infra.bus.topology import KV_DATASETS, KV_TASKS
+from infra.kv_scan import scan
 from schemas.dataset import DatasetSummary
 from schemas.record import TaskRecord
 

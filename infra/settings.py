@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     stream_max_age_days: float = Field(30.0, gt=0)
     duplicate_window_s: float = Field(180.0, ge=120.0)
     retry_delay_scale: float = Field(1.0, gt=0, le=10)
-    """Scales every consumer's nak delays (infra/jetstream.py); tests shrink the schedules."""
+    """Scales every consumer's nak delays (infra/bus/topology.py); tests shrink the schedules."""
     idempotency_ttl_s: float = Field(86_400.0, ge=3600)
     """How long an ``Idempotency-Key`` returns the same task and response."""
     dead_letter_days: float = Field(30.0, gt=0)

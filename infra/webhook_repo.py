@@ -18,9 +18,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from infra.jetstream import KV_DELIVERIES, KV_WEBHOOKS
-from infra.kvscan import scan
-from infra.signing import new_secret
+from infra.bus.topology import KV_DELIVERIES, KV_WEBHOOKS
+from infra.kv_scan import scan
+from infra.security.signing import new_secret
 from schemas.tenancy import SigningSecret
 from schemas.webhooks import Delivery, WebhookSubscription
 

@@ -8,12 +8,12 @@ import signal
 
 from nats.aio.msg import Msg
 
-from infra.consumer import consume
-from infra.jetstream import RUNNER, connect, wait_for_streams
+from infra.bus.consumer import consume
+from infra.bus.topology import RUNNER, connect, wait_for_streams
 from infra.kv import TaskRepo
-from infra.metrics import setup_process
 from infra.settings import Settings
 from infra.store import open_store
+from infra.telemetry.metrics import setup_process
 from runner.job import pick_device
 from runner.worker import RunnerContext, handle_ready
 

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from infra.jetstream import TASKS_STREAM
+from infra.bus.topology import TASKS_STREAM
 from infra.kv import TaskRepo
 from infra.settings import Settings
 from infra.store import ObjectStore

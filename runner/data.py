@@ -1,6 +1,6 @@
 """Preparing the training arrays (DESIGN.md §6, §8).
 
-Decoding (``infra.imaging.reader``) happens once per (manifest,
+Decoding (``imaging.reader``) happens once per (manifest,
 preprocessing, targets); the result is cached on local disk as plain ``.npy``
 files, so a retry, a resume or a second task on the same data starts training
 at once, and the training loop memory-maps the cache instead of holding a
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imaging.reader import MAX_IMAGE_BYTES, CaseReadError, read_image
+from imaging.transforms import preprocess, to_uint8
 from infra.errors import TransientError
-from infra.imaging.reader import MAX_IMAGE_BYTES, CaseReadError, read_image
-from infra.imaging.transforms import preprocess, to_uint8
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
 from runner.split import DatasetError, assign_splits, encode_labels
 from runner.targets import (

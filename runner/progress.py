@@ -15,9 +15,9 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from infra.events import publish_event
-from infra.logging import traceparent_var
-from infra.metrics import RUNNER_IMAGES_PER_S
+from infra.bus.publish import publish_event
+from infra.telemetry.logging import traceparent_var
+from infra.telemetry.metrics import RUNNER_IMAGES_PER_S
 from runner.train import ProgressUpdate
 from schemas.events import TaskProgress, TaskProgressEvent
 

@@ -1,6 +1,6 @@
 """Detection boxes and segmentation masks, moved into the preprocessed frame.
 
-``infra.imaging.transforms.preprocess`` pads an image to a centred square
+``imaging.transforms.preprocess`` pads an image to a centred square
 and resizes it; a box or a mask must go through the very same mapping or the
 model learns shifted targets. These functions are that mapping, numpy and
 Pillow only, run once per case when the cache is built.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from infra.imaging.reader import CaseReadError
+from imaging.reader import CaseReadError
 from schemas.dataset import Box
 
 MASK_MODES = frozenset({"L", "P", "I", "I;16", "1"})

@@ -21,7 +21,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from infra.imaging.transforms import per_channel
+from imaging.transforms import per_channel
 from infra.store import ObjectStore
 from runner.checkpoint import Checkpointer, State, rng_state, set_rng_state
 from runner.data import PreparedData

@@ -26,8 +26,9 @@ import nats.errors
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from imaging.reader import CaseReadError
+from infra.bus.publish import publish_event
 from infra.errors import Fenced, PermanentError, Superseded, TransientError
-from infra.events import publish_event
 from infra.store import StoreUnavailable
 from runner.attempt import Attempt, RunnerContext, cancel_request, fence, ownership
 from runner.checkpoint import Checkpointer, State
@@ -132,6 +133,9 @@ async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: 
     except PermanentError as exc:
         await _fail(ctx, spec, attempt, exc.code, exc.message, retryable=False)
         raise
+    except CaseReadError as exc:  # a case the import accepted no longer reads: permanent
+        await _fail(ctx, spec, attempt, exc.code, exc.message, retryable=False)
+        raise PermanentError(exc.code, exc.message) from exc
     except StoreUnavailable as exc:
         raise TransientError("store_unavailable", str(exc), delay_s=10.0) from exc
     except TransientError:

@@ -115,3 +115,14 @@ class DatasetSummary(Strict):
     manifest_sha256: str
     stats: DatasetStats | None = None
     created_at: datetime | None = None
+
+
+# The store layout of a dataset (DESIGN.md §5): pure key arithmetic, used by every service.
+def manifest_key(dataset_id: str, sha256: str | None = None) -> str:
+    if sha256 is None:
+        return f"datasets/{dataset_id}/manifest.json"
+    return f"datasets/{dataset_id}/manifests/{sha256}.json"
+
+
+def case_key(dataset_id: str, image: str) -> str:
+    return f"datasets/{dataset_id}/{image}"

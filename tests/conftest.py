@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.localservers import S3Endpoint, start_nats, start_seaweedfs
+from radtrain.servers.nats import start_nats
+from radtrain.servers.seaweedfs import S3Endpoint, start_seaweedfs
 
 # Set at import, not only in the fixture: huggingface_hub reads it when first
 # imported, which can happen while test modules are collected.

@@ -1,6 +1,6 @@
 """Detection and segmentation end to end: HTTP submit -> enrich -> train -> artifacts.
 
-Synthetic annotated CT (infra/synthetic_annotated.py) registered like any
+Synthetic annotated CT (tests/support/synthetic_annotated.py) registered like any
 dataset; manual zoo networks from scratch, 64 px, one epoch. Then the
 artifact listing, the SSE stream and ``radtrain watch`` on the finished task.
 """
@@ -22,15 +22,15 @@ from typing import Any
 
 import pytest
 
-from infra.cli.client import call
-from infra.datasets import case_key, register_dataset
-from infra.jetstream import connect
+from handlers.datasets_import.register import register_dataset
+from infra.bus.topology import connect
 from infra.kv import DatasetRepo
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
 from infra.store import open_store
-from infra.synthetic_annotated import annotated_manifest, generate_annotated_dataset
-from schemas.dataset import DatasetManifest
+from radtrain.cli.client import call
+from radtrain.stack import Stack, start_stack
+from schemas.dataset import DatasetManifest, case_key
+from tests.support.synthetic_annotated import annotated_manifest, generate_annotated_dataset
 
 pytestmark = pytest.mark.e2e
 FINAL = {"completed", "failed", "cancelled", "rejected"}

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from infra.cli.client import ApiCallError, call
-from infra.cli.demo import build_demo_dataset, retrain_request, specialized_request
-from infra.localservers import free_port
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
 from infra.store import open_store
+from radtrain.cli.client import ApiCallError, call
+from radtrain.cli.demo import build_demo_dataset, retrain_request, specialized_request
+from radtrain.servers.nats import free_port
+from radtrain.stack import Stack, start_stack
 from tests.e2e.test_full_flow import submit, wait_terminal
 
 pytestmark = pytest.mark.e2e

@@ -22,14 +22,15 @@ import pytest
 from nats.js.api import DeliverPolicy
 from rich.console import Console
 
-from infra.cli.client import ApiCallError, call
-from infra.cli.demo import build_demo_dataset
-from infra.jetstream import connect
-from infra.localservers import S3Endpoint, free_port
+from infra.bus.topology import connect
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
 from infra.store import open_store
-from infra.tracing import new_traceparent, trace_id_of
+from infra.telemetry.tracing import new_traceparent, trace_id_of
+from radtrain.cli.client import ApiCallError, call
+from radtrain.cli.demo import build_demo_dataset
+from radtrain.servers.nats import free_port
+from radtrain.servers.seaweedfs import S3Endpoint
+from radtrain.stack import Stack, start_stack
 from schemas.events import parse_event
 
 pytestmark = pytest.mark.e2e

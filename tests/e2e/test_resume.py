@@ -34,12 +34,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from infra.cli.client import call
-from infra.cli.demo import build_demo_dataset
-from infra.jetstream import RUNNER, TASKS_STREAM, connect
+from infra.bus.topology import RUNNER, TASKS_STREAM, connect
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
 from infra.store import LocalStore
+from radtrain.cli.client import call
+from radtrain.cli.demo import build_demo_dataset
+from radtrain.stack import Stack, start_stack
 from runner.checkpoint import checkpoint_key
 from schemas.events import Envelope, parse_event
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 
-from infra.jetstream import TASKS_STREAM
+from infra.bus.topology import TASKS_STREAM
 from infra.settings import Settings
 
 T = TypeVar("T")

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from infra.jetstream import TASKS_STREAM, connect
-from infra.stack import Stack, start_stack
+from infra.bus.topology import TASKS_STREAM, connect
+from radtrain.stack import Stack, start_stack
 from tests.faults.helpers import GOOD_BODY, fault_settings, subject_counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

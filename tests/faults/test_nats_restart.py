@@ -20,12 +20,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from infra.jetstream import connect
+from infra.bus.topology import connect
 from infra.kv import DatasetRepo, TaskRepo
-from infra.localservers import start_nats
-from infra.stack import Stack, start_stack
-from tests.factories import dataset
+from radtrain.servers.nats import start_nats
+from radtrain.stack import Stack, start_stack
 from tests.faults.helpers import GOOD_BODY, fault_settings, per_task, subject_counts, wait_for
+from tests.support.factories import dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -19,14 +19,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from handlers.app import run as run_handlers
-from infra import dlq
-from infra.jetstream import ENRICH, RETRY_DELAYS_S, TASKS_STREAM, apply, connect
+from infra.bus import dead_letters as dlq
+from infra.bus.topology import ENRICH, RETRY_DELAYS_S, TASKS_STREAM, apply, connect
 from infra.kv import DatasetRepo, TaskRepo
-from infra.localservers import start_nats
 from infra.settings import Settings
+from radtrain.servers.nats import start_nats
 from schemas.events import TaskRequestedEvent, encode_event
-from tests.factories import dataset, request
 from tests.faults.helpers import fault_settings, wait_for
+from tests.support.factories import dataset, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from infra.cli.client import call
-from infra.cli.demo import build_demo_dataset
-from infra.localservers import S3Endpoint
-from infra.stack import Stack, start_stack
 from infra.store import open_store
+from radtrain.cli.client import call
+from radtrain.cli.demo import build_demo_dataset
+from radtrain.servers.seaweedfs import S3Endpoint
+from radtrain.stack import Stack, start_stack
 from tests.faults.helpers import fault_settings
 from tests.faults.proxy import PausableProxy
 

@@ -13,11 +13,11 @@ import pytest
 from nats.js.api import StorageType
 
 from handlers.app import run as run_handlers
-from infra.jetstream import TASKS_STREAM, apply, connect, consumer_configs
+from infra.bus.topology import TASKS_STREAM, apply, connect, consumer_configs
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
 from schemas.events import TaskRequestedEvent, encode_event, parse_event
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 
 pytestmark = pytest.mark.integration
 

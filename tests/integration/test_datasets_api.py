@@ -14,16 +14,16 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from gateway.openapi import document
-from infra.datasets_import.base import ImportOptions
-from infra.datasets_import.pipeline import import_dataset
-from infra.datasets_preview import load_manifest
-from infra.jetstream import connect
+from gateway.previews import load_manifest
+from handlers.datasets_import.base import ImportOptions
+from handlers.datasets_import.pipeline import import_dataset
+from infra.bus.topology import connect
 from infra.kv import DatasetRepo
-from infra.localservers import S3Endpoint
 from infra.settings import Settings
 from infra.store import ObjectStore, open_store
-from tests.dataset_utils import classification_folder, ct, write_csv, write_json, write_png
-from tests.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
+from radtrain.servers.seaweedfs import S3Endpoint
+from tests.support.dataset_utils import classification_folder, ct, write_csv, write_json, write_png
+from tests.support.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

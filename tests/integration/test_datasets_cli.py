@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from infra.cli.main import app
-from tests.dataset_utils import classification_folder, ct, write_png
+from radtrain.cli.main import app
+from tests.support.dataset_utils import classification_folder, ct, write_png
 
 pytestmark = pytest.mark.integration
 

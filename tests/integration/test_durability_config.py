@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from infra.localservers import nats_server_binary, write_nats_config
 from infra.settings import Settings
+from radtrain.servers.nats import nats_server_binary, write_nats_config
 
 pytestmark = pytest.mark.integration
 
-CLUSTER_CONF = Path(__file__).resolve().parents[2] / "infra" / "deploy" / "nats" / "cluster.conf"
+CLUSTER_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "cluster.conf"
 SYNC_ALWAYS = re.compile(r"^\s*sync_interval:\s*always\s*$", re.MULTILINE)
 
 

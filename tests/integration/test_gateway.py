@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from infra.settings import Settings
-from tests.tenancy_utils import apply_streams, gateway_client, issue_key
+from tests.support.tenancy_utils import apply_streams, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

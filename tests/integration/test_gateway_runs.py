@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from nats.js import JetStreamContext
 
-from infra.events import publish_event
-from infra.jetstream import TASKS_STREAM, connect
+from infra.bus.publish import publish_event
+from infra.bus.topology import TASKS_STREAM, connect
 from infra.kv import TaskRepo
 from infra.settings import Settings
 from infra.store import LocalStore
@@ -26,7 +26,7 @@ from schemas.events import (
     TaskStartedEvent,
 )
 from schemas.record import TaskRecord
-from tests.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
+from tests.support.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

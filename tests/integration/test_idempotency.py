@@ -13,13 +13,13 @@ from aiohttp.test_utils import TestClient
 
 from gateway.idempotency import IdempotencyStore, body_digest
 from gateway.tasks import new_task_id
-from infra.events import publish_event
-from infra.jetstream import connect
+from infra.bus.publish import publish_event
+from infra.bus.topology import connect
 from infra.settings import Settings
 from schemas.events import TaskRequestedEvent
 from schemas.tasks import TaskRequest, TaskRequested
 from tests.faults.helpers import subject_counts
-from tests.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
+from tests.support.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,12 @@ from aiohttp.test_utils import TestClient
 from nats.js.errors import NotFoundError
 from standardwebhooks.webhooks import Webhook
 
-from infra.jetstream import TASKS_STREAM, connect
+from infra.bus.topology import TASKS_STREAM, connect
 from infra.settings import Settings
-from infra.tracing import parse_traceparent
+from infra.telemetry.tracing import parse_traceparent
 from schemas.events import TaskRequestedEvent, encode_event, parse_event
-from tests.factories import request
-from tests.tenancy_utils import apply_streams, gateway_client, inbound_secret, issue_key
+from tests.support.factories import request
+from tests.support.tenancy_utils import apply_streams, gateway_client, inbound_secret, issue_key
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.auth import PUBLIC_PATHS
 from gateway.openapi import OPERATIONS, document
-from infra.localservers import start_nats
 from infra.settings import Settings
-from infra.stack import Stack, start_stack
-from tests.tenancy_utils import apply_streams, gateway_client, issue_key
+from radtrain.servers.nats import start_nats
+from radtrain.stack import Stack, start_stack
+from tests.support.tenancy_utils import apply_streams, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

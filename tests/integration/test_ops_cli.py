@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from handlers.adapters import StoreWeightsIndex
 from handlers.enrich import enrich
-from infra import dlq
-from infra.cli.main import app
-from infra.events import publish_event
-from infra.jetstream import DLQ_STREAM, ENRICH, PROJECTOR, TASKS_STREAM, apply, connect
+from infra.bus import dead_letters as dlq
+from infra.bus.publish import publish_event
+from infra.bus.stream_read import scan
+from infra.bus.topology import DLQ_STREAM, ENRICH, PROJECTOR, TASKS_STREAM, apply, connect
 from infra.kv import DatasetRepo
-from infra.localservers import start_nats
 from infra.settings import Settings
 from infra.store import LocalStore
-from infra.streamread import scan
+from radtrain.cli.main import app
+from radtrain.servers.nats import start_nats
 from schemas.events import (
     TaskFailed,
     TaskFailedEvent,
@@ -30,7 +30,7 @@ from schemas.events import (
     TaskReadyEvent,
     TaskRequestedEvent,
 )
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from infra.store import LocalStore
-from infra.synthetic_annotated import annotated_manifest, generate_annotated_dataset
 from runner.artifacts import write_artifacts
 from runner.data import PreparedData, prepare
 from runner.train import TrainResult, train
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
+from tests.support.synthetic_annotated import annotated_manifest, generate_annotated_dataset
 
 CLASSES = ("lesion", "calcification")
 

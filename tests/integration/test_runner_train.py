@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from infra.store import LocalStore
-from infra.synthetic import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
+from radtrain.synthetic.ct import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
 from runner.artifacts import write_artifacts
 from runner.data import DatasetError, PreparedData, prepare
 from runner.model import WeightsError, build_model

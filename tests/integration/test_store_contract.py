@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from infra.localservers import S3Endpoint, free_port
 from infra.settings import Settings
 from infra.store import (
     InvalidKey,
@@ -28,7 +27,9 @@ from infra.store import (
     open_store,
     temp_key_for,
 )
-from infra.store_s3 import S3Store
+from infra.store.s3 import S3Store
+from radtrain.servers.nats import free_port
+from radtrain.servers.seaweedfs import S3Endpoint
 
 pytestmark = pytest.mark.integration
 

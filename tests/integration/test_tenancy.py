@@ -16,15 +16,15 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from gateway.auth import PUBLIC_PATHS
-from infra.jetstream import TASKS_STREAM, connect
+from infra.bus.topology import TASKS_STREAM, connect
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
 from infra.store import open_store
-from infra.tracing import new_traceparent, parse_traceparent
+from infra.telemetry.tracing import new_traceparent, parse_traceparent
 from schemas.events import Artifact, parse_event
 from schemas.record import TaskRecord
-from tests.factories import dataset
-from tests.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
+from tests.support.factories import dataset
+from tests.support.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ async def test_submitted_task_belongs_to_the_callers_tenant(env: dict[str, Any])
 
 
 async def test_revoked_key_is_refused_and_cli_manages_keys(env: dict[str, Any]) -> None:
-    from infra.cli.main import app
+    from radtrain.cli.main import app
 
     settings, client = env["settings"], env["client"]
     runner = CliRunner(env={"RADTRAIN_NATS_URL": settings.nats_url})

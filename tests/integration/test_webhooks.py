@@ -23,18 +23,18 @@ from prometheus_client import generate_latest
 from standardwebhooks.webhooks import Webhook
 
 from handlers.app import run as run_handlers
-from infra.events import publish_event
-from infra.jetstream import connect
-from infra.netguard import BlockedAddress, resolve_checked
+from infra.bus.publish import publish_event
+from infra.bus.topology import connect
+from infra.security.address_guard import BlockedAddress, resolve_checked
+from infra.security.signing import new_secret
 from infra.settings import Settings
-from infra.signing import new_secret
-from infra.tracing import new_traceparent
+from infra.telemetry.tracing import new_traceparent
 from infra.webhook_repo import WebhookRepo
 from schemas.events import TaskCompleted, TaskCompletedEvent, TaskRequestedEvent
 from schemas.tenancy import SigningSecret
 from schemas.webhooks import WebhookSubscription
-from tests.factories import request
-from tests.tenancy_utils import apply_streams, gateway_client, issue_key
+from tests.support.factories import request
+from tests.support.tenancy_utils import apply_streams, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
 

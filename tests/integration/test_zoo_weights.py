@@ -23,13 +23,13 @@ from handlers.adapters import StoreWeightsIndex, hf_cached_file, hf_hub_cache
 from handlers.catalog.zoo import get_entry
 from handlers.enrich import enrich
 from infra.settings import Settings
-from infra.stack import stage_offline_weights
 from infra.store import LocalStore
+from radtrain.stack import stage_offline_weights
 from runner.mirror import lite0_wheel_file, map_lite0_state, mirror_entry
 from runner.model import WeightsError, build_model
 from schemas.spec import ModelSpec
 from schemas.zoo import OFFLINE_WEIGHTS, weights_key
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -236,7 +236,7 @@ def test_the_embedded_stack_stages_the_wheel_weights(tmp_path: Path) -> None:
 def test_cli_mirror_uses_the_wheel_and_reports_what_it_cannot_do(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from infra.cli.main import app
+    from radtrain.cli.main import app
 
     env = {"RADTRAIN_STORE_DIR": str(tmp_path / "store")}
     result = CliRunner().invoke(app, ["zoo", "mirror", "efficientnet_lite0"], env=env)

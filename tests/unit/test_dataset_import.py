@@ -11,11 +11,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from infra.datasets_import.base import ImportOptions, Problem
-from infra.datasets_import.pipeline import prepare
-from infra.datasets_import.siim import decode_runs
-from infra.datasets_import.validate import Validated
-from tests.dataset_utils import (
+from handlers.datasets_import.base import ImportOptions, Problem
+from handlers.datasets_import.pipeline import prepare
+from handlers.datasets_import.siim import decode_runs
+from handlers.datasets_import.validate import Validated
+from tests.support.dataset_utils import (
     classification_folder,
     ct,
     mask_to_absolute_rle,
@@ -136,7 +136,7 @@ def test_image_size_is_refused_from_the_header_before_decoding(tmp_path: Path,
     # claims 1.8 GB once decoded; the file stays tiny
     _claim_size(write_dicom(tmp_path / "big.dcm", np.zeros((8, 8), np.float32)), 30000)
     write_csv(tmp_path / "labels.csv", ["image", "label"], [["big.dcm", "x"]])
-    monkeypatch.setattr("infra.datasets_import.validate.read_image",
+    monkeypatch.setattr("handlers.datasets_import.validate.read_image",
                         lambda *a, **k: pytest.fail("decoded a file refused by its header"))
     v = run(tmp_path, "folder-csv", decode="auto")
     assert ("too_large", "big") in problems(v)
@@ -302,7 +302,7 @@ def test_siim_as_single_label(tmp_path: Path) -> None:
 
 
 def test_rle_decoding_rejects_garbage() -> None:
-    from infra.datasets_import.base import MaskError
+    from handlers.datasets_import.base import MaskError
 
     for text in ("1 2 3", "a b", "-1 4"):
         with pytest.raises(MaskError):

@@ -9,12 +9,10 @@ import pytest
 from nats.js.api import RawStreamMsg
 
 from gateway.idempotency import body_digest, kv_key
-from handlers.dlq import error_text, failure_event, wants_dead_letter
-from infra import dlq, replay
-from infra.consumer import RetryPlan, term_reason
-from infra.errors import PermanentError, PoisonMessage
-from infra.health import ConsumerHealth, Health, StreamHealth, assess
-from infra.jetstream import (
+from handlers.dead_letter_forwarder import error_text, failure_event, wants_dead_letter
+from infra.bus import dead_letters as dlq
+from infra.bus.consumer import RetryPlan, term_reason
+from infra.bus.topology import (
     ENRICH,
     PROJECTOR,
     RETRY_DELAYS_S,
@@ -23,7 +21,10 @@ from infra.jetstream import (
     parse_retry_metadata,
     retry_metadata,
 )
+from infra.errors import PermanentError, PoisonMessage
 from infra.settings import Settings
+from radtrain.oncall import replay
+from radtrain.oncall.health import ConsumerHealth, Health, StreamHealth, assess
 from schemas.tasks import TaskRequest
 
 TASK = "a" * 32

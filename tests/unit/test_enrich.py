@@ -1,7 +1,7 @@
 import pytest
 
 from handlers.enrich import Rejected, WeightsRef, enrich
-from tests.factories import SHA, dataset, request
+from tests.support.factories import SHA, dataset, request
 
 LITE0 = "efficientnet_lite0.wheel_in1k"
 

@@ -16,7 +16,7 @@ from runner.metrics import any_label_metrics, classification_metrics
 from runner.split import encode_labels
 from schemas.dataset import Case
 from schemas.spec import TrainingSpec
-from tests.factories import SHA, dataset, request
+from tests.support.factories import SHA, dataset, request
 
 LITE0 = "efficientnet_lite0.wheel_in1k"
 BASE_SHA = "b" * 64

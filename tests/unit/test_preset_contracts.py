@@ -24,10 +24,10 @@ from pydicom.uid import (
 
 from handlers.catalog.presets import get_preset
 from handlers.enrich import WeightsRef, enrich
-from infra.imaging.reader import read_image
-from infra.imaging.transforms import preprocess
+from imaging.reader import read_image
+from imaging.transforms import preprocess
 from schemas.spec import Preprocessing
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 
 SIZE = 64
 CT_QUADRANTS = {"top_left": -1000.0, "top_right": 40.0, "bottom_left": 100.0,

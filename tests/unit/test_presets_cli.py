@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from infra.cli.main import app
+from radtrain.cli.main import app
 
 
 def test_list_and_show_presets() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infra.imaging.preview import WINDOWS, colour, render_files, render_preview
-from infra.imaging.reader import read_header
-from infra.imaging.transforms import ImageArray
+from imaging.preview import WINDOWS, colour, render_files, render_preview
+from imaging.reader import read_header
+from imaging.transforms import ImageArray
 from schemas.dataset import Box
-from tests.dataset_utils import write_dicom
+from tests.support.dataset_utils import write_dicom
 
 AIR, BRAIN, BLEED, BONE = -1000.0, 40.0, 70.0, 1000.0
 

@@ -22,7 +22,7 @@ from schemas.events import (
     TaskStartedEvent,
 )
 from schemas.record import TaskRecord
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 from tests.unit.test_enrich import FakeWeights
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

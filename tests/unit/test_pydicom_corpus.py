@@ -22,8 +22,8 @@ SWEEP = r"""
 import json, sys, warnings
 from pathlib import Path
 from pydicom.data import get_testdata_files
-from infra.imaging.preview import render_files
-from infra.imaging.reader import CaseReadError
+from imaging.preview import render_files
+from imaging.reader import CaseReadError
 warnings.simplefilter("ignore")
 for f in sorted(get_testdata_files()):
     path = Path(f)

@@ -11,8 +11,8 @@ import pydicom.data
 import pytest
 from PIL import Image
 
-from infra.imaging.reader import CaseReadError, read_image
-from infra.synthetic import generate_dicom_dataset
+from imaging.reader import CaseReadError, read_image
+from radtrain.synthetic.ct import generate_dicom_dataset
 
 
 @pytest.fixture(scope="module")

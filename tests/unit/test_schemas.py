@@ -15,7 +15,7 @@ from schemas.events import (
     parse_event,
 )
 from schemas.tasks import TaskRequest
-from tests.factories import request
+from tests.support.factories import request
 
 
 def test_requested_round_trip_keeps_every_field() -> None:

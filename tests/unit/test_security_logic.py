@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.ratelimit import RateLimiter, retry_after_header
+from gateway.tenancy import KEY_RE, hash_key, key_id_of
 from handlers.webhooks import (
     RetryPolicy,
     delivery_id,
@@ -21,11 +22,10 @@ from handlers.webhooks import (
     request_headers,
     webhook_event_type,
 )
-from infra.logging import ContextFilter, JsonFormatter, log_context
-from infra.netguard import BlockedAddress, check_url, is_public
-from infra.signing import SignatureError, new_secret, sign_headers, verify
-from infra.tenancy import KEY_RE, hash_key, key_id_of
-from infra.tracing import new_traceparent, parse_traceparent, trace_id_of
+from infra.security.address_guard import BlockedAddress, check_url, is_public
+from infra.security.signing import SignatureError, new_secret, sign_headers, verify
+from infra.telemetry.logging import ContextFilter, JsonFormatter, log_context
+from infra.telemetry.tracing import new_traceparent, parse_traceparent, trace_id_of
 
 BODY = b'{"type":"radtrain.task.completed.v1","data":{"task_id":"t1"}}'
 

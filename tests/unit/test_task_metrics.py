@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infra.imaging.reader import CaseReadError
+from imaging.reader import CaseReadError
 from runner.targets import pack_boxes, read_mask, scale_boxes, unpack_boxes
 from runner.tasks.detection import mean_average_precision
 from runner.tasks.segmentation import dice_iou

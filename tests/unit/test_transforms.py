@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.imaging.transforms import (
+from imaging.transforms import (
     ImageArray,
     intensity_channels,
     match_channels,

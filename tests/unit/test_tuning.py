@@ -19,7 +19,7 @@ from schemas.tasks import (
     Preference,
     TaskRequest,
 )
-from tests.factories import dataset, request
+from tests.support.factories import dataset, request
 
 RESNET = get_entry("resnet18")
 VIT = get_entry("vit_small_patch16_224")

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from handlers.catalog.zoo import list_entries
-from infra.cli.main import app
+from radtrain.cli.main import app
 
 runner = CliRunner()
 

@@ -1,0 +1,182 @@
+"""Import = parse -> validate -> upload -> register, all or nothing (DESIGN.md §6).
+
+Nothing is registered unless every check passed (or ``skip_bad`` set the bad
+cases aside, recorded in the manifest). Images are uploaded under
+content-addressed keys, ``cases/<case_id>/<sha256[:16]>-<name>``: a later
+re-import never overwrites the bytes an earlier manifest snapshot points at,
+so a task trains on exactly the data it was enriched with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import re
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from handlers.datasets_import import coco, folder_csv, masks, rsna, siim
+from handlers.datasets_import.base import ImportAbort, ImportOptions, Parsed, Problem
+from handlers.datasets_import.register import register_dataset
+from handlers.datasets_import.stats import dataset_stats
+from handlers.datasets_import.validate import Validated, ValidCase, validate
+from infra.kv import DatasetRepo
+from infra.store import ObjectStore, StoreError
+from schemas.dataset import Case, DatasetManifest, case_key
+from schemas.dataset_import import ImportFormat, ImportReport
+
+PARSERS: dict[ImportFormat, Callable[[Path, ImportOptions], Parsed]] = {
+    "folder-csv": folder_csv.parse,
+    "rsna-ich": rsna.parse,
+    "coco": coco.parse,
+    "masks": masks.parse,
+    "siim-rle": siim.parse,
+}
+UPLOAD_WORKERS = 8
+_CONTENT_TYPES = {"dicom": "application/dicom", "png": "image/png", "jpeg": "image/jpeg"}
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def new_dataset_id(name: str) -> str:
+    """A readable, collision-resistant id: ``<slug of the name>-<8 hex>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "dataset"
+    return f"{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def prepare(root: Path, opts: ImportOptions) -> Validated | Problem:
+    """Parse and validate a local source folder; a source that cannot be parsed is one Problem."""
+    if not root.is_dir():
+        return Problem("missing_source", f"source folder {root.name!r} does not exist")
+    root = root.resolve()  # once: every path below is built from it, none resolved again
+    try:
+        parsed = PARSERS[opts.format](root, opts)
+    except ImportAbort as exc:
+        return exc.problem
+    return validate(parsed, opts, root)
+
+
+def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase]
+                 ) -> tuple[list[Case], list[Problem]]:
+    """Upload every image and mask (in parallel: the store is I/O bound); build the Cases."""
+    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+        results = list(pool.map(lambda c: _upload_one(store, dataset_id, c), cases))
+    done = [r for r in results if isinstance(r, Case)]
+    return done, [r for r in results if isinstance(r, Problem)]
+
+
+def _upload_one(store: ObjectStore, dataset_id: str, case: ValidCase) -> Case | Problem:
+    keys = []
+    try:
+        for path, header in zip(case.images, case.headers, strict=True):
+            with open(path, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            key = f"cases/{case.case_id}/{digest[:16]}-{_safe_name(path.name)}"
+            store.put_file(case_key(dataset_id, key), path, _CONTENT_TYPES.get(header.format))
+            keys.append(key)
+        mask_key = None
+        if case.mask_png is not None:
+            digest = hashlib.sha256(case.mask_png).hexdigest()
+            mask_key = f"cases/{case.case_id}/{digest[:16]}-mask.png"
+            store.put_bytes(case_key(dataset_id, mask_key), case.mask_png, "image/png")
+    except (StoreError, OSError) as exc:
+        return Problem("upload_failed", f"could not store the case: {exc}", case.case_id,
+                       case.source)
+    return Case(case_id=case.case_id, images=keys, labels=case.labels, boxes=case.boxes,
+                mask=mask_key, patient_id=case.patient_id, split=case.split)  # type: ignore[arg-type]
+
+
+def _safe_name(name: str) -> str:
+    cleaned = _UNSAFE_NAME.sub("_", name).lstrip(".")[-80:]
+    return cleaned or "image"
+
+
+async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
+                         opts: ImportOptions) -> ImportReport:
+    """The whole import; the report lists every problem with its case, registered or not."""
+    started = time.monotonic()
+    dataset_id = opts.dataset_id or new_dataset_id(opts.name)
+    report = _Report(dataset_id, opts, started)
+    taken = await _id_taken(repo, dataset_id, opts)
+    if taken is not None:
+        return report.failed([taken])
+    checked = await asyncio.to_thread(prepare, root, opts)
+    if isinstance(checked, Problem):
+        return report.failed([checked])
+    if checked.fatal:
+        return report.failed(checked.problems, checked)
+    cases, upload_problems = await asyncio.to_thread(upload_cases, store, dataset_id,
+                                                     checked.good)
+    if upload_problems:
+        return report.failed(checked.problems + upload_problems, checked)
+    try:
+        manifest = DatasetManifest(
+            id=dataset_id, tenant=opts.tenant, name=opts.name,
+            annotation_type=checked.annotation_type, modality=checked.modality or "other",
+            classes=checked.classes, cases=cases, skipped=checked.skipped)
+    except ValidationError as exc:
+        problem = Problem("invalid_manifest", f"the manifest would be invalid: {exc}")
+        return report.failed([*checked.problems, problem], checked)
+    sizes = [(c.headers[len(c.headers) // 2].rows, c.headers[len(c.headers) // 2].cols)
+             for c in checked.good]
+    summary = await register_dataset(store, repo, manifest,
+                                     stats=dataset_stats(cases, checked.classes, sizes))
+    return report.done(checked, summary)
+
+
+async def _id_taken(repo: DatasetRepo, dataset_id: str, opts: ImportOptions) -> Problem | None:
+    existing = await repo.get(dataset_id)
+    if existing is None:
+        return None
+    if existing.tenant != opts.tenant:
+        return Problem("dataset_exists", f"dataset id {dataset_id!r} is taken; choose another")
+    if not opts.replace:
+        return Problem("dataset_exists", f"dataset {dataset_id!r} exists; import with replace "
+                       "to register a new version (tasks keep the snapshot they started with)")
+    return None
+
+
+class _Report:
+    """Builds the ImportReport for each way an import can end."""
+
+    def __init__(self, dataset_id: str, opts: ImportOptions, started: float) -> None:
+        self.dataset_id, self.opts, self.started = dataset_id, opts, started
+
+    def _base(self, checked: Validated | None) -> dict[str, object]:
+        base: dict[str, object] = {"dataset_id": self.dataset_id, "name": self.opts.name,
+                                   "format": self.opts.format,
+                                   "elapsed_s": round(time.monotonic() - self.started, 3)}
+        if checked is not None:
+            base.update(annotation_type=checked.annotation_type, modality=checked.modality,
+                        classes=checked.classes, num_cases=len(checked.good),
+                        skipped=checked.skipped)
+        return base
+
+    def failed(self, problems: list[Problem], checked: Validated | None = None) -> ImportReport:
+        return ImportReport(registered=False, problems=[p.to_schema() for p in problems],
+                            **self._base(checked))  # type: ignore[arg-type]
+
+    def done(self, checked: Validated, summary: object) -> ImportReport:
+        return ImportReport(registered=True, summary=summary,  # type: ignore[arg-type]
+                            problems=[p.to_schema() for p in checked.problems],
+                            **self._base(checked))  # type: ignore[arg-type]
+
+
+def format_report(report: ImportReport, limit: int = 50) -> str:
+    """Plain-text report for the CLI and logs: one line per problem."""
+    out = io.StringIO()
+    state = "registered" if report.registered else "NOT registered"
+    out.write(f"dataset {report.dataset_id} ({report.format}): {state}, "
+              f"{report.num_cases} cases, {len(report.skipped)} skipped, "
+              f"{len(report.problems)} problems, {report.elapsed_s:.1f}s\n")
+    for p in report.problems[:limit]:
+        where = " ".join(x for x in (p.case_id and f"case {p.case_id}", p.source) if x)
+        out.write(f"  [{p.code}] {where or 'dataset'}: {p.message}\n")
+    if len(report.problems) > limit:
+        out.write(f"  ... {len(report.problems) - limit} more\n")
+    return out.getvalue()

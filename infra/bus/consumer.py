@@ -1,0 +1,229 @@
+"""Transport glue shared by every JetStream consumer: fetch → call → ack/nak/term.
+
+The handler function raises typed errors; this module alone turns them into
+acknowledgements, so no handler can "log and carry on":
+
+- ``Superseded`` → ack; success → ack.
+- ``PermanentError`` → ``term`` with the error as the reason (it lands in the
+  MSG_TERMINATED advisory); a ``PoisonMessage`` reason is marked so the
+  dead-letter forwarder copies the message to ``DLQ``.
+- ``TransientError`` → ``nak(its delay)``; anything else → ``nak`` on the
+  consumer's own schedule (read from the server at bind). Both record the
+  error for the dead letter, and the last allowed delivery naks at once so
+  the max-deliveries advisory, hence the dead letter, follows immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from infra.bus.last_errors import LastErrors
+from infra.bus.topology import parse_retry_metadata, stream_of
+from infra.errors import Fenced, PermanentError, PoisonMessage, Superseded, TransientError
+from infra.telemetry.logging import log_context
+from infra.telemetry.metrics import CONSUMER_LAG, EVENT_LATENCY, EVENTS_HANDLED
+
+log = logging.getLogger(__name__)
+
+MsgHandler = Callable[[Msg], Awaitable[None]]
+
+UNEXPECTED_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+DEAD_LETTER_REASON = "dead-letter"
+"""Prefix of a term reason that asks the forwarder for a dead letter."""
+MAX_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """How one consumer retries, as configured on the server (infra/bus/topology.py)."""
+
+    stream: str = ""
+    consumer: str = ""
+    max_deliver: int = -1
+    delays_s: tuple[float, ...] = UNEXPECTED_BACKOFF_S
+    errors: LastErrors | None = None
+
+    def is_last(self, attempt: int) -> bool:
+        return self.max_deliver > 0 and attempt >= self.max_deliver
+
+    def delay(self, attempt: int, wanted: float | None = None) -> float:
+        """``wanted`` (a TransientError's own delay) or the schedule; 0 on the last try."""
+        if self.is_last(attempt):
+            return 0.0
+        if wanted is not None:
+            return wanted
+        delays = self.delays_s or UNEXPECTED_BACKOFF_S
+        return delays[min(max(attempt, 1), len(delays)) - 1]
+
+    async def record(self, msg: Msg, code: str, message: str) -> None:
+        """Keep the error for a possible dead letter (bounded consumers only)."""
+        if self.errors is None or self.max_deliver <= 0:
+            return
+        try:
+            seq = int(msg.metadata.sequence.stream)
+        except Exception:  # not a JetStream message
+            return
+        await self.errors.record(self.stream, self.consumer, seq, code, message, _delivery(msg))
+
+
+async def load_plan(js: JetStreamContext, psub: JetStreamContext.PullSubscription,
+                    durable: str) -> RetryPlan:
+    """Read max_deliver and the nak schedule once, so every process uses the server's."""
+    try:
+        info = await psub.consumer_info()
+    except (nats.errors.Error, TimeoutError) as exc:  # still settle messages, on defaults
+        log.warning("consumer info of %s unavailable (%r): default retry schedule", durable, exc)
+        return RetryPlan(stream=stream_of(durable), consumer=durable)
+    return RetryPlan(stream=stream_of(durable), consumer=durable,
+                     max_deliver=int(info.config.max_deliver or -1),
+                     delays_s=parse_retry_metadata(info.config.metadata) or UNEXPECTED_BACKOFF_S,
+                     errors=await LastErrors.open(js))
+
+
+def term_reason(exc: PermanentError) -> str:
+    text = f"{exc.code}: {exc.message}"
+    if isinstance(exc, PoisonMessage):
+        text = f"{DEAD_LETTER_REASON} {text}"
+    return " ".join(text.split())[:MAX_REASON_CHARS]
+
+
+async def term(msg: Msg, reason: str) -> None:
+    """``term`` with a reason: nats-py's ``Msg.term()`` takes none, but the server reads
+    ``+TERM <reason>`` and puts the reason in the MSG_TERMINATED advisory."""
+    if not msg.reply or msg._client is None:
+        await msg.term()  # raises the client's own error for a non-JetStream message
+        return
+    await msg._client.publish(msg.reply, b"+TERM " + reason.encode())
+    msg._ackd = True
+
+
+def _delivery(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # a plain (non-JetStream) message in a unit test
+        return 1
+
+
+def _context(msg: Msg) -> tuple[str | None, str | None]:
+    """Task id and traceparent of an envelope (or a job carrying them), for the logs."""
+    try:
+        doc = json.loads(msg.data)
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    task_id = doc.get("subject") or doc.get("task_id")
+    trace = doc.get("traceparent")
+    return (task_id if isinstance(task_id, str) else None,
+            trace if isinstance(trace, str) else None)
+
+
+def event_name(subject: str) -> str:
+    """``tasks.ready.<id>`` -> ``ready``; ``webhooks.jobs.<t>.<w>`` -> ``jobs``: few labels."""
+    parts = subject.split(".")
+    return parts[1] if len(parts) > 2 else subject
+
+
+async def dispatch(msg: Msg, handle: MsgHandler, consumer: str = "",
+                   plan: RetryPlan | None = None) -> str:
+    """Settle one message in its log context, counting the outcome by event type."""
+    task_id, trace = _context(msg)
+    started = time.perf_counter()
+    with log_context(task_id=task_id, traceparent=trace):
+        outcome = await _settle(msg, handle, plan or RetryPlan(consumer=consumer))
+    EVENTS_HANDLED.labels(consumer, event_name(msg.subject), outcome).inc()
+    EVENT_LATENCY.labels(consumer).observe(time.perf_counter() - started)
+    return outcome
+
+
+async def _settle(msg: Msg, handle: MsgHandler, plan: RetryPlan) -> str:
+    """Run one message through ``handle`` and settle it. Returns the outcome for metrics."""
+    try:
+        await handle(msg)
+    except Fenced as exc:
+        log.warning("fenced %s: %s; left unsettled for the newer attempt", msg.subject, exc)
+        return "fenced"
+    except Superseded as exc:
+        log.info("superseded %s: %s", msg.subject, exc)
+        await msg.ack()
+        return "superseded"
+    except PermanentError as exc:
+        log.warning("permanent error on %s: %s %s", msg.subject, exc.code, exc.message)
+        await term(msg, term_reason(exc))
+        return "dead_letter" if isinstance(exc, PoisonMessage) else "term"
+    except TransientError as exc:
+        attempt = _delivery(msg)
+        delay = plan.delay(attempt, exc.delay_s)
+        log.warning("transient error on %s (delivery %d): %s (retry in %.1fs)",
+                    msg.subject, attempt, exc, delay)
+        await plan.record(msg, exc.code, exc.message)
+        await msg.nak(delay=delay)
+        return "nak"
+    except asyncio.CancelledError:
+        await asyncio.shield(msg.nak(delay=1.0))
+        raise
+    except Exception as exc:
+        attempt = _delivery(msg)
+        delay = plan.delay(attempt)
+        log.exception("unexpected error on %s (delivery %d), retry in %.1fs",
+                      msg.subject, attempt, delay)
+        await plan.record(msg, "unexpected", repr(exc))
+        await msg.nak(delay=delay)
+        return "nak"
+    await msg.ack()
+    return "ack"
+
+
+async def consume(
+    js: JetStreamContext,
+    durable: str,
+    handle: MsgHandler,
+    stop: asyncio.Event,
+    *,
+    batch: int = 16,
+    fetch_timeout: float = 1.0,
+    concurrent: bool = False,
+) -> None:
+    """Pull from an existing durable consumer until ``stop`` is set.
+
+    ``concurrent`` settles a batch's messages side by side: for work that waits
+    on others (webhook receivers with a 15 s timeout), not for ordered work.
+    """
+    psub = await js.pull_subscribe_bind(durable=durable, stream=stream_of(durable))
+    plan = await load_plan(js, psub, durable)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(batch, timeout=fetch_timeout)
+            except TimeoutError:
+                CONSUMER_LAG.labels(durable).set(0)
+                continue
+            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
+                log.warning("fetch on %s failed: %r; retrying", durable, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if concurrent:
+                await asyncio.gather(*(dispatch(msg, handle, durable, plan) for msg in msgs))
+            else:
+                for msg in msgs:
+                    await dispatch(msg, handle, durable, plan)
+            _record_lag(durable, msgs)
+    finally:
+        await psub.unsubscribe()
+
+
+def _record_lag(durable: str, msgs: list[Msg]) -> None:
+    """Each delivery says how many messages still wait behind it: lag without an API call."""
+    try:
+        CONSUMER_LAG.labels(durable).set(msgs[-1].metadata.num_pending)
+    except Exception:  # no JetStream metadata (a unit-test message)
+        pass

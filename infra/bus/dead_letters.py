@@ -1,0 +1,227 @@
+"""The ``DLQ`` stream's contract, and the on-call operations on it (``radtrain dlq``).
+
+A dead letter is the original message's bytes on ``dlq.<consumer>.<task_id>``
+with headers naming where it came from and why it died (DESIGN.md §4). The
+forwarder (handlers/dead_letter_forwarder.py) builds them with :func:`build_dead_letter`; the
+CLI lists, shows, redrives and purges them with the functions below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from infra.bus.stream_read import get_seq, scan
+from infra.bus.topology import DLQ_STREAM, ENRICH, RUNNER, TASKS_STREAM
+from schemas.common import is_identifier
+
+H_STREAM = "Radtrain-Dlq-Stream"
+H_SEQ = "Radtrain-Dlq-Seq"
+H_SUBJECT = "Radtrain-Dlq-Subject"
+H_CONSUMER = "Radtrain-Dlq-Consumer"
+H_DELIVERIES = "Radtrain-Dlq-Deliveries"
+H_REASON = "Radtrain-Dlq-Reason"
+H_ERROR = "Radtrain-Dlq-Error"
+H_MSG_ID = "Radtrain-Dlq-Msg-Id"
+H_TASK = "Radtrain-Dlq-Task"
+H_ORIGINAL_TIME = "Radtrain-Dlq-Original-Time"
+H_MISSING = "Radtrain-Dlq-Original-Missing"
+REPLAY_OF = "Radtrain-Replay-Of"
+"""On a re-published event: ``<stream>:<seq>`` of the message it copies."""
+REDRIVE_OF = "Radtrain-Redrive-Of"
+MSG_ID = "Nats-Msg-Id"
+
+Kind = Literal["max_deliveries", "terminated"]
+MAX_HEADER_CHARS = 1000
+
+TASK_OWNERS = frozenset({ENRICH, RUNNER})
+"""Consumers that move a task forward: their dead letter fails the task, and redriving
+one for a finished task changes nothing (forward-only state, the runner's fence)."""
+TERMINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
+
+
+async def finished(js: JetStreamContext, task_id: str) -> str | None:
+    """The terminal event the stream holds for the task (not the lagging KV), if any."""
+    for name in TERMINAL_EVENTS:
+        try:
+            await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
+            return name
+        except NotFoundError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class Advisory:
+    """The fields we use of a JetStream max_deliver / terminated advisory."""
+
+    kind: Kind
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+    reason: str = ""
+
+
+def parse_advisory(raw: bytes) -> Advisory:
+    """Raises ``ValueError`` for anything that is not one of the two advisories."""
+    doc = json.loads(raw)
+    kinds: dict[str, Kind] = {"io.nats.jetstream.advisory.v1.max_deliver": "max_deliveries",
+                              "io.nats.jetstream.advisory.v1.terminated": "terminated"}
+    if not isinstance(doc, dict) or doc.get("type") not in kinds:
+        raise ValueError(f"not a max_deliver/terminated advisory: {str(doc)[:200]}")
+    try:
+        return Advisory(kind=kinds[doc["type"]], stream=str(doc["stream"]),
+                        consumer=str(doc["consumer"]), stream_seq=int(doc["stream_seq"]),
+                        deliveries=int(doc.get("deliveries") or 0),
+                        reason=str(doc.get("reason") or ""))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"advisory lacks {exc}") from exc
+
+
+def header_value(text: str) -> str:
+    """One printable ASCII line: NATS headers cannot carry newlines."""
+    flat = " ".join(str(text).split()).encode("ascii", "replace").decode()
+    return flat[:MAX_HEADER_CHARS]
+
+
+def task_of(subject: str, data: bytes | None) -> str | None:
+    """``tasks.<event>.<id>`` names it; other messages (webhook jobs) carry it in JSON."""
+    parts = subject.split(".")
+    if parts[0] == "tasks" and len(parts) == 3 and is_identifier(parts[2]):
+        return parts[2]
+    try:
+        doc = json.loads(data or b"")
+    except ValueError:
+        return None
+    if isinstance(doc, dict):
+        for key in ("task_id", "subject"):
+            value = doc.get(key)
+            if isinstance(value, str) and is_identifier(value):
+                return value
+    return None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+    @property
+    def msg_id(self) -> str:
+        return self.headers[MSG_ID]
+
+
+def build_dead_letter(adv: Advisory, original: RawStreamMsg | None, error: str) -> DeadLetter:
+    """The DLQ copy of the message an advisory names; ``original`` may be gone already."""
+    subject = original.subject if original is not None and original.subject else ""
+    data = (original.data or b"") if original is not None else b""
+    task = task_of(subject, data) if subject else None
+    headers = {k: v for k, v in ((original.headers or {}) if original else {}).items()
+               if not k.startswith(("Nats-", "Radtrain-Dlq-"))}
+    orig_id = ((original.headers or {}).get(MSG_ID) if original else None) or ""
+    headers |= {
+        H_STREAM: adv.stream, H_SEQ: str(adv.stream_seq), H_SUBJECT: subject,
+        H_CONSUMER: adv.consumer, H_DELIVERIES: str(adv.deliveries), H_REASON: adv.kind,
+        H_ERROR: header_value(error or "no error recorded (ack timeouts: a worker died?)"),
+        H_MSG_ID: orig_id, H_TASK: task or "",
+        H_ORIGINAL_TIME: original.time.isoformat() if original and original.time else "",
+        MSG_ID: f"dlq:{adv.stream}:{adv.stream_seq}:{adv.consumer}",
+    }
+    if original is None:
+        headers[H_MISSING] = "true"
+    headers = {k: v for k, v in headers.items() if v != ""}
+    return DeadLetter(subject=f"dlq.{adv.consumer}.{task or 'unknown'}", data=data,
+                      headers=headers)
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """One message of the DLQ stream, as the CLI shows it."""
+
+    seq: int
+    time: datetime | None
+    subject: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_raw(cls, raw: RawStreamMsg) -> StoredDeadLetter:
+        return cls(seq=int(raw.seq or 0), time=raw.time, subject=raw.subject or "",
+                   data=raw.data or b"", headers=dict(raw.headers or {}))
+
+    def get(self, header: str) -> str:
+        return self.headers.get(header, "")
+
+    @property
+    def consumer(self) -> str:
+        return self.get(H_CONSUMER)
+
+    @property
+    def task_id(self) -> str:
+        return self.get(H_TASK)
+
+    def summary(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time.isoformat() if self.time else None,
+                "consumer": self.consumer, "task_id": self.task_id or None,
+                "original": f"{self.get(H_STREAM)}:{self.get(H_SEQ)}",
+                "subject": self.get(H_SUBJECT), "reason": self.get(H_REASON),
+                "deliveries": int(self.get(H_DELIVERIES) or 0), "error": self.get(H_ERROR)}
+
+    def redrive_message(self) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, body and headers to publish the original again.
+
+        A fresh ``Nats-Msg-Id`` (derived from this DLQ entry, so redriving twice
+        within the duplicate window publishes once) and headers naming the copy.
+        """
+        keep = {k: v for k, v in self.headers.items()
+                if not k.startswith(("Nats-", "Radtrain-Dlq-")) and k not in (REPLAY_OF,
+                                                                             REDRIVE_OF)}
+        origin = f"{self.get(H_STREAM)}:{self.get(H_SEQ)}"
+        base_id = self.get(H_MSG_ID) or origin
+        keep |= {REPLAY_OF: origin, REDRIVE_OF: f"{DLQ_STREAM}:{self.seq}",
+                 MSG_ID: f"{base_id}:redrive:{self.seq}"}
+        return self.get(H_SUBJECT), self.data, keep
+
+
+def dlq_subject(consumer: str | None = None, task_id: str | None = None) -> str:
+    return f"dlq.{consumer or '*'}.{task_id or '*'}"
+
+
+async def list_dead_letters(js: JetStreamContext, consumer: str | None = None,
+                            task_id: str | None = None, limit: int = 100
+                            ) -> list[StoredDeadLetter]:
+    return [StoredDeadLetter.from_raw(m)
+            async for m in scan(js, DLQ_STREAM, subject=dlq_subject(consumer, task_id),
+                                limit=limit)]
+
+
+async def get_dead_letter(js: JetStreamContext, seq: int) -> StoredDeadLetter | None:
+    raw = await get_seq(js, DLQ_STREAM, seq)
+    return StoredDeadLetter.from_raw(raw) if raw is not None else None
+
+
+async def redrive(js: JetStreamContext, letter: StoredDeadLetter) -> int:
+    """Publish the original again, then drop the dead letter. Returns the new sequence."""
+    subject, data, headers = letter.redrive_message()
+    if not subject:
+        raise ValueError(f"dead letter {letter.seq} does not name its original subject")
+    ack = await js.publish(subject, data, headers=headers)
+    await js.delete_msg(DLQ_STREAM, letter.seq)
+    return int(ack.seq)
+
+
+async def purge(js: JetStreamContext, consumer: str | None = None) -> int:
+    """Remove dead letters (all, or one consumer's); returns how many there were."""
+    subject = dlq_subject(consumer) if consumer else None
+    info = await js.stream_info(DLQ_STREAM, subjects_filter=subject or ">")
+    count = sum((info.state.subjects or {}).values()) if subject else int(info.state.messages)
+    await js.purge_stream(DLQ_STREAM, subject=subject)
+    return count

@@ -1,0 +1,111 @@
+"""``radtrain keys``: API keys per tenant and the tenants' inbound event secrets.
+
+Talks to NATS KV directly (like ``infra apply``): managing keys must not need
+a key. A new key or secret is printed once; only a key's hash is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra.settings import Settings
+from schemas.common import is_identifier
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+keys_app = typer.Typer(no_args_is_help=True,
+                       help="API keys per tenant, and secrets for signed incoming events.")
+console = Console()
+T = TypeVar("T")
+
+TenantOpt = Annotated[str | None, typer.Option(help="Tenant id (default: the default tenant).")]
+
+
+def _run(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    """Connect, run, close; NATS is imported here so ``radtrain --help`` stays quick."""
+    from infra.bus.topology import connect
+
+    async def main() -> T:
+        nc, js = await connect(Settings(), name="radtrain-keys")
+        try:
+            return await work(js)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def _tenant(tenant: str | None) -> str:
+    value = tenant or Settings().default_tenant
+    if not is_identifier(value):
+        raise typer.BadParameter(f"{value!r} is not a valid tenant id")
+    return value
+
+
+@keys_app.command("create")
+def create(tenant: TenantOpt = None,
+           name: Annotated[str, typer.Option(help="What the key is for.")] = "") -> None:
+    """Issue a key; it is printed once and cannot be shown again."""
+    from gateway.tenancy import ApiKeyRepo
+
+    async def work(js: JetStreamContext) -> None:
+        issued = await (await ApiKeyRepo.open(js)).create(_tenant(tenant), name)
+        console.print(f"key id {issued.record.id} for tenant {issued.record.tenant}:")
+        print(issued.key)
+
+    _run(work)
+
+
+@keys_app.command("list")
+def list_keys(tenant: TenantOpt = None) -> None:
+    """Every key (id, tenant, name, created, revoked); never the key itself."""
+    from gateway.tenancy import ApiKeyRepo
+
+    async def work(js: JetStreamContext) -> None:
+        records = await (await ApiKeyRepo.open(js)).list(tenant)
+        table = Table("id", "tenant", "name", "created", "revoked")
+        for r in records:
+            table.add_row(r.id, r.tenant, r.name, r.created_at.isoformat(timespec="seconds"),
+                          r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "")
+        console.print(table)
+
+    _run(work)
+
+
+@keys_app.command("revoke")
+def revoke(key_id: str) -> None:
+    """Revoke by key id; gateways stop accepting it within ``api_key_cache_s``."""
+    from gateway.tenancy import ApiKeyRepo
+
+    async def work(js: JetStreamContext) -> None:
+        record = await (await ApiKeyRepo.open(js)).revoke(key_id)
+        if record is None:
+            console.print(f"[red]no key {key_id!r}[/]")
+            raise typer.Exit(1)
+        console.print(f"revoked {record.id} (tenant {record.tenant})")
+
+    _run(work)
+
+
+@keys_app.command("event-secret")
+def event_secret(
+    tenant: TenantOpt = None,
+    overlap_s: Annotated[float, typer.Option(
+        help="How long the previous secrets stay valid (rotation).")] = 86_400.0,
+) -> None:
+    """New secret for signed ``POST /v1/events`` (Standard Webhooks); printed once."""
+    from gateway.tenancy import TenantRepo
+
+    async def work(js: JetStreamContext) -> None:
+        secret = await (await TenantRepo.open(js)).rotate_inbound(_tenant(tenant), overlap_s)
+        console.print(f"inbound event secret for tenant {_tenant(tenant)}:")
+        print(secret)
+
+    _run(work)

@@ -1,0 +1,144 @@
+"""The ``radtrain`` command line: the entry layer (DESIGN.md §2).
+
+Commands import services lazily, inside the command; ``up`` runs each service
+as its own process so none is imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from infra.settings import Settings
+from radtrain.cli import replay, status, watch
+from radtrain.cli.datasets import datasets_app
+from radtrain.cli.dead_letters import dlq_app
+from radtrain.cli.keys import keys_app
+from radtrain.cli.presets import presets_app
+from radtrain.cli.zoo import zoo_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="radtrain: train medical-imaging models from events.")
+infra_app = typer.Typer(no_args_is_help=True, help="Streams, consumers and KV buckets.")
+schemas_app = typer.Typer(no_args_is_help=True, help="The contracts as JSON Schema.")
+app.add_typer(infra_app, name="infra")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(keys_app, name="keys")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(presets_app, name="presets")
+app.command("replay")(replay.replay)
+app.command("status")(status.status)
+app.command("watch")(watch.watch)
+console = Console()
+
+
+@infra_app.command("apply")
+def infra_apply() -> None:
+    """Create or update the streams, consumers and KV buckets; safe to run any time."""
+    from radtrain.stack import apply_streams
+
+    for change in asyncio.run(apply_streams(Settings())):
+        console.print(f"{change.kind:<9} {change.name:<10} {change.action}")
+
+
+@schemas_app.command("export")
+def schemas_export(out_dir: Path) -> None:
+    """Write the JSON Schema of every event, the TrainingSpec, TaskRecord and API models."""
+    from radtrain.cli.schemas_export import export_all
+
+    for path in export_all(out_dir):
+        console.print(str(path))
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port (0: any free port).")] = 8080,
+    nats_port: Annotated[int, typer.Option(help="nats-server port (0: any).")] = 4222,
+) -> None:
+    """Start NATS, apply the streams, and run gateway, handlers and one runner until Ctrl-C."""
+    from radtrain.stack import start_stack
+
+    settings = Settings(gateway_port=port, nats_port=nats_port)
+    stack = start_stack(settings)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    console.print(f"API key (tenant {stack.settings.default_tenant}): [bold]{stack.api_key}[/]\n"
+                  f"  curl -H 'Authorization: Bearer {stack.api_key}' "
+                  f"{stack.gateway_url}/v1/tasks")
+    console.print(f"radtrain is up: gateway [bold]{stack.gateway_url}[/], "
+                  f"NATS {stack.settings.nats_url}, store {stack.settings.store_dir}")
+    console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
+    try:
+        while not stop["now"]:
+            dead = stack.dead_services()
+            if dead:
+                console.print(f"[red]{dead[0]} exited[/]:\n{stack.log_tail(dead[0])}")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        console.print("stopping ...")
+        stack.stop()
+
+
+@app.command()
+def demo(
+    url: Annotated[str | None, typer.Option(help="Use a running gateway instead.")] = None,
+    cases: Annotated[int | None, typer.Option(min=20, max=5000,
+                                              help="Cases to generate (default: the recipe's).")
+                     ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    api_key: Annotated[str | None, typer.Option(
+        help="Key for --url (default: RADTRAIN_API_KEY); the embedded stack makes its own.")
+                       ] = None,
+    flow: Annotated[str, typer.Option(
+        help="general (head CT), specialized (pneumothorax preset on chest DX) or retrain "
+             "(general, then a retrain of it on new data).")] = "general",
+) -> None:
+    """Synthetic DICOM dataset → task over HTTP → progress → metrics and artifacts."""
+    from radtrain.cli.demo import FLOWS, run_flow
+    from radtrain.stack import start_stack
+
+    if flow not in FLOWS:
+        console.print(f"[red]--flow must be one of {', '.join(FLOWS)}[/]")
+        raise typer.Exit(2)
+
+    started = time.monotonic()
+    stack = None
+    settings = Settings()
+    secret = settings.api_key.get_secret_value() if settings.api_key else None
+    token = api_key or secret
+    if url is None:
+        stack = start_stack(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
+        settings, url, token = stack.settings, stack.gateway_url, stack.api_key
+        console.print(f"embedded stack up: gateway {url}, NATS {settings.nats_url}")
+        console.print(f"API key (tenant {settings.default_tenant}): {token}")
+    try:
+        record = run_flow(flow, url, token, settings, cases, seed, console)
+    finally:
+        if stack is not None:
+            stack.stop()
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s")
+    if record["state"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command("version")
+def version() -> None:
+    from importlib.metadata import version as v
+
+    console.print(json.dumps({"radtrain": v("radtrain"), "python": sys.version.split()[0]}))
+
+
+def main() -> None:
+    app()
