@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv run up test lint bench clean
+.PHONY: venv run up test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,13 @@ up: venv
 test: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# The unit tier alone: no servers, under a minute (DESIGN.md §13).
+test-fast: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy schemas infra gateway handlers runner
+	$(VENV)/bin/mypy schemas imaging infra gateway handlers runner radtrain
 
 clean:
 	rm -rf $(VENV) .radtrain build *.egg-info

@@ -26,16 +26,16 @@ from gateway.app_keys import (
 )
 from gateway.auth import KEYS, KeyCache, auth_middleware
 from gateway.errors import error_middleware
+from gateway.flows import routes as flow_routes
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from gateway.tasks import routes
 from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
 from infra.bus.topology import connect
-from infra.kv import TaskRepo
+from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.settings import Settings
 from infra.store import open_store
 from infra.telemetry.metrics import setup_process
-from infra.webhook_repo import DeliveryRepo, WebhookRepo
 
 log = logging.getLogger("radtrain.gateway")
 R = TypeVar("R")
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(routes)
     for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo, presets):
         app.add_routes(module.routes)
+    app.add_routes(flow_routes)
     return app
 
 

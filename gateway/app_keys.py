@@ -8,10 +8,9 @@ from nats.js import JetStreamContext
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from gateway.tenancy import ReplayGuard, TenantRepo
-from infra.kv import TaskRepo
+from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.settings import Settings
 from infra.store import ObjectStore
-from infra.webhook_repo import DeliveryRepo, WebhookRepo
 
 SETTINGS = web.AppKey("settings", Settings)
 JS = web.AppKey("js", JetStreamContext)

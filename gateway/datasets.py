@@ -1,47 +1,63 @@
-"""Dataset routes (DESIGN.md §6): list by annotation type, show, cases, previews, import.
+"""Dataset routes (DESIGN.md §6): list by annotation type, show, cases, previews, imports.
 
 Every route is scoped to the caller's tenant: another tenant's dataset answers
 404 exactly like a missing one. Reads come from KV ``datasets`` (summaries,
 statistics included) and the store (manifest snapshots, cached previews).
-An import names a folder under the caller's own ``imports/<tenant>/`` prefix,
-so a request can never read another tenant's uploads; it is validated in a
-worker thread and answered with the full report.
+
+An import is a job (DESIGN.md §2: nothing longer than a second runs in a
+request): ``POST /v1/datasets/imports`` checks the body and that the source is
+a folder under the caller's own ``imports/<tenant>/`` prefix (so a request can
+never read another tenant's uploads), writes the queued status to KV
+``dataset_imports``, publishes the job (JetStream-acked, deterministic message
+id) and answers 202; the handlers process runs it
+(handlers/datasets_import/job.py) and ``GET /v1/datasets/imports/{id}`` follows
+it to the full report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import get_args
 
+import nats.errors
 from aiohttp import web
 
-from gateway.app_keys import JS, STORE
+from gateway.app_keys import CONNECTED, IDEMPOTENCY, JS, STORE
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.datasets_openapi import register_operations
 from gateway.errors import ApiError
+from gateway.idempotency import (
+    StoredResponse,
+    body_digest,
+    request_key,
+    respond,
+    submit_once,
+    unavailable,
+)
+from gateway.observe import traceparent_of
 from gateway.previews import ManifestMismatch, case_preview, load_manifest, preview_key
-from handlers.datasets_import.base import ImportOptions
-from handlers.datasets_import.pipeline import import_dataset
 from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from imaging.reader import CaseReadError
+from infra.dataset_imports import ImportRepo, job_in_stream, new_import_id, submit_import
 from infra.kv import DatasetRepo
-from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreError, validate_key
+from infra.store import InvalidKey, ObjectNotFound, StoreError, validate_key
 from schemas.common import is_identifier
 from schemas.dataset import AnnotationType, Case, DatasetManifest, DatasetSummary
 from schemas.dataset_import import (
     TASK_ANNOTATIONS,
     CasePage,
     DatasetPage,
+    ImportAccepted,
+    ImportJob,
+    ImportPage,
     ImportReport,
     ImportRequest,
+    ImportStatus,
     fits,
 )
 from schemas.tasks import Modality
@@ -50,8 +66,10 @@ routes = web.RouteTableDef()
 register_operations()
 
 IMPORTS_PREFIX = "imports"
+IMPORTS_PATH = "/v1/datasets/imports"
+IDEMPOTENCY_SCOPE = "dataset-import\x00"
+"""Prefixed to an import's Idempotency-Key: the same key may also name a task."""
 MAX_PAGE = 500
-MAX_IMPORT_OBJECTS = 200_000
 MANIFEST_CACHE = 16
 PREVIEW_CONCURRENCY = 2
 
@@ -66,7 +84,7 @@ class _State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     previews: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(PREVIEW_CONCURRENCY))
-    imports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    imports: ImportRepo | None = None
 
 
 _STATES: weakref.WeakKeyDictionary[web.Application, _State] = weakref.WeakKeyDictionary()
@@ -89,6 +107,19 @@ async def _repo(request: web.Request) -> DatasetRepo:
                     raise ApiError(503, "unavailable", f"KV 'datasets' unavailable: {exc!r}"
                                    ) from exc
     return state.repo
+
+
+async def _imports(request: web.Request) -> ImportRepo:
+    state = _state(request.app)
+    if state.imports is None:
+        async with state.lock:
+            if state.imports is None:
+                try:
+                    state.imports = await ImportRepo.open(request.app[JS])
+                except Exception as exc:
+                    raise ApiError(503, "unavailable", "KV 'dataset_imports' unavailable: "
+                                   f"{exc!r}") from exc
+    return state.imports
 
 
 async def _summary(request: web.Request) -> DatasetSummary:
@@ -147,6 +178,108 @@ async def list_datasets(request: web.Request) -> web.Response:
     return web.json_response(text=page.model_dump_json())
 
 
+# --- imports: registered before /v1/datasets/{dataset_id}, which would match them ---
+
+
+@routes.post(IMPORTS_PATH)
+async def submit_import_job(request: web.Request) -> web.Response:
+    """Queue an import of a folder under ``imports/<tenant>/``: 202 and where to follow it."""
+    req = await read_model(request, ImportRequest)
+    tenant = tenant_of(request)
+    _source_prefix(tenant, req.source)
+    if req.labels is not None:
+        _checked_relative("labels", req.labels)
+    key = request_key(request)
+    import_id = new_import_id(tenant, key)
+    if not getattr(request.app[CONNECTED], "is_connected", False):
+        raise unavailable(ConnectionError("not connected to NATS"))
+    imports, js = await _imports(request), request.app[JS]
+    job = ImportJob(import_id=import_id, tenant=tenant, request=req,
+                    submitted_at=datetime.now(UTC), traceparent=traceparent_of(request))
+
+    async def publish() -> None:
+        try:
+            await submit_import(js, imports, job)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise unavailable(exc) from exc
+
+    async def published() -> bool:
+        found = await imports.get(tenant, import_id)
+        return (found is not None and found[0].state != "queued") or \
+            await job_in_stream(js, tenant, import_id)
+
+    answer = StoredResponse(status=202, body=ImportAccepted(import_id=import_id).model_dump(),
+                            headers={"Location": f"{IMPORTS_PATH}/{import_id}"})
+    if key is None:
+        await publish()
+        return respond(answer, replayed=False)
+    return await submit_once(request.app[IDEMPOTENCY], tenant, IDEMPOTENCY_SCOPE + key,
+                             import_id, body_digest(req), answer=answer, publish=publish,
+                             published=published)
+
+
+@routes.post("/v1/datasets/import")
+async def import_moved(request: web.Request) -> web.Response:
+    """The synchronous import is gone: 308 keeps the method and body on the redirect."""
+    raise web.HTTPPermanentRedirect(IMPORTS_PATH)
+
+
+@routes.get(IMPORTS_PATH)
+async def list_imports(request: web.Request) -> web.Response:
+    limit = int_param(request, "limit", 50, MAX_PAGE)
+    offset = int_param(request, "offset", 0, 10**9)
+    try:
+        items = await (await _imports(request)).list(tenant_of(request))
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise unavailable(exc) from exc
+    page = ImportPage(items=[s.model_copy(update={"report": None})
+                             for s in items[offset:offset + limit]], total=len(items))
+    return web.json_response(text=page.model_dump_json())
+
+
+@routes.get(IMPORTS_PATH + "/{import_id}")
+async def get_import(request: web.Request) -> web.Response:
+    """The status; once finished, the full report (read back from the store)."""
+    import_id = request.match_info["import_id"]
+    not_found = ApiError(404, "not_found", f"import {import_id!r} not found")
+    if not is_identifier(import_id):
+        raise not_found
+    try:
+        found = await (await _imports(request)).get(tenant_of(request), import_id)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise unavailable(exc) from exc
+    if found is None:  # another tenant's import is under another key: not found either
+        raise not_found
+    status = found[0]
+    if status.report_key is not None:
+        status = status.model_copy(update={"report": await _report(request, status)})
+    return web.json_response(text=status.model_dump_json())
+
+
+async def _report(request: web.Request, status: ImportStatus) -> ImportReport:
+    assert status.report_key is not None
+    try:
+        data = await asyncio.to_thread(request.app[STORE].get_bytes, status.report_key)
+    except ObjectNotFound:
+        raise ApiError(500, "report_missing", f"import {status.import_id}: its report "
+                       f"{status.report_key} is gone from the store") from None
+    except StoreError as exc:
+        raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+    return ImportReport.model_validate_json(data)
+
+
+def _checked_relative(name: str, value: str) -> str:
+    try:
+        return validate_key(value.rstrip("/"))
+    except InvalidKey as exc:
+        raise ApiError(422, "validation_error", f"{name}: {exc}") from exc
+
+
+def _source_prefix(tenant: str, source: str) -> str:
+    """``imports/<tenant>/<source>``: relative, no ``..``, so never another tenant's area."""
+    return f"{IMPORTS_PREFIX}/{tenant}/{_checked_relative('source', source)}"
+
+
 @routes.get("/v1/datasets/{dataset_id}")
 async def get_dataset(request: web.Request) -> web.Response:
     return web.json_response(text=(await _summary(request)).model_dump_json())
@@ -194,72 +327,3 @@ async def preview(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png", headers=headers)
 
 
-@routes.post("/v1/datasets/import")
-async def import_from_store(request: web.Request) -> web.Response:
-    req = await read_model(request, ImportRequest)
-    tenant = tenant_of(request)
-    prefix = _source_prefix(tenant, req.source)
-    if req.labels is not None:
-        _checked_relative("labels", req.labels)
-    opts = ImportOptions(
-        name=req.name, format=req.format, tenant=tenant, dataset_id=req.dataset_id,
-        annotation_type=req.annotation_type, classes=req.classes, modality=req.modality,
-        labels=req.labels, skip_bad=req.skip_bad, replace=req.replace, rle=req.rle,
-        decode=req.decode)
-    store, repo = request.app[STORE], await _repo(request)
-    async with _state(request.app).imports:
-        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="radtrain-import-"))
-        try:
-            count = await asyncio.to_thread(download_prefix, store, prefix, tmp)
-            if count == 0:
-                raise ApiError(404, "not_found", f"nothing under {req.source!r} in "
-                               f"{IMPORTS_PREFIX}/{tenant}/")
-            report = await import_dataset(store, repo, tmp, opts)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
-    return _report_response(report)
-
-
-def _checked_relative(name: str, value: str) -> str:
-    try:
-        return validate_key(value.rstrip("/"))
-    except InvalidKey as exc:
-        raise ApiError(422, "validation_error", f"{name}: {exc}") from exc
-
-
-def _source_prefix(tenant: str, source: str) -> str:
-    """``imports/<tenant>/<source>``: relative, no ``..``, so never another tenant's area."""
-    return f"{IMPORTS_PREFIX}/{tenant}/{_checked_relative('source', source)}"
-
-
-def download_prefix(store: ObjectStore, prefix: str, dest: Path) -> int:
-    """Copy every object under ``prefix/`` into ``dest``, keeping the relative layout."""
-    keys = store.list(prefix + "/")
-    if len(keys) > MAX_IMPORT_OBJECTS:
-        raise ApiError(413, "too_many_objects",
-                       f"{len(keys)} objects in the source; at most {MAX_IMPORT_OBJECTS}")
-
-    def fetch(key: str) -> None:
-        target = dest.joinpath(*key[len(prefix) + 1:].split("/"))
-        store.get_file(key, target)
-
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(fetch, keys))
-    except StoreError as exc:
-        raise ApiError(503, "unavailable", f"reading the source: {exc}") from exc
-    return len(keys)
-
-
-def _report_response(report: ImportReport) -> web.Response:
-    body = report.model_dump(mode="json")
-    if report.registered:
-        return web.json_response(body, status=201,
-                                 headers={"Location": f"/v1/datasets/{report.dataset_id}"})
-    exists = any(p.code == "dataset_exists" for p in report.problems)
-    details = [{"field": p.case_id or p.source or "dataset", "message": f"[{p.code}] {p.message}"}
-               for p in report.problems[:1000]]
-    error = {"code": "dataset_exists" if exists else "dataset_invalid",
-             "message": f"dataset {report.dataset_id!r} was not registered: "
-                        f"{len(report.problems)} problems", "details": details}
-    return web.json_response({"error": error, "report": body}, status=409 if exists else 422)

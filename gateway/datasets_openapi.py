@@ -12,14 +12,21 @@ from schemas.dataset_import import (
     TASK_ANNOTATIONS,
     CasePage,
     DatasetPage,
-    ImportReport,
+    ImportAccepted,
+    ImportPage,
     ImportRequest,
+    ImportStatus,
 )
 from schemas.tasks import Modality
 
 
 def _id(name: str, what: str) -> Param:
     return Param(name, "path", {"type": "string", "pattern": ID_PATTERN}, True, f"{what} id")
+
+
+IDEMPOTENCY_KEY = Param("Idempotency-Key", "header", {"type": "string", "minLength": 1,
+                                                     "maxLength": 255},
+                        description="A retry with the same key and body returns the same import")
 
 
 def _enum(name: str, values: tuple[str, ...], description: str = "") -> Param:
@@ -52,10 +59,24 @@ DATASET_OPERATIONS = [
                Param("size", "query", {"type": "integer", "minimum": MIN_SIZE,
                                        "maximum": MAX_SIZE, "default": DEFAULT_SIZE})),
        ok_type="image/png"),
-    Op("post", "/v1/datasets/import", "importDataset",
-       "Validate and register a dataset from a folder under imports/<tenant>/ in the store",
-       "datasets", {201: ImportReport}, (400, *AUTHED, 404, 409, 413, 415, 422, 503),
-       body=ImportRequest, ok_headers={"Location": "/v1/datasets/{dataset_id}"}),
+    Op("post", "/v1/datasets/imports", "submitDatasetImport",
+       "Queue the import of a folder under imports/<tenant>/ in the store: 202 at once; "
+       "follow Location for progress and, once finished, the full report", "datasets",
+       {202: ImportAccepted}, (400, *AUTHED, 409, 413, 415, 422, 503), body=ImportRequest,
+       params=(IDEMPOTENCY_KEY,), ok_headers={"Location": "/v1/datasets/imports/{import_id}"}),
+    Op("get", "/v1/datasets/imports", "listDatasetImports",
+       "The tenant's imports, newest first (without their reports)", "datasets",
+       {200: ImportPage}, (400, *AUTHED, 503), params=PAGING),
+    Op("get", "/v1/datasets/imports/{import_id}", "getDatasetImport",
+       "An import's state (queued, running, completed, failed), progress (done of total in "
+       "the current phase; files read, cases checked, cases uploaded), times and, once "
+       "finished, the report listing every problem with its case", "datasets",
+       {200: ImportStatus}, (*AUTHED, 404, 503), params=(_id("import_id", "import"),)),
+    Op("post", "/v1/datasets/import", "importDatasetMoved",
+       "Moved: 308 to POST /v1/datasets/imports (same body; the import is now a job)",
+       "datasets", {308: None, 202: ImportAccepted},  # 202 etc.: a client that follows
+       (400, *AUTHED, 409, 413, 415, 422, 503), body=ImportRequest,
+       ok_headers={"Location": "/v1/datasets/imports"}),
 ]
 
 

@@ -24,13 +24,12 @@ from typing import Any
 
 import nats.errors
 from aiohttp import web
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from gateway.errors import ApiError
 from infra.bus.topology import KV_IDEMPOTENCY
+from infra.errors import KVConflict
+from infra.kv import Bucket, BucketRepo
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -74,13 +73,10 @@ def unavailable(exc: BaseException) -> ApiError:
                     headers={"Retry-After": "1"})
 
 
-class IdempotencyStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+class IdempotencyStore(BucketRepo[IdempotencyRecord]):
+    """KV ``idempotency``: ``<tenant>.<sha256 of the client's key>`` → IdempotencyRecord."""
 
-    @classmethod
-    async def open(cls, js: JetStreamContext) -> IdempotencyStore:
-        return cls(await js.key_value(KV_IDEMPOTENCY))
+    BUCKET = Bucket(KV_IDEMPOTENCY, IdempotencyRecord)
 
     async def claim(self, tenant: str, key: str, task_id: str, digest: str
                     ) -> tuple[IdempotencyRecord, int, bool]:
@@ -89,27 +85,18 @@ class IdempotencyStore:
                                   created_at=datetime.now(UTC))
         k = kv_key(tenant, key)
         for _ in range(3):  # the key may expire between a failed create and the get
-            try:
-                return fresh, await self._kv.create(k, fresh.model_dump_json().encode()), True
-            except KeyWrongLastSequenceError:
-                pass
-            try:
-                entry = await self._kv.get(k)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                return (IdempotencyRecord.model_validate_json(entry.value),
-                        entry.revision or 0, False)
-        raise RuntimeError(f"idempotency key {k} keeps changing")
+            revision = await self.kv.create(k, fresh)
+            if revision is not None:
+                return fresh, revision, True
+            found = await self.kv.get_entry(k)
+            if found is not None:
+                return found[0], found[1], False
+        raise KVConflict(self.kv.bucket, k, 3)
 
     async def complete(self, tenant: str, key: str, record: IdempotencyRecord,
                        revision: int) -> None:
         """Store the answer; if a concurrent request stored it first, theirs stands."""
-        try:
-            await self._kv.update(kv_key(tenant, key), record.model_dump_json().encode(),
-                                  last=revision)
-        except KeyWrongLastSequenceError:
-            pass
+        await self.kv.compare_and_set(kv_key(tenant, key), record, revision)
 
 
 def respond(stored: StoredResponse, replayed: bool) -> web.Response:

@@ -14,16 +14,19 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from datetime import UTC, datetime
 
 from infra.bus.topology import KV_APIKEYS, KV_INBOUND_IDS, KV_TENANTS
-from infra.kv_scan import scan
+from infra.errors import KVConflict
+from infra.kv import Bucket, BucketRepo
 from infra.security.signing import new_secret
-from schemas.tenancy import ApiKeyRecord, SigningSecret, TenantSecrets
+from schemas.tenancy import (
+    ApiKeyRecord,
+    SeenEvent,
+    TenantSecrets,
+    live_secrets,
+    rotate_secrets,
+)
 
 KEY_RE = re.compile(r"^rt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
@@ -48,28 +51,23 @@ class IssuedKey:
     """Shown once; only its hash is kept."""
 
 
-class ApiKeyRepo:
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+class ApiKeyRepo(BucketRepo[ApiKeyRecord]):
+    """KV ``apikeys``: key id → ApiKeyRecord (the key's sha256, never the key)."""
 
-    @classmethod
-    async def open(cls, js: JetStreamContext) -> ApiKeyRepo:
-        return cls(await js.key_value(KV_APIKEYS))
+    BUCKET = Bucket(KV_APIKEYS, ApiKeyRecord)
 
     async def create(self, tenant: str, name: str = "") -> IssuedKey:
-        key_id = secrets.token_hex(8)
-        key = f"rt_{key_id}_{secrets.token_urlsafe(32)}"
-        record = ApiKeyRecord(id=key_id, tenant=tenant, name=name, sha256=hash_key(key),
-                              created_at=_now())
-        await self._kv.create(key_id, record.model_dump_json().encode())
-        return IssuedKey(record=record, key=key)
+        for _ in range(3):  # a 64-bit id collides practically never
+            key_id = secrets.token_hex(8)
+            key = f"rt_{key_id}_{secrets.token_urlsafe(32)}"
+            record = ApiKeyRecord(id=key_id, tenant=tenant, name=name, sha256=hash_key(key),
+                                  created_at=_now())
+            if await self.kv.create(key_id, record) is not None:
+                return IssuedKey(record=record, key=key)
+        raise KVConflict(self.kv.bucket, key_id, 3)
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
-        try:
-            entry = await self._kv.get(key_id)
-        except KeyNotFoundError:
-            return None
-        return ApiKeyRecord.model_validate_json(entry.value) if entry.value else None
+        return await self.kv.get(key_id)
 
     async def authenticate(self, key: str) -> ApiKeyRecord | None:
         """The record of a valid, unrevoked key; ``None`` for anything else."""
@@ -82,7 +80,7 @@ class ApiKeyRepo:
         return record
 
     async def list(self, tenant: str | None = None) -> list[ApiKeyRecord]:
-        records = [ApiKeyRecord.model_validate_json(v) for v in (await scan(self._kv)).values()]
+        records = (await self.kv.scan()).values()
         return sorted((r for r in records if tenant is None or r.tenant == tenant),
                       key=lambda r: r.created_at)
 
@@ -90,74 +88,45 @@ class ApiKeyRepo:
         """Mark revoked (kept for audit); ``None`` if there is no such key."""
         if not re.fullmatch(r"[0-9a-f]{16}", key_id):
             return None
-        try:
-            entry = await self._kv.get(key_id)
-        except KeyNotFoundError:
-            return None
-        record = ApiKeyRecord.model_validate_json(entry.value or b"")
-        if record.revoked_at is None:
-            record = record.model_copy(update={"revoked_at": _now()})
-            await self._kv.update(key_id, record.model_dump_json().encode(),
-                                  last=entry.revision)
-        return record
+
+        def mark(record: ApiKeyRecord | None) -> ApiKeyRecord | None:
+            if record is None or record.revoked_at is not None:
+                return None  # nothing to write
+            return record.model_copy(update={"revoked_at": _now()})
+
+        return await self.kv.update(key_id, mark) or await self.get(key_id)
 
 
-class TenantRepo:
-    """Per-tenant secrets that upstream systems sign incoming events with."""
+class TenantRepo(BucketRepo[TenantSecrets]):
+    """KV ``tenants``: per-tenant secrets that upstream systems sign incoming events with."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-
-    @classmethod
-    async def open(cls, js: JetStreamContext) -> TenantRepo:
-        return cls(await js.key_value(KV_TENANTS))
+    BUCKET = Bucket(KV_TENANTS, TenantSecrets)
 
     async def get(self, tenant: str) -> tuple[TenantSecrets, int]:
-        try:
-            entry = await self._kv.get(tenant)
-        except KeyNotFoundError:
-            return TenantSecrets(tenant=tenant), 0
-        return TenantSecrets.model_validate_json(entry.value or b""), entry.revision or 0
+        return await self.kv.get_entry(tenant) or (TenantSecrets(tenant=tenant), 0)
 
     async def inbound_secrets(self, tenant: str, now: datetime | None = None) -> list[str]:
         """Secrets valid now: the newest and, during a rotation, the previous one."""
-        now = now or _now()
         current, _ = await self.get(tenant)
-        return [s.secret for s in current.inbound if s.expires_at is None or s.expires_at > now]
+        return live_secrets(current.inbound, now or _now())
 
     async def rotate_inbound(self, tenant: str, overlap_s: float) -> str:
         """Add a new secret; the older ones stay valid ``overlap_s`` more (0: at once)."""
-        for _ in range(10):
-            current, revision = await self.get(tenant)
-            now = _now()
-            until = now + timedelta(seconds=overlap_s)
-            kept = [s if s.expires_at is not None and s.expires_at <= until
-                    else s.model_copy(update={"expires_at": until})
-                    for s in current.inbound if s.expires_at is None or s.expires_at > now]
-            secret = new_secret()
-            new = TenantSecrets(tenant=tenant, inbound=[
-                SigningSecret(secret=secret, created_at=now), *kept])
-            data = new.model_dump_json().encode()
-            try:
-                if revision:
-                    await self._kv.update(tenant, data, last=revision)
-                else:
-                    await self._kv.create(tenant, data)
-                return secret
-            except KeyWrongLastSequenceError:
-                continue
-        raise RuntimeError(f"tenant {tenant}: too many concurrent rotations")
+        secret = new_secret()
+
+        def add(current: TenantSecrets | None) -> TenantSecrets:
+            inbound = current.inbound if current else []
+            return TenantSecrets(tenant=tenant,
+                                 inbound=rotate_secrets(inbound, secret, _now(), overlap_s))
+
+        await self.kv.update(tenant, add, attempts=10)
+        return secret
 
 
-class ReplayGuard:
-    """Remembers incoming ``webhook-id`` values (KV with a TTL of twice the tolerance)."""
+class ReplayGuard(BucketRepo[SeenEvent]):
+    """KV ``inbound_ids``: incoming ``webhook-id`` values, kept twice the tolerance (TTL)."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-
-    @classmethod
-    async def open(cls, js: JetStreamContext) -> ReplayGuard:
-        return cls(await js.key_value(KV_INBOUND_IDS))
+    BUCKET = Bucket(KV_INBOUND_IDS, SeenEvent)
 
     @staticmethod
     def _key(tenant: str, msg_id: str) -> str:
@@ -165,12 +134,9 @@ class ReplayGuard:
 
     async def first_time(self, tenant: str, msg_id: str) -> bool:
         """Atomically record the id; False if it was seen (a replay)."""
-        try:
-            await self._kv.create(self._key(tenant, msg_id), b"1")
-        except KeyWrongLastSequenceError:
-            return False
-        return True
+        created = await self.kv.create(self._key(tenant, msg_id), SeenEvent(seen_at=_now()))
+        return created is not None
 
     async def forget(self, tenant: str, msg_id: str) -> None:
         """Undo :meth:`first_time` when the event could not be published: let a retry in."""
-        await self._kv.purge(self._key(tenant, msg_id))
+        await self.kv.purge(self._key(tenant, msg_id))

@@ -1,21 +1,33 @@
-"""Wiring of the handlers process: one explicit table from consumer to handler."""
+"""Wiring of the handlers process: one explicit table from consumer to subscriber.
+
+Each handler is a typed function ``(input, delivery, *, its own dependencies) ->
+events to publish``; the table below decodes each consumer's bytes into that
+input and binds the dependencies (DESIGN.md §2). The subscriber loop
+(infra/bus/subscriber.py) publishes what a handler returns and settles the
+message from the typed errors it raises.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
-from handlers.adapters import StoreWeightsIndex
+from handlers.datasets_import.job import handle_import_job
 from handlers.dead_letter_forwarder import on_advisory
-from handlers.deliverer import on_delivery_job, on_status_event, open_webhooks
-from handlers.transport import Deps, on_any_event, on_requested
-from infra.bus.consumer import consume
+from handlers.deliverer import WebhookContext, on_delivery_job, on_status_event, open_webhooks
+from handlers.enrich import WeightsIndex
+from handlers.enrich.handler import handle_requested
+from handlers.projector import handle_event
+from handlers.weights_index import StoreWeightsIndex
+from infra.bus.dead_letters import parse_advisory
+from infra.bus.subscriber import Subscriber, event_decoder, model_decoder, run_subscriber
 from infra.bus.topology import (
+    DATASET_IMPORT,
     DLQ_FORWARDER,
     ENRICH,
     PROJECTOR,
@@ -24,27 +36,41 @@ from infra.bus.topology import (
     connect,
     wait_for_streams,
 )
+from infra.dataset_imports import ImportRepo
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
-from infra.store import open_store
+from infra.store import ObjectStore, open_store
 from infra.telemetry.metrics import setup_process
+from schemas.dataset_import import ImportJob
+from schemas.events import TaskRequestedEvent
+from schemas.webhooks import WebhookJob
 
 log = logging.getLogger("radtrain.handlers")
 
-HANDLERS: dict[str, Callable[[Msg, Deps], Awaitable[None]]] = {
-    ENRICH: on_requested,
-    PROJECTOR: on_any_event,
-    WEBHOOKS: on_status_event,
-    WEBHOOK_DELIVERIES: on_delivery_job,
-    # Not on TASKS: a durable consumer on the ADVISORIES stream (max deliveries and
-    # dead-letter terms), so no dead letter is missed while this process is down.
-    DLQ_FORWARDER: on_advisory,
-}
 
-CONSUME_OPTIONS: dict[str, dict[str, Any]] = {
-    # Receivers may take up to the HTTP timeout each: attempt a batch side by side.
-    WEBHOOK_DELIVERIES: {"batch": 32, "concurrent": True},
-}
+def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
+                store: ObjectStore, weights: WeightsIndex, hooks: WebhookContext,
+                imports: ImportRepo, settings: Settings) -> dict[str, Subscriber[Any]]:
+    """The table: durable consumer → how its messages decode, and the bound handler."""
+    table: list[Subscriber[Any]] = [
+        Subscriber(ENRICH, event_decoder(TaskRequestedEvent), partial(
+            handle_requested, datasets=datasets, tasks=tasks, store=store, weights=weights)),
+        Subscriber(PROJECTOR, event_decoder(), partial(handle_event, tasks=tasks)),
+        Subscriber(WEBHOOKS, event_decoder(), partial(
+            on_status_event, js=js, tasks=tasks, ctx=hooks)),
+        # Receivers may take up to the HTTP timeout each: attempt a batch side by side.
+        Subscriber(WEBHOOK_DELIVERIES, model_decoder(WebhookJob),
+                   partial(on_delivery_job, ctx=hooks), batch=32, concurrent=True),
+        # Not on TASKS: a durable consumer on the ADVISORIES stream (max deliveries and
+        # dead-letter terms), so no dead letter is missed while this process is down.
+        Subscriber(DLQ_FORWARDER, parse_advisory, partial(on_advisory, js=js)),
+        # One import at a time, its pipeline in a worker thread: a 200,000-file
+        # import never holds up the loops above (each subscriber has its own loop).
+        Subscriber(DATASET_IMPORT, model_decoder(ImportJob), partial(
+            handle_import_job, store=store, datasets=datasets, imports=imports,
+            settings=settings), batch=1),
+    ]
+    return {sub.durable: sub for sub in table}
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -53,26 +79,17 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await wait_for_streams(js)
         hooks = await open_webhooks(settings, js)
         store = open_store(settings)
-        deps = Deps(js=js, datasets=await DatasetRepo.open(js), tasks=await TaskRepo.open(js),
-                    weights=StoreWeightsIndex(store), webhooks=hooks, store=store)
-        loops = [
-            consume(js, durable, _bind(handler, deps), stop, **CONSUME_OPTIONS.get(durable, {}))
-            for durable, handler in HANDLERS.items()
-        ]
-        log.info("handlers consuming %s", ", ".join(HANDLERS))
+        table = subscribers(js=js, datasets=await DatasetRepo.open(js),
+                            tasks=await TaskRepo.open(js), store=store,
+                            weights=StoreWeightsIndex(store), hooks=hooks,
+                            imports=await ImportRepo.open(js), settings=settings)
+        log.info("handlers consuming %s", ", ".join(table))
         try:
-            await asyncio.gather(*loops)
+            await asyncio.gather(*(run_subscriber(js, sub, stop) for sub in table.values()))
         finally:
             await hooks.close()
     finally:
         await nc.drain()
-
-
-def _bind(handler: Callable[[Msg, Deps], Awaitable[None]], deps: Deps
-          ) -> Callable[[Msg], Awaitable[None]]:
-    async def bound(msg: Msg) -> None:
-        await handler(msg, deps)
-    return bound
 
 
 def main() -> None:

@@ -9,8 +9,10 @@ Two advisories make a dead letter (DESIGN.md §9):
 - max deliveries: the consumer naked (or timed out) ``max_deliver`` times. The
   last error comes from KV ``consumer_errors`` (recorded by infra/bus/consumer.py).
 - terminated with a ``dead-letter`` reason: a ``PoisonMessage``, a message that
-  cannot be handled at all. Other terms are outcomes the handler already
-  published (``task.failed``/``task.rejected``) and are only acknowledged.
+  cannot be handled at all (one that does not decode, for every consumer:
+  infra/bus/subscriber.py, which has already failed its task). Other terms are
+  outcomes the handler already published (``task.failed``/``task.rejected``)
+  and are only acknowledged.
 
 When the dead consumer owns the task's progress (enrich, runner) the task is
 marked failed with a deterministic ``task.failed``, unless the stream already
@@ -33,23 +35,19 @@ from infra.bus.dead_letters import (
     DeadLetter,
     build_dead_letter,
     finished,
-    parse_advisory,
 )
 from infra.bus.last_errors import LastErrors
 from infra.bus.publish import publish_event
 from infra.bus.stream_read import get_seq
 from infra.bus.topology import TASKS_STREAM
-from infra.errors import PermanentError, TransientError
-from schemas.events import TaskFailed, TaskFailedEvent
+from infra.errors import TransientError
+from schemas.events import Envelope, TaskFailed, TaskFailedEvent
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-
-    from handlers.transport import Deps
+    from infra.bus.subscriber import Delivery
 
 log = logging.getLogger("radtrain.dlq")
 SOURCE = "radtrain/dlq-forwarder"
-
 
 
 def wants_dead_letter(adv: Advisory) -> bool:
@@ -98,14 +96,15 @@ async def forward(js: JetStreamContext, adv: Advisory) -> DeadLetter:
     return letter
 
 
-async def on_advisory(msg: Msg, deps: Deps) -> None:
-    try:
-        adv = parse_advisory(msg.data)
-    except ValueError as exc:
-        raise PermanentError("invalid_advisory", str(exc)) from exc
+async def on_advisory(adv: Advisory, delivery: Delivery, *,
+                      js: JetStreamContext) -> list[Envelope]:
+    """Decoded by ``parse_advisory``; publishes the DLQ copy (and ``task.failed``) itself:
+    a dead letter is not a task event, and the failure waits on the stream's state."""
+    del delivery
     if not wants_dead_letter(adv):
-        return  # a handled outcome (task.failed/rejected already published)
+        return []  # a handled outcome (task.failed/rejected already published)
     try:
-        await forward(deps.js, adv)
+        await forward(js, adv)
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("dlq_unavailable", repr(exc), delay_s=2.0) from exc
+    return []

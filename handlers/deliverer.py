@@ -3,7 +3,7 @@
 Two consumers. ``webhooks`` (on ``TASKS`` status subjects) fans each event out
 into jobs on the ``WEBHOOKS`` stream and acks. ``webhook-deliveries`` makes
 one attempt per delivery of a job; on failure it records the attempt and
-raises ``TransientError(delay)``, which the transport turns into
+raises ``TransientError(delay)``, which the subscriber turns into
 ``nak(delay)``: JetStream keeps the job and its schedule durably, across
 restarts and replicas, with no timer in memory. After the retry window the
 delivery is marked failed and the job acked.
@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
@@ -33,13 +32,19 @@ from handlers.webhooks import (
     webhook_event_type,
 )
 from infra.bus.topology import TASKS_STREAM
-from infra.errors import PermanentError, TransientError
-from infra.kv import TaskRepo
+from infra.errors import TransientError
+from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.security.address_guard import BlockedAddress, GuardedResolver, check_url
 from infra.settings import Settings
 from infra.telemetry.metrics import WEBHOOK_ATTEMPTS
-from infra.webhook_repo import DeliveryRepo, WebhookRepo, active_secrets
-from schemas.events import Event, TaskRejectedEvent, TaskRequestedEvent, parse_event
+from schemas.events import (
+    Envelope,
+    Event,
+    TaskRejectedEvent,
+    TaskRequestedEvent,
+    encode_event,
+    parse_event,
+)
 from schemas.webhooks import (
     Delivery,
     DeliveryAttempt,
@@ -47,10 +52,11 @@ from schemas.webhooks import (
     WebhookEventType,
     WebhookJob,
     WebhookSubscription,
+    active_secrets,
 )
 
 if TYPE_CHECKING:
-    from handlers.transport import Deps
+    from infra.bus import subscriber as bus
 
 log = logging.getLogger("radtrain.webhooks")
 
@@ -79,12 +85,6 @@ async def open_webhooks(settings: Settings, js: JetStreamContext) -> WebhookCont
                            settings.webhook_retry_window_s))
 
 
-def _ctx(deps: Deps) -> WebhookContext:
-    if deps.webhooks is None:
-        raise PermanentError("misconfigured", "webhook context missing")
-    return deps.webhooks
-
-
 async def _tenant_of(js: JetStreamContext, tasks: TaskRepo, event: Event) -> str:
     """Status events carry no tenant (but rejected): the record or the request says it."""
     if isinstance(event, TaskRejectedEvent):
@@ -102,28 +102,28 @@ async def _tenant_of(js: JetStreamContext, tasks: TaskRepo, event: Event) -> str
     raise TransientError("tenant_unknown", f"task {event.subject}: no record yet", delay_s=5.0)
 
 
-async def on_status_event(msg: Msg, deps: Deps) -> None:
-    """Fan out: one delivery record and one job per matching subscription."""
-    ctx = _ctx(deps)
-    try:
-        event = parse_event(msg.data)
-    except ValidationError as exc:
-        raise PermanentError("invalid_event", f"{msg.subject}: {exc}") from exc
+async def on_status_event(event: Event, delivery: bus.Delivery, *, js: JetStreamContext,
+                          tasks: TaskRepo, ctx: WebhookContext) -> list[Envelope]:
+    """Fan out: one delivery record and one job per matching subscription.
+
+    The jobs go to the ``WEBHOOKS`` stream (not task events): published here, each
+    with its deterministic delivery id, before the subscriber acks the event."""
+    del delivery
     wtype = webhook_event_type(event.type)
     if wtype is None:
-        return
+        return []
     try:
-        tenant = await _tenant_of(deps.js, deps.tasks, event)
+        tenant = await _tenant_of(js, tasks, event)
         subs = subscribers(await ctx.subs.list(tenant), wtype)
         for sub in subs:
-            await _enqueue(deps.js, ctx, tenant, sub, event, wtype, msg.data)
+            await _enqueue(js, ctx, tenant, sub, event, wtype)
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
+    return []
 
 
 async def _enqueue(js: JetStreamContext, ctx: WebhookContext, tenant: str,
-                   sub: WebhookSubscription, event: Event, wtype: WebhookEventType,
-                   body: bytes) -> None:
+                   sub: WebhookSubscription, event: Event, wtype: WebhookEventType) -> None:
     did = delivery_id(event.id, sub.id)
     now = datetime.now(UTC)
     delivery = Delivery(id=did, webhook_id=sub.id, event_id=event.id, event_type=wtype,
@@ -133,7 +133,7 @@ async def _enqueue(js: JetStreamContext, ctx: WebhookContext, tenant: str,
         if existing is not None and existing[0].attempts:
             return  # a redelivered event whose job already ran
     job = WebhookJob(delivery_id=did, webhook_id=sub.id, tenant=tenant, task_id=event.subject,
-                     event_type=wtype, body=body.decode(), first_at=now,
+                     event_type=wtype, body=encode_event(event).decode(), first_at=now,
                      traceparent=event.traceparent)
     await js.publish(f"webhooks.jobs.{tenant}.{sub.id}", job.model_dump_json().encode(),
                      headers={"Nats-Msg-Id": did}, timeout=10.0)
@@ -178,20 +178,17 @@ async def send(ctx: WebhookContext, sub: WebhookSubscription, job: WebhookJob) -
         return done(None, f"http_error: {exc!r}")
 
 
-async def on_delivery_job(msg: Msg, deps: Deps) -> None:
+async def on_delivery_job(job: WebhookJob, delivery: bus.Delivery, *,
+                          ctx: WebhookContext) -> list[Envelope]:
     """One attempt; success or give-up acks, anything else naks with the next delay."""
-    ctx = _ctx(deps)
-    try:
-        job = WebhookJob.model_validate_json(msg.data)
-    except ValidationError as exc:
-        raise PermanentError("invalid_job", f"{msg.subject}: {exc}") from exc
+    del delivery  # the attempt count is the delivery record's, not JetStream's
     found = await ctx.deliveries.get(job.tenant, job.webhook_id, job.delivery_id)
     if found is not None and found[0].state != "pending":
-        return
+        return []
     sub = await ctx.subs.get(job.tenant, job.webhook_id)
     if sub is None:
         await _record(ctx, job, None, "failed")
-        return
+        return []
     outcome = await send(ctx, sub, job)
     attempts = len(found[0].attempts) + 1 if found else 1
     now = datetime.now(UTC)
@@ -208,6 +205,7 @@ async def on_delivery_job(msg: Msg, deps: Deps) -> None:
         log.info("webhook %s to %s failed (%s); attempt %d, retry in %.1fs",
                  job.delivery_id, sub.url, outcome.error, attempts, delay)
         raise TransientError("webhook_failed", outcome.error or "failed", delay_s=delay)
+    return []
 
 
 async def _record(ctx: WebhookContext, job: WebhookJob, attempt: DeliveryAttempt | None,

@@ -3,13 +3,21 @@
 ``project`` is pure: given the current record (or none) and one event it
 returns the new record, or ``None`` when the event changes nothing (a
 duplicate, a replay, an event that arrives after a terminal state). That is
-what makes redelivery and replay harmless.
+what makes redelivery and replay harmless. ``handle_event`` is the
+projector consumer's glue around it: one compare-and-set on KV ``tasks``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import nats.errors
+
+from infra.errors import TransientError
+from infra.kv import TaskRepo
 from schemas.common import ErrorDetail
 from schemas.events import (
+    Envelope,
     Event,
     TaskCancelledEvent,
     TaskCancelRequestedEvent,
@@ -22,6 +30,9 @@ from schemas.events import (
     TaskStartedEvent,
 )
 from schemas.record import STATE_RANK, TERMINAL_STATES, TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from infra.bus.subscriber import Delivery
 
 
 class RecordMissing(Exception):
@@ -110,3 +121,15 @@ def _is_newer_progress(rec: TaskRecord, event: TaskProgressEvent) -> bool:
         return True
     old, new = rec.progress, event.data
     return (new.epoch, new.step) > (old.epoch, old.step)
+
+
+async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo) -> list[Envelope]:
+    """Fold one event into the task's KV record (compare-and-set); publishes nothing."""
+    del delivery
+    try:
+        await tasks.upsert(event.subject, lambda rec: project(rec, event))
+    except RecordMissing as exc:
+        raise TransientError("record_missing", f"no record yet for {exc}", delay_s=2.0) from exc
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransientError("kv_unavailable", str(exc)) from exc
+    return []

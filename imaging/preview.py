@@ -17,6 +17,7 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imaging.palette import class_colour
 from imaging.reader import (
     MAX_IMAGE_BYTES,
     CaseReadError,
@@ -25,31 +26,22 @@ from imaging.reader import (
     read_image,
 )
 from imaging.transforms import ImageArray, intensity_channels, minmax, to_uint8
+from imaging.windows import WINDOW_PRESETS
 from schemas.dataset import Box
 from schemas.spec import Window
 
 WindowName = Literal["auto", "brain", "subdural", "bone", "lung", "mediastinal", "pe"]
 WINDOW_NAMES: tuple[str, ...] = get_args(WindowName)
 WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (80.0, 200.0),
-    "bone": (600.0, 2800.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinal": (40.0, 400.0),
-    "pe": (100.0, 700.0),
-}
-"""(center, width) in HU."""
+    name: (w.center, w.width) for name, w in WINDOW_PRESETS.items()}
+"""(center, width) in HU of each preset (imaging.windows), as previews use them."""
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 32, 1024, 512
 MASK_ALPHA = 0.4
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255),
-    (0, 220, 220), (255, 128, 0), (255, 64, 200), (160, 255, 64), (128, 128, 255),
-)
 
 
 def colour(index: int) -> tuple[int, int, int]:
-    """Colour of class ``index`` (0-based), the same in boxes and masks."""
-    return PALETTE[index % len(PALETTE)]
+    """Colour of class ``index`` (0-based), the same in boxes, masks and prediction plots."""
+    return class_colour(index)
 
 
 def choose_window(name: str, image: ImageArray,

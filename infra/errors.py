@@ -43,3 +43,17 @@ class Fenced(Exception):
 class PoisonMessage(PermanentError):
     """The message itself is unusable (not an event, inconsistent): nobody can be told
     through its task, so besides ``term()`` it is copied to the ``DLQ`` stream for a human."""
+
+
+class KVConflict(TransientError):
+    """A KV compare-and-set kept losing to concurrent writers: try the message later.
+
+    Each lost round means another writer's update landed, so this takes more
+    concurrent writers than attempts on one key; a redelivery will find it calm.
+    """
+
+    def __init__(self, bucket: str, key: str, attempts: int) -> None:
+        super().__init__("kv_conflict", f"KV {bucket or '?'}/{key}: still changing after "
+                         f"{attempts} compare-and-set attempts", delay_s=1.0)
+        self.bucket = bucket
+        self.key = key

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     """After a rotation the previous secret keeps signing this long (several signatures)."""
     webhook_log_days: float = Field(7.0, gt=0)
 
+    # --- dataset import jobs (handlers/datasets_import/job.py) -------------
+    import_ack_wait_s: float = Field(60.0, gt=0)
+    """Ack wait of the ``dataset-import`` consumer; a running job sends in_progress meanwhile."""
+    import_heartbeat_s: float = Field(15.0, gt=0)
+    """How often a running import tells JetStream it is alive (``in_progress``)."""
+    import_progress_interval_s: float = Field(1.0, ge=0)
+    """At most one KV progress write per interval."""
+    import_status_days: float = Field(30.0, gt=0)
+    """How long KV ``dataset_imports`` keeps an import's status."""
+    import_max_objects: int = Field(200_000, ge=1)
+    """An import source with more objects than this fails at once."""
+
     # --- observability ----------------------------------------------------
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from functools import partial
 
-from nats.aio.msg import Msg
-
-from infra.bus.consumer import consume
+from infra.bus.subscriber import Subscriber, event_decoder, run_subscriber
 from infra.bus.topology import RUNNER, connect, wait_for_streams
 from infra.kv import TaskRepo
 from infra.settings import Settings
@@ -16,8 +15,15 @@ from infra.store import open_store
 from infra.telemetry.metrics import setup_process
 from runner.job import pick_device
 from runner.worker import RunnerContext, handle_ready
+from schemas.events import TaskReadyEvent
 
 log = logging.getLogger("radtrain.runner")
+
+
+def subscriber(ctx: RunnerContext) -> Subscriber[TaskReadyEvent]:
+    """The runner's one consumer: ``task.ready`` → trained; one task at a time per device."""
+    return Subscriber(RUNNER, event_decoder(TaskReadyEvent), partial(handle_ready, ctx=ctx),
+                      batch=1)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -33,12 +39,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             ctx.shutdown.set()  # the training thread checks it every step
 
         watcher = asyncio.create_task(on_stop())
-
-        async def handle(msg: Msg) -> None:
-            await handle_ready(msg, ctx)
-
         log.info("runner %s on %s waiting for tasks", settings.runner_id, device)
-        await consume(js, RUNNER, handle, stop, batch=1)  # one task at a time per device
+        await run_subscriber(js, subscriber(ctx), stop)
         watcher.cancel()
     finally:
         await nc.drain()

@@ -20,10 +20,10 @@ import threading
 from dataclasses import dataclass, field
 
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from infra.bus.subscriber import Delivery
 from infra.bus.topology import TASKS_STREAM
 from infra.kv import TaskRepo
 from infra.settings import Settings
@@ -86,8 +86,9 @@ async def cancel_request(js: JetStreamContext, task_id: str) -> TaskCancelReques
 class Attempt:
     """Supervises one delivery from the event loop; the training thread asks it questions."""
 
-    def __init__(self, msg: Msg, ctx: RunnerContext, task_id: str, attempt: int) -> None:
-        self.msg, self.ctx, self.task_id, self.attempt = msg, ctx, task_id, attempt
+    def __init__(self, delivery: Delivery, ctx: RunnerContext, task_id: str) -> None:
+        self.delivery, self.ctx, self.task_id = delivery, ctx, task_id
+        self.attempt = delivery.attempt
         self.loop = asyncio.get_running_loop()
         self.reason: str | None = None
         """Why this attempt must stop: ``cancelled`` or ``fenced`` (set once)."""
@@ -132,7 +133,7 @@ class Attempt:
         while True:
             await asyncio.sleep(self.ctx.settings.heartbeat_s)
             try:
-                await self.msg.in_progress()
+                await self.delivery.in_progress()
                 if await ownership(self.ctx, self.task_id, self.attempt) == "newer_attempt":
                     log.warning("task %s: attempt %d is superseded; stopping",
                                 self.task_id, self.attempt)

@@ -1,7 +1,8 @@
 """Transport glue of the runner: one ``task.ready`` → trained, stored, reported.
 
 Order matters for "no data lost": artifacts are stored, then ``task.completed``
-is published (JetStream-acked), and only then is the message acked. A crash
+is returned, which the subscriber (infra/bus/subscriber.py) publishes
+(JetStream-acked) before it acks the message. A crash
 anywhere before the ack means redelivery; the redelivered attempt resumes from
 the task's last checkpoint (``task.started`` says from which epoch), and the
 fence (``runner.attempt``) makes a redelivery of a finished task a no-op and
@@ -10,7 +11,7 @@ stops an older attempt that a newer one has replaced.
 How each way of stopping is settled:
 
 * cancelled (``task.cancel_requested`` seen): checkpoint kept, ``task.cancelled``
-  published, message acked;
+  returned (published), message acked;
 * shutdown (SIGTERM): checkpoint written, message nak'ed so that a runner
   resumes it at once;
 * fenced (a newer attempt owns the task): nothing written, nothing settled.
@@ -22,12 +23,8 @@ import asyncio
 import logging
 import time
 
-import nats.errors
-from nats.aio.msg import Msg
-from pydantic import ValidationError
-
 from imaging.reader import CaseReadError
-from infra.bus.publish import publish_event
+from infra.bus.subscriber import Delivery, publish_all
 from infra.errors import Fenced, PermanentError, Superseded, TransientError
 from infra.store import StoreUnavailable
 from runner.attempt import Attempt, RunnerContext, cancel_request, fence, ownership
@@ -47,7 +44,6 @@ from schemas.events import (
     TaskReadyEvent,
     TaskStarted,
     TaskStartedEvent,
-    parse_event,
 )
 from schemas.spec import TrainingSpec
 
@@ -55,18 +51,11 @@ __all__ = ["RunnerContext", "fence", "handle_ready"]
 
 log = logging.getLogger("radtrain.runner")
 SOURCE = "radtrain/runner"
-MAX_DELIVER = 3
 
 
 async def _publish(ctx: RunnerContext, event: Envelope) -> None:
-    try:
-        await publish_event(ctx.js, event)
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise TransientError("publish_failed", str(exc)) from exc
-
-
-def _attempt(msg: Msg) -> int:
-    return int(msg.metadata.num_delivered or 1)
+    """Publish during the run (started, failed): a failure is transient (nak, retry)."""
+    await publish_all(ctx.js, [event])
 
 
 async def _check_owner(ctx: RunnerContext, task_id: str, attempt: int) -> None:
@@ -77,20 +66,16 @@ async def _check_owner(ctx: RunnerContext, task_id: str, attempt: int) -> None:
         raise Fenced(f"task {task_id}: a newer attempt than {attempt} owns it")
 
 
-async def handle_ready(msg: Msg, ctx: RunnerContext) -> None:
-    try:
-        event = parse_event(msg.data)
-    except ValidationError as exc:
-        raise PermanentError("invalid_event", f"{msg.subject}: {exc}") from exc
-    if not isinstance(event, TaskReadyEvent):
-        raise PermanentError("invalid_event", f"{msg.subject}: not a task.ready")
-    spec, attempt = event.data, _attempt(msg)
+async def handle_ready(event: TaskReadyEvent, delivery: Delivery, *,
+                       ctx: RunnerContext) -> list[Envelope]:
+    """Train one ``task.ready``: ``[task.completed]`` or ``[task.cancelled]`` to publish
+    before the ack; ``task.started`` (and progress) are published on the way."""
+    spec, attempt = event.data, delivery.attempt
     await _check_owner(ctx, spec.task_id, attempt)
     cancel = await cancel_request(ctx.js, spec.task_id)
     if cancel is not None:  # cancelled before any runner started it
-        await _cancelled(ctx, spec, attempt, cancel, None)
-        return
-    sup = Attempt(msg, ctx, spec.task_id, attempt)
+        return [_cancelled(spec, attempt, cancel, None)]
+    sup = Attempt(delivery, ctx, spec.task_id)
     sup.start()  # heartbeats from here on: loading a large checkpoint takes a while
     try:
         ckpt = checkpointer_for(ctx.store, spec, ctx.settings, sup.owns)
@@ -100,21 +85,22 @@ async def handle_ready(msg: Msg, ctx: RunnerContext) -> None:
                                              data=TaskStarted(
             task_id=spec.task_id, runner_id=ctx.settings.runner_id, attempt=attempt,
             resumed_from_epoch=resumed, device=ctx.device)))
-        result = await _train(ctx, sup, spec, attempt, ckpt, resume)
+        result = await _train(ctx, sup, spec, delivery, ckpt, resume)
     finally:
         sup.stop()
-    if result is None:
-        return
+    if isinstance(result, TaskCancelledEvent):
+        return [result]
     await _check_owner(ctx, spec.task_id, attempt)  # a stalled attempt must not complete
-    await _publish(ctx, TaskCompletedEvent(source=SOURCE, subject=spec.task_id, data=TaskCompleted(
-        task_id=spec.task_id, metrics=result.metrics, artifacts=result.artifacts,
-        duration_s=result.duration_s, attempt=attempt)))
     log.info("task %s completed: %s", spec.task_id, result.metrics)
+    return [TaskCompletedEvent(source=SOURCE, subject=spec.task_id, data=TaskCompleted(
+        task_id=spec.task_id, metrics=result.metrics, artifacts=result.artifacts,
+        duration_s=result.duration_s, attempt=attempt))]
 
 
-async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: int,
-                 ckpt: Checkpointer, resume: State | None) -> JobResult | None:
-    """The job in a thread; None when it was cancelled (and that was reported)."""
+async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, delivery: Delivery,
+                 ckpt: Checkpointer, resume: State | None) -> JobResult | TaskCancelledEvent:
+    """The job in a thread; the ``task.cancelled`` to publish when it was cancelled."""
+    attempt = delivery.attempt
     reporter = ProgressReporter(ctx.js, asyncio.get_running_loop(), spec.task_id, SOURCE,
                                 ctx.settings.progress_interval_s)
     started = time.monotonic()
@@ -124,8 +110,7 @@ async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: 
             sup.should_stop, checkpointer=ckpt, resume=resume)
     except TrainingStopped as exc:
         if exc.reason == "cancelled" and sup.cancel is not None:
-            await _cancelled(ctx, spec, attempt, sup.cancel, exc.checkpoint_epoch)
-            return None
+            return _cancelled(spec, attempt, sup.cancel, exc.checkpoint_epoch)
         if exc.reason == "fenced":
             raise Fenced(f"task {spec.task_id}: attempt {attempt} superseded") from exc
         raise TransientError("shutdown", f"runner stopping ({exc.reason}); checkpoint after "
@@ -145,7 +130,7 @@ async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: 
             raise Fenced(f"task {spec.task_id}: attempt {attempt} superseded") from exc
         if ctx.shutdown.is_set():
             raise TransientError("shutdown", "runner shutting down", delay_s=1.0) from exc
-        if attempt >= MAX_DELIVER:
+        if delivery.plan.is_last(attempt):  # the consumer's max_deliver, read from the server
             await _fail(ctx, spec, attempt, "unexpected", repr(exc), retryable=False)
             raise PermanentError("unexpected", repr(exc)) from exc
         raise
@@ -154,13 +139,12 @@ async def _train(ctx: RunnerContext, sup: Attempt, spec: TrainingSpec, attempt: 
                  time.monotonic() - started)
 
 
-async def _cancelled(ctx: RunnerContext, spec: TrainingSpec, attempt: int,
-                     request: TaskCancelRequestedEvent, epoch: int | None) -> None:
+def _cancelled(spec: TrainingSpec, attempt: int, request: TaskCancelRequestedEvent,
+               epoch: int | None) -> TaskCancelledEvent:
     log.info("task %s cancelled (checkpoint after epoch %s kept)", spec.task_id, epoch)
-    await _publish(ctx, TaskCancelledEvent(source=SOURCE, subject=spec.task_id,
-                                           data=TaskCancelled(
+    return TaskCancelledEvent(source=SOURCE, subject=spec.task_id, data=TaskCancelled(
         task_id=spec.task_id, by=request.data.by, reason=request.data.reason,
-        last_checkpoint_epoch=epoch, attempt=attempt)))
+        last_checkpoint_epoch=epoch, attempt=attempt))
 
 
 async def _fail(ctx: RunnerContext, spec: TrainingSpec, attempt: int, code: str, message: str,

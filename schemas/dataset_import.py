@@ -6,6 +6,7 @@ problem carries the case it concerns and the file or row it came from.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
@@ -50,7 +51,7 @@ class ImportProblem(Strict):
 
 
 class ImportRequest(Strict):
-    """``POST /v1/datasets/import``: a source already uploaded to the store.
+    """``POST /v1/datasets/imports``: a source already uploaded to the store.
 
     ``source`` is a folder under the caller's own ``imports/<tenant>/`` prefix;
     it can name nothing outside it.
@@ -94,3 +95,89 @@ class DatasetPage(Page[DatasetSummary]):
 
 class CasePage(Page[Case]):
     pass
+
+
+# --- import jobs (DESIGN.md §2: anything longer than a second is a job) -------
+
+ImportState = Literal["queued", "running", "completed", "failed"]
+ImportPhase = Literal["queued", "downloading", "checking", "uploading", "registering", "done"]
+FINISHED_IMPORT_STATES: tuple[ImportState, ...] = ("completed", "failed")
+
+
+class ImportJob(Strict):
+    """The job message on ``imports.jobs.<tenant>.<import_id>``: who imports what.
+
+    ``request.source`` is relative to ``imports/<tenant>/`` in the store; the
+    tenant is the submitter's authenticated identity, never the body's.
+    """
+
+    import_id: Identifier
+    tenant: Identifier
+    request: ImportRequest
+    submitted_at: datetime
+    delete_source: bool = False
+    """The source was uploaded for this job only (the CLI): removed once it has finished."""
+    traceparent: str | None = None
+
+
+class ImportProgress(Strict):
+    """Where a running import is: ``done`` of ``total`` in the current ``phase``."""
+
+    phase: ImportPhase = "queued"
+    done: int = 0
+    total: int = 0
+    files: int = 0
+    """Objects read from the source so far."""
+    checked: int = 0
+    """Cases validated so far."""
+    uploaded: int = 0
+    """Cases stored so far."""
+
+
+class ImportFailure(Strict):
+    code: str
+    message: str
+
+
+class ImportStatus(Strict):
+    """``GET /v1/datasets/imports/{import_id}``; KV ``dataset_imports`` under ``<tenant>.<id>``.
+
+    ``report`` is the pipeline's full report, once finished; KV keeps only its
+    store key (``report_key``: a report may list 200,000 problems, more than a
+    KV value holds) and the gateway reads it back for a single import.
+    """
+
+    import_id: str
+    tenant: str
+    state: ImportState
+    request: ImportRequest
+    dataset_id: str | None = None
+    progress: ImportProgress = Field(default_factory=ImportProgress)
+    attempt: int = 0
+    """The delivery of the job message working on it (0 while queued)."""
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: ImportFailure | None = None
+    """Why the import failed: a job error, or ``dataset_invalid``/``dataset_exists``."""
+    num_problems: int = 0
+    report_key: str | None = None
+    report: ImportReport | None = None
+    summary: DatasetSummary | None = None
+    """The registered dataset, when completed."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_IMPORT_STATES
+
+
+class ImportAccepted(Strict):
+    """``202`` to ``POST /v1/datasets/imports``; follow ``Location``."""
+
+    import_id: str
+    state: ImportState = "queued"
+
+
+class ImportPage(Page[ImportStatus]):
+    """Newest first; items carry no ``report`` (read one import for it)."""

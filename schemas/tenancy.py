@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import Field
 
@@ -42,3 +42,26 @@ class TenantSecrets(Strict):
 
     tenant: Identifier
     inbound: list[SigningSecret] = Field(default_factory=list)
+
+
+class SeenEvent(Strict):
+    """What KV ``inbound_ids`` holds under ``<tenant>.<hash of webhook-id>``: an incoming
+    event already accepted, remembered for the replay window (the bucket's TTL)."""
+
+    seen_at: datetime
+
+
+def live_secrets(secrets: list[SigningSecret], now: datetime) -> list[str]:
+    """The secrets valid at ``now``: the newest and, during a rotation, the older ones."""
+    return [s.secret for s in secrets if s.expires_at is None or s.expires_at > now]
+
+
+def rotate_secrets(secrets: list[SigningSecret], new: str, now: datetime,
+                   overlap_s: float) -> list[SigningSecret]:
+    """``new`` first; the still-valid older ones expire ``overlap_s`` from ``now`` at the
+    latest (0: at once), expired ones are dropped."""
+    until = now + timedelta(seconds=overlap_s)
+    kept = [s if s.expires_at is not None and s.expires_at <= until
+            else s.model_copy(update={"expires_at": until})
+            for s in secrets if s.expires_at is None or s.expires_at > now]
+    return [SigningSecret(secret=new, created_at=now), *kept]

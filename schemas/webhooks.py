@@ -9,7 +9,7 @@ from pydantic import Field, HttpUrl, field_validator
 
 from schemas.api import Page
 from schemas.common import Identifier, Strict
-from schemas.tenancy import SigningSecret
+from schemas.tenancy import SigningSecret, live_secrets
 
 WebhookEventType = Literal[
     "task.rejected", "task.started", "task.completed", "task.failed", "task.cancelled",
@@ -114,3 +114,8 @@ class WebhookPage(Page[Webhook]):
 
 class DeliveryPage(Page[Delivery]):
     pass
+
+
+def active_secrets(sub: WebhookSubscription, now: datetime) -> list[str]:
+    """The secrets that sign a delivery at ``now`` (several during a rotation)."""
+    return live_secrets(sub.secrets, now)

@@ -14,13 +14,19 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from imaging.reader import MAX_IMAGE_BYTES
 from schemas.dataset import AnnotationType
-from schemas.dataset_import import DecodeMode, ImportFormat, ImportProblem, RleLayout
+from schemas.dataset_import import (
+    DecodeMode,
+    ImportFormat,
+    ImportProblem,
+    ImportRequest,
+    RleLayout,
+)
 from schemas.tasks import Modality
 
 MAX_LABELS_BYTES = 256 * 1024 * 1024
@@ -44,6 +50,17 @@ class ImportOptions:
     rle: RleLayout = "relative"
     decode: DecodeMode = "auto"
     max_image_bytes: int = MAX_IMAGE_BYTES
+
+    @classmethod
+    def from_request(cls, req: ImportRequest, tenant: str, **overrides: Any) -> ImportOptions:
+        """The options of an API/CLI request; the tenant comes from the caller's identity."""
+        fields: dict[str, Any] = {
+            "name": req.name, "format": req.format, "tenant": tenant,
+            "dataset_id": req.dataset_id, "annotation_type": req.annotation_type,
+            "classes": req.classes, "modality": req.modality, "labels": req.labels,
+            "skip_bad": req.skip_bad, "replace": req.replace, "rle": req.rle,
+            "decode": req.decode}
+        return cls(**{**fields, **overrides})
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,12 @@ Nothing is registered unless every check passed (or ``skip_bad`` set the bad
 cases aside, recorded in the manifest). Images are uploaded under
 content-addressed keys, ``cases/<case_id>/<sha256[:16]>-<name>``: a later
 re-import never overwrites the bytes an earlier manifest snapshot points at,
-so a task trains on exactly the data it was enriched with.
+so a task trains on exactly the data it was enriched with; a retried import
+writes the same keys again, so a redelivered import job is harmless.
+
+``progress(phase, done, total)`` is called from worker threads as cases are
+checked (``checking``) and stored (``uploading``); it must be cheap and must
+not touch an event loop (the job handler only records the numbers).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import hashlib
 import io
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,14 +28,24 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from handlers.datasets_import import coco, folder_csv, masks, rsna, siim
-from handlers.datasets_import.base import ImportAbort, ImportOptions, Parsed, Problem
+from handlers.datasets_import.base import (
+    Candidate,
+    ImportAbort,
+    ImportOptions,
+    Parsed,
+    Problem,
+)
 from handlers.datasets_import.register import register_dataset
 from handlers.datasets_import.stats import dataset_stats
-from handlers.datasets_import.validate import Validated, ValidCase, validate
+from handlers.datasets_import.validate import Validated, ValidCase, headers_of, validate
+from imaging.reader import CaseReadError, ImageHeader
 from infra.kv import DatasetRepo
 from infra.store import ObjectStore, StoreError
 from schemas.dataset import Case, DatasetManifest, case_key
-from schemas.dataset_import import ImportFormat, ImportReport
+from schemas.dataset_import import ImportFormat, ImportPhase, ImportReport
+
+Progress = Callable[[ImportPhase, int, int], None]
+"""``(phase, done, total)``, called from worker threads."""
 
 PARSERS: dict[ImportFormat, Callable[[Path, ImportOptions], Parsed]] = {
     "folder-csv": folder_csv.parse,
@@ -43,13 +59,38 @@ _CONTENT_TYPES = {"dicom": "application/dicom", "png": "image/png", "jpeg": "ima
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def new_dataset_id(name: str) -> str:
-    """A readable, collision-resistant id: ``<slug of the name>-<8 hex>``."""
+def new_dataset_id(name: str, suffix: str | None = None) -> str:
+    """A readable, collision-resistant id: ``<slug of the name>-<8 hex>``.
+
+    ``suffix`` (an import job's id) makes it deterministic: every attempt of
+    one job registers the same dataset id.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "dataset"
-    return f"{slug}-{uuid.uuid4().hex[:8]}"
+    return f"{slug}-{(suffix or uuid.uuid4().hex)[:8]}"
 
 
-def prepare(root: Path, opts: ImportOptions) -> Validated | Problem:
+def _no_progress(phase: ImportPhase, done: int, total: int) -> None:
+    pass
+
+
+class _Counter:
+    """Counts finished items from several threads and reports each step."""
+
+    def __init__(self, phase: ImportPhase, total: int, progress: Progress) -> None:
+        self.phase, self.total, self.progress = phase, total, progress
+        self.done = 0
+        self._lock = threading.Lock()
+        progress(phase, 0, total)
+
+    def step(self) -> None:
+        with self._lock:
+            self.done += 1
+            done = self.done
+        self.progress(self.phase, done, self.total)
+
+
+def prepare(root: Path, opts: ImportOptions, progress: Progress | None = None
+            ) -> Validated | Problem:
     """Parse and validate a local source folder; a source that cannot be parsed is one Problem."""
     if not root.is_dir():
         return Problem("missing_source", f"source folder {root.name!r} does not exist")
@@ -58,14 +99,30 @@ def prepare(root: Path, opts: ImportOptions) -> Validated | Problem:
         parsed = PARSERS[opts.format](root, opts)
     except ImportAbort as exc:
         return exc.problem
-    return validate(parsed, opts, root)
+
+    def read_headers(cands: list[Candidate]) -> list[list[ImageHeader] | CaseReadError]:
+        counter = _Counter("checking", len(cands), progress or _no_progress)
+        out: list[list[ImageHeader] | CaseReadError] = []
+        for cand in cands:
+            out.append(headers_of(cand, opts, root))
+            counter.step()
+        return out
+
+    return validate(parsed, opts, root, read_headers)
 
 
-def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase]
-                 ) -> tuple[list[Case], list[Problem]]:
+def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase],
+                 progress: Progress | None = None) -> tuple[list[Case], list[Problem]]:
     """Upload every image and mask (in parallel: the store is I/O bound); build the Cases."""
+    counter = _Counter("uploading", len(cases), progress or _no_progress)
+
+    def one(case: ValidCase) -> Case | Problem:
+        result = _upload_one(store, dataset_id, case)
+        counter.step()
+        return result
+
     with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
-        results = list(pool.map(lambda c: _upload_one(store, dataset_id, c), cases))
+        results = list(pool.map(one, cases))
     done = [r for r in results if isinstance(r, Case)]
     return done, [r for r in results if isinstance(r, Problem)]
 
@@ -97,21 +154,26 @@ def _safe_name(name: str) -> str:
 
 
 async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
-                         opts: ImportOptions) -> ImportReport:
-    """The whole import; the report lists every problem with its case, registered or not."""
+                         opts: ImportOptions, progress: Progress | None = None
+                         ) -> ImportReport:
+    """The whole import; the report lists every problem with its case, registered or not.
+
+    The parsing, reading and uploading run in worker threads: the event loop
+    (and every other consumer of the process) is never held up.
+    """
     started = time.monotonic()
     dataset_id = opts.dataset_id or new_dataset_id(opts.name)
     report = _Report(dataset_id, opts, started)
     taken = await _id_taken(repo, dataset_id, opts)
     if taken is not None:
         return report.failed([taken])
-    checked = await asyncio.to_thread(prepare, root, opts)
+    checked = await asyncio.to_thread(prepare, root, opts, progress)
     if isinstance(checked, Problem):
         return report.failed([checked])
     if checked.fatal:
         return report.failed(checked.problems, checked)
     cases, upload_problems = await asyncio.to_thread(upload_cases, store, dataset_id,
-                                                     checked.good)
+                                                     checked.good, progress)
     if upload_problems:
         return report.failed(checked.problems + upload_problems, checked)
     try:
@@ -124,8 +186,12 @@ async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
         return report.failed([*checked.problems, problem], checked)
     sizes = [(c.headers[len(c.headers) // 2].rows, c.headers[len(c.headers) // 2].cols)
              for c in checked.good]
+    if progress is not None:
+        progress("registering", 0, 1)
     summary = await register_dataset(store, repo, manifest,
                                      stats=dataset_stats(cases, checked.classes, sizes))
+    if progress is not None:
+        progress("registering", 1, 1)
     return report.done(checked, summary)
 
 

@@ -1,9 +1,10 @@
-"""Transport glue shared by every JetStream consumer: fetch → call → ack/nak/term.
+"""Settling one JetStream message from the typed error its handling raised (DESIGN.md §9).
 
-The handler function raises typed errors; this module alone turns them into
-acknowledgements, so no handler can "log and carry on":
+The subscriber loop (infra/bus/subscriber.py) runs the work; this module alone
+turns its outcome into an acknowledgement, so no handler can "log and carry on":
 
-- ``Superseded`` → ack; success → ack.
+- success → ack; ``Superseded`` → ack.
+- ``Fenced`` → settle nothing: a newer delivery of this message owns it.
 - ``PermanentError`` → ``term`` with the error as the reason (it lands in the
   MSG_TERMINATED advisory); a ``PoisonMessage`` reason is marked so the
   dead-letter forwarder copies the message to ``DLQ``.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,12 +29,8 @@ from nats.js import JetStreamContext
 from infra.bus.last_errors import LastErrors
 from infra.bus.topology import parse_retry_metadata, stream_of
 from infra.errors import Fenced, PermanentError, PoisonMessage, Superseded, TransientError
-from infra.telemetry.logging import log_context
-from infra.telemetry.metrics import CONSUMER_LAG, EVENT_LATENCY, EVENTS_HANDLED
 
 log = logging.getLogger(__name__)
-
-MsgHandler = Callable[[Msg], Awaitable[None]]
 
 UNEXPECTED_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 DEAD_LETTER_REASON = "dead-letter"
@@ -72,7 +68,8 @@ class RetryPlan:
             seq = int(msg.metadata.sequence.stream)
         except Exception:  # not a JetStream message
             return
-        await self.errors.record(self.stream, self.consumer, seq, code, message, _delivery(msg))
+        await self.errors.record(self.stream, self.consumer, seq, code, message,
+                                 delivery_count(msg))
 
 
 async def load_plan(js: JetStreamContext, psub: JetStreamContext.PullSubscription,
@@ -106,17 +103,25 @@ async def term(msg: Msg, reason: str) -> None:
     msg._ackd = True
 
 
-def _delivery(msg: Msg) -> int:
+def delivery_count(msg: Msg) -> int:
+    """JetStream's delivery count of ``msg``, 1 on the first delivery."""
     try:
-        return int(msg.metadata.num_delivered)
+        return int(msg.metadata.num_delivered or 1)
     except Exception:  # a plain (non-JetStream) message in a unit test
         return 1
 
 
-def _context(msg: Msg) -> tuple[str | None, str | None]:
+def stream_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # a plain (non-JetStream) message
+        return None
+
+
+def message_context(data: bytes) -> tuple[str | None, str | None]:
     """Task id and traceparent of an envelope (or a job carrying them), for the logs."""
     try:
-        doc = json.loads(msg.data)
+        doc = json.loads(data)
     except ValueError:
         return None, None
     if not isinstance(doc, dict):
@@ -133,22 +138,10 @@ def event_name(subject: str) -> str:
     return parts[1] if len(parts) > 2 else subject
 
 
-async def dispatch(msg: Msg, handle: MsgHandler, consumer: str = "",
-                   plan: RetryPlan | None = None) -> str:
-    """Settle one message in its log context, counting the outcome by event type."""
-    task_id, trace = _context(msg)
-    started = time.perf_counter()
-    with log_context(task_id=task_id, traceparent=trace):
-        outcome = await _settle(msg, handle, plan or RetryPlan(consumer=consumer))
-    EVENTS_HANDLED.labels(consumer, event_name(msg.subject), outcome).inc()
-    EVENT_LATENCY.labels(consumer).observe(time.perf_counter() - started)
-    return outcome
-
-
-async def _settle(msg: Msg, handle: MsgHandler, plan: RetryPlan) -> str:
-    """Run one message through ``handle`` and settle it. Returns the outcome for metrics."""
+async def settle(msg: Msg, work: Callable[[], Awaitable[object]], plan: RetryPlan) -> str:
+    """Run ``work`` for one message and settle it. Returns the outcome for metrics."""
     try:
-        await handle(msg)
+        await work()
     except Fenced as exc:
         log.warning("fenced %s: %s; left unsettled for the newer attempt", msg.subject, exc)
         return "fenced"
@@ -161,7 +154,7 @@ async def _settle(msg: Msg, handle: MsgHandler, plan: RetryPlan) -> str:
         await term(msg, term_reason(exc))
         return "dead_letter" if isinstance(exc, PoisonMessage) else "term"
     except TransientError as exc:
-        attempt = _delivery(msg)
+        attempt = delivery_count(msg)
         delay = plan.delay(attempt, exc.delay_s)
         log.warning("transient error on %s (delivery %d): %s (retry in %.1fs)",
                     msg.subject, attempt, exc, delay)
@@ -172,7 +165,7 @@ async def _settle(msg: Msg, handle: MsgHandler, plan: RetryPlan) -> str:
         await asyncio.shield(msg.nak(delay=1.0))
         raise
     except Exception as exc:
-        attempt = _delivery(msg)
+        attempt = delivery_count(msg)
         delay = plan.delay(attempt)
         log.exception("unexpected error on %s (delivery %d), retry in %.1fs",
                       msg.subject, attempt, delay)
@@ -181,49 +174,3 @@ async def _settle(msg: Msg, handle: MsgHandler, plan: RetryPlan) -> str:
         return "nak"
     await msg.ack()
     return "ack"
-
-
-async def consume(
-    js: JetStreamContext,
-    durable: str,
-    handle: MsgHandler,
-    stop: asyncio.Event,
-    *,
-    batch: int = 16,
-    fetch_timeout: float = 1.0,
-    concurrent: bool = False,
-) -> None:
-    """Pull from an existing durable consumer until ``stop`` is set.
-
-    ``concurrent`` settles a batch's messages side by side: for work that waits
-    on others (webhook receivers with a 15 s timeout), not for ordered work.
-    """
-    psub = await js.pull_subscribe_bind(durable=durable, stream=stream_of(durable))
-    plan = await load_plan(js, psub, durable)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await psub.fetch(batch, timeout=fetch_timeout)
-            except TimeoutError:
-                CONSUMER_LAG.labels(durable).set(0)
-                continue
-            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
-                log.warning("fetch on %s failed: %r; retrying", durable, exc)
-                await asyncio.sleep(1.0)
-                continue
-            if concurrent:
-                await asyncio.gather(*(dispatch(msg, handle, durable, plan) for msg in msgs))
-            else:
-                for msg in msgs:
-                    await dispatch(msg, handle, durable, plan)
-            _record_lag(durable, msgs)
-    finally:
-        await psub.unsubscribe()
-
-
-def _record_lag(durable: str, msgs: list[Msg]) -> None:
-    """Each delivery says how many messages still wait behind it: lag without an API call."""
-    try:
-        CONSUMER_LAG.labels(durable).set(msgs[-1].metadata.num_pending)
-    except Exception:  # no JetStream metadata (a unit-test message)
-        pass

@@ -17,7 +17,6 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from infra.bus.stream_read import get_seq, scan
 from infra.bus.topology import DLQ_STREAM, ENRICH, RUNNER, TASKS_STREAM
 from schemas.common import is_identifier
 
@@ -46,14 +45,17 @@ one for a finished task changes nothing (forward-only state, the runner's fence)
 TERMINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
 
 
-async def finished(js: JetStreamContext, task_id: str) -> str | None:
-    """The terminal event the stream holds for the task (not the lagging KV), if any."""
+async def finished(js: JetStreamContext, task_id: str, *, other_than: int | None = None
+                   ) -> str | None:
+    """The terminal event the stream holds for the task (not the lagging KV), if any;
+    ``other_than`` skips one stream sequence (a malformed message on a terminal subject)."""
     for name in TERMINAL_EVENTS:
         try:
-            await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
-            return name
+            raw = await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
         except NotFoundError:
             continue
+        if other_than is None or raw.seq != other_than:
+            return name
     return None
 
 
@@ -193,35 +195,3 @@ class StoredDeadLetter:
 
 def dlq_subject(consumer: str | None = None, task_id: str | None = None) -> str:
     return f"dlq.{consumer or '*'}.{task_id or '*'}"
-
-
-async def list_dead_letters(js: JetStreamContext, consumer: str | None = None,
-                            task_id: str | None = None, limit: int = 100
-                            ) -> list[StoredDeadLetter]:
-    return [StoredDeadLetter.from_raw(m)
-            async for m in scan(js, DLQ_STREAM, subject=dlq_subject(consumer, task_id),
-                                limit=limit)]
-
-
-async def get_dead_letter(js: JetStreamContext, seq: int) -> StoredDeadLetter | None:
-    raw = await get_seq(js, DLQ_STREAM, seq)
-    return StoredDeadLetter.from_raw(raw) if raw is not None else None
-
-
-async def redrive(js: JetStreamContext, letter: StoredDeadLetter) -> int:
-    """Publish the original again, then drop the dead letter. Returns the new sequence."""
-    subject, data, headers = letter.redrive_message()
-    if not subject:
-        raise ValueError(f"dead letter {letter.seq} does not name its original subject")
-    ack = await js.publish(subject, data, headers=headers)
-    await js.delete_msg(DLQ_STREAM, letter.seq)
-    return int(ack.seq)
-
-
-async def purge(js: JetStreamContext, consumer: str | None = None) -> int:
-    """Remove dead letters (all, or one consumer's); returns how many there were."""
-    subject = dlq_subject(consumer) if consumer else None
-    info = await js.stream_info(DLQ_STREAM, subjects_filter=subject or ">")
-    count = sum((info.state.subjects or {}).values()) if subject else int(info.state.messages)
-    await js.purge_stream(DLQ_STREAM, subject=subject)
-    return count

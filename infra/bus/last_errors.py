@@ -11,25 +11,24 @@ two. Only failures are written, so the happy path costs nothing.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.bus.topology import KV_CONSUMER_ERRORS
+from infra.kv.repository import Bucket, KVRepository
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class LastError:
+class LastError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     code: str
     message: str
     delivery: int
@@ -44,14 +43,16 @@ def error_key(stream: str, consumer: str, seq: int) -> str:
 
 
 class LastErrors:
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+    BUCKET = Bucket(KV_CONSUMER_ERRORS, LastError)
+
+    def __init__(self, kv: KVRepository[LastError]) -> None:
+        self.kv = kv
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> LastErrors | None:
         """``None`` when the bucket is missing (``infra apply`` not yet run): never fatal."""
         try:
-            return cls(await js.key_value(KV_CONSUMER_ERRORS))
+            return cls(await cls.BUCKET.open(js))
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("no %s bucket, dead letters will lack their error: %r",
                         KV_CONSUMER_ERRORS, exc)
@@ -63,18 +64,12 @@ class LastErrors:
         entry = LastError(code=code, message=message[:MAX_MESSAGE_CHARS], delivery=delivery,
                           at=datetime.now(UTC).isoformat())
         try:
-            await self._kv.put(error_key(stream, consumer, seq), json.dumps(asdict(entry)).encode())
+            await self.kv.put(error_key(stream, consumer, seq), entry)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not record the error of %s/%s #%d: %r", stream, consumer, seq, exc)
 
     async def get(self, stream: str, consumer: str, seq: int) -> LastError | None:
         try:
-            entry = await self._kv.get(error_key(stream, consumer, seq))
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        try:
-            return LastError(**json.loads(entry.value))
-        except (ValueError, TypeError):
+            return await self.kv.get(error_key(stream, consumer, seq))
+        except ValidationError:
             return None

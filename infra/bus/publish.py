@@ -15,7 +15,7 @@ async def publish_event(
     """Publish and wait for the JetStream ack; a duplicate within the window is a no-op.
 
     An event without a ``traceparent`` takes the one of the message or request
-    being handled (set by the consumer dispatch or the gateway middleware), so
+    being handled (set by the bus subscriber or the gateway middleware), so
     every event of a task carries the trace of the HTTP request that started it.
     """
     if event.traceparent is None and traceparent_var.get() is not None:

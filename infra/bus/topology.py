@@ -39,6 +39,10 @@ KV_INBOUND_IDS = "inbound_ids"
 KV_IDEMPOTENCY = "idempotency"
 KV_CONSUMER_ERRORS = "consumer_errors"
 WEBHOOKS_STREAM = "WEBHOOKS"
+IMPORTS_STREAM = "IMPORTS"
+KV_DATASET_IMPORTS = "dataset_imports"
+IMPORT_JOBS_SUBJECT = "imports.jobs"
+"""Dataset import jobs: ``imports.jobs.<tenant>.<import_id>``."""
 
 ENRICH = "enrich"
 RUNNER = "runner"
@@ -46,9 +50,11 @@ PROJECTOR = "projector"
 WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook-deliveries"
 DLQ_FORWARDER = "dlq-forwarder"
+DATASET_IMPORT = "dataset-import"
 
 CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
-                                    DLQ_FORWARDER: ADVISORIES_STREAM}
+                                    DLQ_FORWARDER: ADVISORIES_STREAM,
+                                    DATASET_IMPORT: IMPORTS_STREAM}
 """The stream of each durable consumer that is not on ``TASKS``."""
 
 ADVISORY_SUBJECTS = [
@@ -70,6 +76,7 @@ RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
     WEBHOOKS: (2.0, 5.0, 15.0, 30.0, 60.0, 60.0, 60.0),
     WEBHOOK_DELIVERIES: (5.0, 30.0, 60.0),
     DLQ_FORWARDER: (1.0, 5.0, 15.0, 30.0, 60.0),
+    DATASET_IMPORT: (10.0, 30.0),
 }
 """Delay before delivery n+1 after delivery n failed (an unexpected error); the last
 entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
@@ -144,6 +151,14 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             name=WEBHOOKS_STREAM,
             description="Outgoing webhook delivery jobs; removed once acked.",
             subjects=["webhooks.>"],
+            **{**common, "retention": RetentionPolicy.WORK_QUEUE},
+        ),
+        StreamConfig(
+            # Work that takes longer than a request (a 200,000-file import): one
+            # message per job, removed once acked; its status lives in KV.
+            name=IMPORTS_STREAM,
+            description="Dataset import jobs; removed once acked. Status: KV dataset_imports.",
+            subjects=[f"{IMPORT_JOBS_SUBJECT}.>"],
             **{**common, "retention": RetentionPolicy.WORK_QUEUE},
         ),
     ]
@@ -225,6 +240,16 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=256,
             **explicit,
         ),
+        DATASET_IMPORT: ConsumerConfig(
+            # Minutes per job: the handler sends in_progress every import_heartbeat_s,
+            # so a killed handlers process hands the job on after one ack wait.
+            durable_name=DATASET_IMPORT,
+            filter_subject=f"{IMPORT_JOBS_SUBJECT}.>",
+            ack_wait=settings.import_ack_wait_s,
+            max_deliver=3,
+            max_ack_pending=16,
+            **explicit,
+        ),
     }
 
 
@@ -248,6 +273,9 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=KV_CONSUMER_ERRORS, history=1,
                        description="stream.consumer.seq -> last error, for dead letters",
                        ttl=settings.dead_letter_days * 86_400.0, **common),
+        KeyValueConfig(bucket=KV_DATASET_IMPORTS, history=1,
+                       description="tenant.import_id -> ImportStatus (state, progress, report key)",
+                       ttl=settings.import_status_days * 86_400.0, **common),
     ]
 
 

@@ -33,7 +33,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from infra.store import (
+from infra.store.interface import (
     CHUNK_SIZE,
     InvalidKey,
     ObjectInfo,
@@ -44,8 +44,8 @@ from infra.store import (
     temp_key_for,
     validate_key,
     validate_prefix,
-    write_atomically,
 )
+from infra.store.local import write_atomically
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

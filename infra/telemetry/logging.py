@@ -1,7 +1,7 @@
 """Structured JSON logs for every process, carrying the task id and the trace id.
 
 The task id and traceparent live in context variables: set once where a
-request or message enters (the gateway middleware, the consumer dispatch),
+request or message enters (the gateway middleware, the bus subscriber),
 they follow the code into awaited calls and ``asyncio.to_thread`` workers, so
 every line logged on behalf of a task says which one without threading ids
 through every call.

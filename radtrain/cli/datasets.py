@@ -1,30 +1,36 @@
 """``radtrain datasets``: import, list, show and preview datasets.
 
-Talks to the store and KV directly, like ``radtrain demo`` registers its
+Talks to NATS and the store directly, like ``radtrain demo`` registers its
 dataset and ``radtrain keys`` manages keys: an operator importing a folder
-from their disk needs no gateway and no API key. Previews are rendered by the
-same code (and land in the same store cache) as the gateway's.
+from their disk needs no gateway and no API key. An import is the same job
+``POST /v1/datasets/imports`` queues (run by the handlers process, followed
+here); ``--local`` runs the pipeline in this process instead. Previews are
+rendered by the same code (and land in the same store cache) as the gateway's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra.settings import Settings
 from schemas.common import is_identifier
 
 if TYPE_CHECKING:
+    from infra.dataset_imports import ImportRepo
     from infra.kv import DatasetRepo
+    from infra.store import ObjectStore
     from schemas.dataset import DatasetSummary
-    from schemas.dataset_import import ImportReport
+    from schemas.dataset_import import ImportReport, ImportRequest, ImportStatus
 
 datasets_app = typer.Typer(no_args_is_help=True,
                            help="Import, list, show and preview datasets.")
@@ -59,7 +65,9 @@ def _with_repo(work: Callable[[DatasetRepo], Awaitable[T]]) -> T:
 
 @datasets_app.command("import")
 def import_cmd(
-    source: Annotated[Path, typer.Argument(help="Folder with the images and labels file.")],
+    source: Annotated[str, typer.Argument(help=(
+        "A local folder with the images and labels file (uploaded to the store first), "
+        "or a folder already under imports/<tenant>/ in the store."))],
     name: Annotated[str, typer.Option(help="Display name.")],
     format: Annotated[str, typer.Option(
         "--format", help="folder-csv | rsna-ich | coco | masks | siim-rle")],
@@ -78,14 +86,21 @@ def import_cmd(
                        ] = False,
     rle: Annotated[str, typer.Option(help="SIIM run-length: relative | absolute")] = "relative",
     decode: Annotated[str, typer.Option(help="Decode pixels: auto | always | never")] = "auto",
+    local: Annotated[bool, typer.Option(
+        "--local", help="Run the import here, in this process, against NATS and the store "
+        "(no handlers process needed); SOURCE must be a local folder.")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it has finished.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a local folder and register it; every problem is listed with its case."""
+    """Validate a folder and register it; every problem is listed with its case.
+
+    By default the import is a job for the handlers process, exactly like
+    ``POST /v1/datasets/imports``: a local SOURCE is uploaded under
+    ``imports/<tenant>/cli-<import id>/`` first (removed once the job has
+    finished), then the job is followed with a progress bar until its report.
+    """
     from pydantic import ValidationError
 
-    from handlers.datasets_import.base import ImportOptions
-    from handlers.datasets_import.pipeline import format_report, import_dataset
-    from infra.store import open_store
     from schemas.dataset_import import ImportRequest
 
     try:  # the API's request model checks the option values the same way
@@ -97,22 +112,186 @@ def import_cmd(
     except ValidationError as exc:
         raise typer.BadParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                            for e in exc.errors())) from None
-    opts = ImportOptions(
-        name=req.name, format=req.format, tenant=_tenant(tenant), dataset_id=req.dataset_id,
-        annotation_type=req.annotation_type, classes=req.classes, modality=req.modality,
-        labels=req.labels, skip_bad=req.skip_bad, replace=req.replace, rle=req.rle,
-        decode=req.decode)
-    store = open_store(Settings())
-    report: ImportReport = _with_repo(
-        lambda repo: import_dataset(store, repo, source.expanduser().resolve(), opts))
-    if as_json:
-        console.print_json(report.model_dump_json())
+    who = _tenant(tenant)
+    path = Path(source).expanduser()
+    if local:
+        if not path.is_dir():
+            raise typer.BadParameter(f"{source!r} is not a local folder")
+        report: ImportReport | None = _import_local(path.resolve(), req, who, as_json)
+        status: ImportStatus | None = None
     else:
-        console.print(format_report(report), markup=False, highlight=False, end="")
-        if report.summary is not None:
-            _print_summary(report.summary)
-    if not report.registered:
+        status, report = _import_job(path, source, req, who, wait, as_json)
+        if status is None:  # --no-wait: queued, nothing to print but its id
+            return
+    if as_json:
+        console.print_json(report.model_dump_json() if report is not None
+                           else status.model_dump_json() if status is not None else "null")
+    else:
+        from handlers.datasets_import.pipeline import format_report
+
+        if report is not None:
+            console.print(format_report(report), markup=False, highlight=False, end="")
+            if report.summary is not None:
+                _print_summary(report.summary)
+        if status is not None and status.error is not None and report is None:
+            console.print(f"[red]import {status.import_id} failed: [{status.error.code}] "
+                          f"{status.error.message}[/]")
+    if report is None or not report.registered:
         raise typer.Exit(1)
+
+
+def _progress_bar(disable: bool) -> Progress:
+    return Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True, disable=disable)
+
+
+def _import_local(root: Path, req: ImportRequest, tenant: str, quiet: bool) -> ImportReport:
+    """Today's in-process import: this process parses, checks, uploads and registers."""
+    from handlers.datasets_import.base import ImportOptions
+    from handlers.datasets_import.pipeline import import_dataset
+    from infra.store import open_store
+
+    opts = ImportOptions.from_request(req, tenant)
+    store = open_store(Settings())
+    with _progress_bar(quiet) as bar:
+        task = bar.add_task("reading", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total or None)
+
+        return _with_repo(lambda repo: import_dataset(store, repo, root, opts, progress))
+
+
+def _import_job(path: Path, source: str, req: ImportRequest, tenant: str, wait: bool,
+                quiet: bool) -> tuple[ImportStatus | None, ImportReport | None]:
+    """Upload a local folder if SOURCE is one, submit the job, follow it to its end."""
+    from datetime import UTC, datetime
+
+    from infra.bus.topology import connect
+    from infra.dataset_imports import ImportRepo, new_import_id, submit_import
+    from infra.store import InvalidKey, open_store, validate_key
+    from schemas.dataset_import import ImportJob, ImportReport
+
+    settings = Settings()
+    store = open_store(settings)
+    import_id = new_import_id(tenant)
+    uploaded = path.is_dir()
+    if uploaded:
+        relative = f"cli-{import_id}"
+        _upload_folder(store, path.resolve(), f"imports/{tenant}/{relative}", quiet)
+    else:
+        try:
+            relative = validate_key(source.strip("/"))
+        except InvalidKey as exc:
+            raise typer.BadParameter(f"{source!r} is neither a local folder nor a folder "
+                                     f"under imports/{tenant}/ in the store: {exc}") from None
+    job = ImportJob(import_id=import_id, tenant=tenant, submitted_at=datetime.now(UTC),
+                    request=req.model_copy(update={"source": relative}),
+                    delete_source=uploaded)
+
+    async def main() -> ImportStatus | None:
+        nc, js = await connect(settings, name="radtrain-datasets")
+        try:
+            imports = await ImportRepo.open(js)
+            await submit_import(js, imports, job)
+            if not quiet:
+                console.print(f"import [bold]{import_id}[/] queued "
+                              f"(radtrain datasets import-status {import_id})")
+            return await _follow(imports, tenant, import_id, quiet) if wait else None
+        finally:
+            await nc.close()
+
+    status = asyncio.run(main())
+    if status is None:
+        if quiet:
+            console.print_json(json.dumps({"import_id": import_id, "state": "queued"}))
+        return None, None
+    report = None
+    if status.report_key is not None:
+        report = ImportReport.model_validate_json(store.get_bytes(status.report_key))
+    return status, report
+
+
+def _upload_folder(store: ObjectStore, root: Path, prefix: str, quiet: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise typer.BadParameter(f"{root} has no files")
+    with _progress_bar(quiet) as bar, ThreadPoolExecutor(8) as pool:
+        task = bar.add_task("sending", total=len(files))
+
+        def put(p: Path) -> None:
+            store.put_file(f"{prefix}/{p.relative_to(root).as_posix()}", p)
+            bar.advance(task)
+
+        list(pool.map(put, files))
+
+
+QUEUED_WARNING_S = 10.0
+
+
+async def _follow(imports: ImportRepo, tenant: str, import_id: str, quiet: bool,
+                  poll_s: float = 0.5) -> ImportStatus:
+    """Poll the status in KV with a progress bar (done of total per phase) until finished."""
+    started = time.monotonic()
+    warned = False
+    with _progress_bar(quiet) as bar:
+        task = bar.add_task("queued", total=None)
+        while True:
+            found = await imports.get(tenant, import_id)
+            if found is None:
+                raise RuntimeError(f"import {import_id} has no status in KV")
+            status = found[0]
+            p = status.progress
+            bar.update(task, description=p.phase if status.state == "running" else status.state,
+                       completed=p.done, total=p.total or None)
+            if status.finished:
+                return status
+            if status.state == "queued" and not warned and \
+                    time.monotonic() - started > QUEUED_WARNING_S:
+                warned = True
+                bar.console.print(f"[yellow]still queued after {QUEUED_WARNING_S:g}s: is a "
+                                  "handlers process running (radtrain up)?[/]")
+            await asyncio.sleep(poll_s)
+
+
+@datasets_app.command("import-status")
+def import_status_cmd(import_id: str, tenant: TenantOpt = None,
+                      follow: Annotated[bool, typer.Option(help="Wait until finished.")] = False,
+                      as_json: JsonOpt = False) -> None:
+    """An import job's state and progress; its report once finished."""
+    from infra.bus.topology import connect
+    from infra.dataset_imports import ImportRepo
+
+    who = _tenant(tenant)
+
+    async def main() -> ImportStatus | None:
+        nc, js = await connect(Settings(), name="radtrain-datasets")
+        try:
+            imports = await ImportRepo.open(js)
+            if follow:
+                return await _follow(imports, who, import_id, as_json)
+            found = await imports.get(who, import_id) if is_identifier(import_id) else None
+            return found[0] if found else None
+        finally:
+            await nc.close()
+
+    status = asyncio.run(main())
+    if status is None:
+        console.print(f"[red]import {import_id!r} not found for tenant {who}[/]")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(status.model_dump_json())
+        return
+    p = status.progress
+    console.print(f"import {status.import_id}: {status.state} ({p.phase} {p.done}/{p.total}; "
+                  f"{p.files} files read, {p.checked} cases checked, {p.uploaded} uploaded)"
+                  + (f", dataset {status.dataset_id}" if status.dataset_id else "")
+                  + (f", {status.num_problems} problems" if status.finished else ""))
+    if status.error is not None:
+        console.print(f"[red][{status.error.code}] {status.error.message}[/]")
 
 
 @datasets_app.command("list")

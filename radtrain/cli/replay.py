@@ -88,8 +88,8 @@ async def _dry_run(js: JetStreamContext, settings: Settings, msgs: list[RawStrea
 
 def _reenricher(settings: Settings) -> rp.Reenrich:
     """The live enrich function, imported here only: the CLI is the entry layer (§2)."""
-    from handlers.adapters import StoreWeightsIndex
     from handlers.enrich import Rejected, enrich
+    from handlers.weights_index import StoreWeightsIndex
     from infra.store import open_store
 
     weights = StoreWeightsIndex(open_store(settings, ensure_bucket=False))

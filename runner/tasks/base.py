@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imaging.palette import class_colour
 from runner.data import PreparedData
 from schemas.spec import TrainingSpec
 
@@ -130,12 +131,6 @@ def augment(xb: torch.Tensor, level: str, gen: torch.Generator) -> torch.Tensor:
     return contrast(out, level, gen)
 
 
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-)
-"""Class colours for drawn boxes and masks (class i uses PALETTE[(i - 1) % 10])."""
-
-
 def colour(class_index: int) -> tuple[int, int, int]:
-    return PALETTE[(class_index - 1) % len(PALETTE)]
+    """Colour of a 1-based model label (0 is background): the previews' palette."""
+    return class_colour(class_index - 1)

@@ -23,8 +23,9 @@ from infra.bus import dead_letters as dlq
 from infra.bus.topology import ENRICH, RETRY_DELAYS_S, TASKS_STREAM, apply, connect
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
+from radtrain.oncall.dead_letters import list_dead_letters
 from radtrain.servers.nats import start_nats
-from schemas.events import TaskRequestedEvent, encode_event
+from schemas.events import TaskFailedEvent, TaskRequestedEvent, encode_event, parse_event
 from tests.faults.helpers import fault_settings, wait_for
 from tests.support.factories import dataset, request
 
@@ -79,7 +80,7 @@ async def test_poison_is_dead_lettered_while_others_flow(
     good_done = await wait_for(all_ready, 30, "the good tasks to become ready")
 
     async def dead_letter() -> list[dlq.StoredDeadLetter]:
-        return await dlq.list_dead_letters(js, ENRICH, poison)
+        return await list_dead_letters(js, ENRICH, poison)
 
     letters = await wait_for(dead_letter, 30, "the poison's dead letter")
     dead_at = time.monotonic()
@@ -114,16 +115,21 @@ async def test_poison_is_dead_lettered_while_others_flow(
 
 async def test_unreadable_event_goes_to_dlq_at_once(
         handlers: tuple[Settings, JetStreamContext]) -> None:
-    """A message no handler can parse is terminated with a dead-letter reason: one delivery."""
+    """A message no handler can parse is terminated with a dead-letter reason: one delivery,
+    and the task its subject names fails."""
     _, js = handlers
     orphan = uuid.uuid4().hex
     ack = await js.publish(f"tasks.progress.{orphan}", b"\x00not json at all")
 
     async def dead_letter() -> list[dlq.StoredDeadLetter]:
-        return await dlq.list_dead_letters(js, "projector", orphan)
+        return await list_dead_letters(js, "projector", orphan)
 
     [letter] = await wait_for(dead_letter, 15, "the projector's dead letter")
     assert letter.get(dlq.H_REASON) == "terminated"
     assert letter.get(dlq.H_DELIVERIES) == "1" and letter.get(dlq.H_SEQ) == str(ack.seq)
     assert letter.get(dlq.H_ERROR).startswith("invalid_event")
     assert json.dumps(letter.summary())  # printable by `radtrain dlq list --json`
+    # Its subject names a task: that task is marked failed, once, whoever read it first.
+    failed = parse_event((await js.get_last_msg(TASKS_STREAM, f"tasks.failed.{orphan}")).data
+                         or b"")
+    assert isinstance(failed, TaskFailedEvent) and failed.data.code == "invalid_event"

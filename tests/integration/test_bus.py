@@ -10,13 +10,17 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js import JetStreamContext
 from nats.js.api import StorageType
 
 from handlers.app import run as run_handlers
-from infra.bus.topology import TASKS_STREAM, apply, connect, consumer_configs
+from infra.bus import dead_letters as dlq
+from infra.bus.topology import ENRICH, RUNNER, TASKS_STREAM, apply, connect, consumer_configs
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
-from schemas.events import TaskRequestedEvent, encode_event, parse_event
+from radtrain.oncall.dead_letters import list_dead_letters
+from schemas.events import TaskFailedEvent, TaskRequestedEvent, encode_event, parse_event
+from tests.faults.helpers import wait_for
 from tests.support.factories import dataset, request
 
 pytestmark = pytest.mark.integration
@@ -61,7 +65,7 @@ async def _await_outcome(nc: nats.NATS, task_id: str, publish: object) -> dict:
     got: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_msg(msg: nats.aio.msg.Msg) -> None:
-        if msg.subject.split(".")[1] in ("ready", "rejected"):
+        if msg.subject.split(".")[1] in ("ready", "rejected", "failed"):
             await got.put(msg.data)
 
     sub = await nc.subscribe(f"tasks.*.{task_id}", cb=on_msg)
@@ -114,9 +118,19 @@ async def test_unknown_dataset_and_network_are_rejected_together(
         await nc.close()
 
 
-async def test_malformed_upstream_event_is_rejected_not_lost(
+async def _dead_letter(js: JetStreamContext, consumer: str, task_id: str
+                       ) -> dlq.StoredDeadLetter:
+    async def letters() -> list[dlq.StoredDeadLetter]:
+        return await list_dead_letters(js, consumer, task_id)
+
+    [letter] = await wait_for(letters, 20, f"the {consumer} dead letter of {task_id}")
+    return letter
+
+
+async def test_malformed_upstream_event_is_dead_lettered_and_fails_its_task(
         settings: Settings, handlers: None) -> None:
-    """An upstream system publishing straight to NATS gets a rejection naming the field."""
+    """An upstream system publishing straight to NATS: its task fails naming the field,
+    and the message is kept in DLQ for a person (one policy for every consumer)."""
     nc, js = await connect(settings, "test-client")
     try:
         task_id = uuid.uuid4().hex
@@ -125,11 +139,47 @@ async def test_malformed_upstream_event_is_rejected_not_lost(
         good["data"]["tuning"] = {"mode": "manual", "hyperparameters": {"batch_size": "big"}}
         out = await _await_outcome(nc, task_id, js.publish(
             f"tasks.requested.{task_id}", json.dumps(good).encode()))
-        assert out["type"] == "radtrain.task.rejected.v1"
-        fields = [e["field"] for e in out["data"]["errors"]]
-        assert any(f.endswith("batch_size") for f in fields), fields
+        assert out["type"] == "radtrain.task.failed.v1", out
+        assert (out["data"]["code"], out["data"]["retryable"]) == ("invalid_event", False)
+        assert "batch_size" in out["data"]["message"], out["data"]["message"]
+        letter = await _dead_letter(js, ENRICH, task_id)
+        assert letter.get(dlq.H_REASON) == "terminated"
+        assert letter.get(dlq.H_ERROR).startswith(f"invalid_event: tasks.requested.{task_id}")
         garbage = await _await_outcome(nc, task_id + "x", js.publish(
             f"tasks.requested.{task_id}x", b"{not json"))
-        assert garbage["data"]["errors"][0]["code"] == "json_invalid"
+        assert "json_invalid" in garbage["data"]["message"]
     finally:
+        await nc.close()
+
+
+async def test_malformed_ready_on_the_runner_is_dead_lettered_and_fails_its_task(
+        settings: Settings, handlers: None) -> None:
+    """The same policy on the runner's consumer: a DLQ copy and a task.failed, once."""
+    from runner.app import run as run_runner  # torch: imported by this test only
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_runner(settings.model_copy(update={"device": "cpu"}), stop))
+    nc, js = await connect(settings, "test-client")
+    try:
+        task_id = uuid.uuid4().hex
+        ack = await js.publish(f"tasks.ready.{task_id}", json.dumps(
+            {"type": "radtrain.task.ready.v1", "subject": task_id, "data": {}}).encode())
+        letter = await _dead_letter(js, RUNNER, task_id)
+        assert letter.get(dlq.H_REASON) == "terminated" and letter.get(dlq.H_DELIVERIES) == "1"
+        assert letter.get(dlq.H_SEQ) == str(ack.seq)
+        assert letter.get(dlq.H_ERROR).startswith(f"invalid_event: tasks.ready.{task_id}")
+        raw = await js.get_last_msg(TASKS_STREAM, f"tasks.failed.{task_id}")
+        failed = parse_event(raw.data or b"")
+        assert isinstance(failed, TaskFailedEvent) and not failed.data.retryable
+        assert failed.data.code == "invalid_event"
+        assert (raw.headers or {}).get("Nats-Msg-Id") == f"{task_id}:failed"
+        await _dead_letter(js, "projector", task_id)
+        info = await js.stream_info(TASKS_STREAM, subjects_filter=f"tasks.failed.{task_id}")
+        # The projector dead-lettered it too: the task.failed is published once.
+        assert info.state.subjects == {f"tasks.failed.{task_id}": 1}
+        state = await js.consumer_info(TASKS_STREAM, RUNNER)
+        assert state.num_ack_pending == 0, state
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 15)
         await nc.close()

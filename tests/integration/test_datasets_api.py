@@ -1,8 +1,14 @@
-"""Dataset routes against a real nats-server (and SeaweedFS S3 for one import)."""
+"""Dataset routes against a real nats-server (and SeaweedFS S3 for one import).
+
+Imports are jobs: the gateway answers 202, the handlers' import consumer (run
+here by tests/support/import_worker.py) does the work, GET follows it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +29,7 @@ from infra.settings import Settings
 from infra.store import ObjectStore, open_store
 from radtrain.servers.seaweedfs import S3Endpoint
 from tests.support.dataset_utils import classification_folder, ct, write_csv, write_json, write_png
+from tests.support.import_worker import import_worker
 from tests.support.tenancy_utils import apply_streams, bearer, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
@@ -72,7 +79,8 @@ async def world(nats_server: str, tmp_path_factory: pytest.TempPathFactory
     """Two fresh tenants; A owns three datasets (labels, boxes, masks), B one."""
     tmp = tmp_path_factory.mktemp("datasets-api")
     settings = Settings(nats_url=nats_server, store_dir=tmp / "store", rate_limit_per_s=1000,
-                        rate_limit_burst=1000, api_key_cache_s=0)
+                        rate_limit_burst=1000, api_key_cache_s=0,
+                        import_progress_interval_s=0.25)
     await apply_streams(settings)
     a, b = f"dsa{uuid.uuid4().hex[:8]}", f"dsb{uuid.uuid4().hex[:8]}"
     ids = {
@@ -201,46 +209,138 @@ def _upload(store: ObjectStore, root: Path, prefix: str) -> None:
         store.put_file(f"{prefix}/{path.relative_to(root).as_posix()}", path)
 
 
-async def test_import_from_the_store(client: TestClient, world: dict[str, Any]) -> None:
+async def _finished(client: TestClient, location: str, timeout_s: float = 120.0,
+                    headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every status seen while polling ``location`` until the import has finished."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        resp = await client.get(location, headers=headers)
+        assert resp.status == 200, await resp.text()
+        seen.append(await resp.json())
+        if seen[-1]["state"] in ("completed", "failed"):
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"import not finished after {timeout_s}s: {seen[-1]}")
+
+
+async def _submit(client: TestClient, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> str:
+    resp = await client.post("/v1/datasets/imports", json=body, headers=headers)
+    out = await resp.json()
+    assert resp.status == 202, out
+    assert out["state"] == "queued"
+    assert resp.headers["Location"] == f"/v1/datasets/imports/{out['import_id']}"
+    return str(resp.headers["Location"])
+
+
+@pytest.fixture
+async def worker(world: dict[str, Any]) -> AsyncIterator[None]:
+    """The handlers process's import consumer (same subscriber loop and handler)."""
+    async with import_worker(world["settings"]):
+        yield
+
+
+async def test_import_from_the_store(client: TestClient, world: dict[str, Any],
+                                     worker: None) -> None:
     settings, a = world["settings"], world["a"]
     store = open_store(settings)
     _upload(store, classification_folder(world["tmp"] / "up"), f"imports/{a}/batch1")
     body = {"name": "uploaded", "format": "folder-csv", "source": "batch1",
             "dataset_id": f"up-{a}"}
-    resp = await client.post("/v1/datasets/import", json=body)
-    report = await resp.json()
-    assert resp.status == 201, report
+    final = (await _finished(client, await _submit(client, body)))[-1]
+    assert final["state"] == "completed", final
+    report = final["report"]
     assert report["registered"] and report["num_cases"] == 6 and not report["problems"]
-    assert resp.headers["Location"] == f"/v1/datasets/up-{a}"
+    assert final["dataset_id"] == f"up-{a}" and final["summary"]["num_cases"] == 6
     assert f"up-{a}" in await _ids(client, "?task_type=classification")
-    again = await client.post("/v1/datasets/import", json=body)
-    assert again.status == 409 and (await again.json())["error"]["code"] == "dataset_exists"
+    again = (await _finished(client, await _submit(client, body)))[-1]
+    assert again["state"] == "failed" and again["error"]["code"] == "dataset_exists"
     # B cannot import A's upload: its source is looked up in B's own area
-    resp_b = await client.post("/v1/datasets/import", json={**body, "dataset_id": None},
-                               headers=bearer(world["keys"][world["b"]]))
-    assert resp_b.status == 404
+    b_key = bearer(world["keys"][world["b"]])
+    location = await _submit(client, {**body, "dataset_id": None}, headers=b_key)
+    failed = (await _finished(client, location, headers=b_key))[-1]
+    assert failed["state"] == "failed" and failed["error"]["code"] == "missing_source"
     for source in ("../other/batch1", "/abs", "a/../../b"):
-        resp = await client.post("/v1/datasets/import", json={**body, "source": source})
+        resp = await client.post("/v1/datasets/imports", json={**body, "source": source})
         assert resp.status == 422, source
+    listed = await (await client.get("/v1/datasets/imports?limit=1")).json()
+    assert listed["total"] >= 2 and len(listed["items"]) == 1
+    assert listed["items"][0]["report"] is None
 
 
 async def test_failed_import_reports_every_problem_and_registers_nothing(
-        client: TestClient, world: dict[str, Any]) -> None:
+        client: TestClient, world: dict[str, Any], worker: None) -> None:
     a = world["a"]
     root = classification_folder(world["tmp"] / "bad", n=4)
     (root / "images" / "c2.dcm").write_bytes(b"\x00" * 10)
     _upload(open_store(world["settings"]), root, f"imports/{a}/bad")
     body = {"name": "bad", "format": "folder-csv", "source": "bad", "dataset_id": f"bad-{a}"}
-    resp = await client.post("/v1/datasets/import", json=body)
-    out = await resp.json()
-    assert resp.status == 422 and out["error"]["code"] == "dataset_invalid"
+    out = (await _finished(client, await _submit(client, body)))[-1]
+    assert out["state"] == "failed" and out["error"]["code"] == "dataset_invalid"
     assert out["report"]["registered"] is False
     assert [(p["code"], p["case_id"]) for p in out["report"]["problems"]] == [("not_image", "c2")]
     assert (await client.get(f"/v1/datasets/bad-{a}")).status == 404
-    resp = await client.post("/v1/datasets/import", json={**body, "skip_bad": True})
+    out = (await _finished(client, await _submit(client, {**body, "skip_bad": True})))[-1]
+    assert out["state"] == "completed" and out["report"]["num_cases"] == 3
+    assert [s["case_id"] for s in out["report"]["skipped"]] == ["c2"]
+
+
+def _png_classification(root: Path, n: int, bad: str) -> Path:
+    """n tiny PNG cases (two classes) and a labels CSV; case ``bad`` is not an image."""
+    rows = []
+    for i in range(n):
+        path = root / "images" / f"p{i:05d}.png"
+        if f"p{i:05d}" == bad:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a png at all")
+        else:
+            write_png(path, np.full((8, 8), 40 + (i % 2) * 100, np.uint8))
+        rows.append([f"images/p{i:05d}.png", "finding" if i % 2 else "normal", f"p{i:05d}"])
+    write_csv(root / "labels.csv", ["image", "label", "case_id"], rows)
+    return root
+
+
+async def test_a_2000_case_import_is_accepted_at_once_and_followed_to_its_report(
+        client: TestClient, world: dict[str, Any], worker: None) -> None:
+    a, b = world["a"], world["b"]
+    store = open_store(world["settings"])
+    root = _png_classification(world["tmp"] / "big", 2000, bad="p00777")
+    await asyncio.to_thread(_upload, store, root, f"imports/{a}/big")
+    body = {"name": "big", "format": "folder-csv", "source": "big", "skip_bad": True}
+    headers = {"Idempotency-Key": f"big-{a}"}
+    started = time.monotonic()
+    resp = await client.post("/v1/datasets/imports", json=body, headers=headers)
+    accepted_s = time.monotonic() - started
     out = await resp.json()
-    assert resp.status == 201 and out["num_cases"] == 3
-    assert [s["case_id"] for s in out["skipped"]] == ["c2"]
+    assert resp.status == 202 and accepted_s < 1.0, (resp.status, accepted_s, out)
+    location = resp.headers["Location"]
+    # a retry with the same key is the same import (and the same job message id)
+    again = await client.post("/v1/datasets/imports", json=body, headers=headers)
+    assert again.status == 202 and (await again.json())["import_id"] == out["import_id"]
+    # another tenant sees nothing
+    other = await client.get(location, headers=bearer(world["keys"][b]))
+    assert other.status == 404
+    seen = await _finished(client, location)
+    total_s = time.monotonic() - started
+    print(f"\n2,000-case import: 202 in {accepted_s * 1000:.0f} ms, finished in {total_s:.1f} s")
+    running = [s for s in seen if s["state"] == "running"]
+    assert running and any(0 < s["progress"]["done"] for s in running), seen[:3]
+    assert all(s["progress"]["done"] <= s["progress"]["total"] for s in running)
+    final = seen[-1]
+    assert final["state"] == "completed", final["error"]
+    assert final["started_at"] and final["finished_at"]
+    assert final["progress"]["files"] == 2001 and final["progress"]["uploaded"] == 1999
+    report = final["report"]
+    assert report["registered"] and report["num_cases"] == 1999
+    assert [(p["case_id"], p["code"]) for p in report["problems"]] == [("p00777", "not_image")]
+    assert final["summary"]["num_cases"] == 1999 and final["dataset_id"] == report["dataset_id"]
+    assert (await client.get(f"/v1/datasets/{final['dataset_id']}")).status == 200
+
+
+async def test_the_old_synchronous_route_redirects(client: TestClient) -> None:
+    resp = await client.post("/v1/datasets/import", json={}, allow_redirects=False)
+    assert resp.status == 308 and resp.headers["Location"] == "/v1/datasets/imports"
 
 
 async def test_a_task_keeps_its_snapshot_when_the_dataset_changes(
@@ -273,10 +373,11 @@ async def test_import_and_preview_through_s3(s3_server: S3Endpoint, world: dict[
     store = open_store(settings)  # creates the bucket
     a = world["a"]
     _upload(store, _masks_source(world["tmp"] / "s3src"), f"imports/{a}/seg")
-    async with gateway_client(settings, world["keys"][a]) as c:
-        resp = await c.post("/v1/datasets/import", json={
+    async with gateway_client(settings, world["keys"][a]) as c, import_worker(settings):
+        location = await _submit(c, {
             "name": "s3 seg", "format": "masks", "source": "seg", "dataset_id": f"s3-{a}"})
-        assert resp.status == 201, await resp.text()
+        final = (await _finished(c, location))[-1]
+        assert final["state"] == "completed", final
         png = await c.get(f"/v1/datasets/s3-{a}/cases/m1/preview.png?size=32")
         assert png.status == 200 and (await png.read()).startswith(b"\x89PNG")
     assert store.list(f"datasets/s3-{a}/previews/")
@@ -286,4 +387,4 @@ def test_openapi_documents_the_dataset_routes() -> None:
     paths = document()["paths"]
     assert {"/v1/datasets", "/v1/datasets/{dataset_id}", "/v1/datasets/{dataset_id}/cases",
             "/v1/datasets/{dataset_id}/cases/{case_id}/preview.png",
-            "/v1/datasets/import"} <= set(paths)
+            "/v1/datasets/imports", "/v1/datasets/imports/{import_id}"} <= set(paths)

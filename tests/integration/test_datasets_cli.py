@@ -11,8 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from infra.settings import Settings
+from infra.store import open_store
 from radtrain.cli.main import app
 from tests.support.dataset_utils import classification_folder, ct, write_png
+from tests.support.import_worker import import_worker_thread
 
 pytestmark = pytest.mark.integration
 
@@ -28,20 +31,28 @@ def test_import_list_show_preview(nats_server: str, tmp_path: Path) -> None:
         return result.exit_code, result.output
 
     assert cli("infra", "apply")[0] == 0
+    settings = Settings(nats_url=nats_server, store_dir=tmp_path / "store")
     src = classification_folder(tmp_path / "src")
-    code, out = cli("datasets", "import", str(src), "--name", "Head CT", "--format",
-                    "folder-csv", "--id", f"ct-{tenant}")
-    assert code == 0, out
-    assert "registered, 6 cases" in out and "finding" in out
-
     bad = classification_folder(tmp_path / "bad", n=4)
     (bad / "images" / "c3.dcm").write_bytes(b"nope" * 40)
-    code, out = cli("datasets", "import", str(bad), "--name", "bad", "--format", "folder-csv")
-    assert code == 1 and "NOT registered" in out and "[not_image] case c3" in out
+    with import_worker_thread(settings):  # the handlers process's import consumer
+        # a job: the folder is uploaded, imported by the worker, followed to its report
+        code, out = cli("datasets", "import", str(src), "--name", "Head CT", "--format",
+                        "folder-csv", "--id", f"ct-{tenant}")
+        assert code == 0, out
+        assert "registered, 6 cases" in out and "finding" in out
+        code, out = cli("datasets", "import", str(bad), "--name", "bad", "--format",
+                        "folder-csv", "--skip-bad", "--json")
+        report = json.loads(out)
+        assert code == 0 and report["num_cases"] == 3
+        assert report["skipped"][0]["case_id"] == "c3"
+    # the uploads were for the jobs only: removed once they finished
+    assert open_store(settings).list(f"imports/{tenant}/") == []
+
+    # --local: the same pipeline in this process, no handlers needed
     code, out = cli("datasets", "import", str(bad), "--name", "bad", "--format", "folder-csv",
-                    "--skip-bad", "--json")
-    report = json.loads(out)
-    assert code == 0 and report["num_cases"] == 3 and report["skipped"][0]["case_id"] == "c3"
+                    "--local")
+    assert code == 1 and "NOT registered" in out and "[not_image] case c3" in out
     code, out = cli("datasets", "import", str(bad), "--name", "x", "--format", "dicomdir")
     assert code != 0
 
@@ -50,7 +61,8 @@ def test_import_list_show_preview(nats_server: str, tmp_path: Path) -> None:
     mask = np.zeros((16, 16), np.uint8)
     mask[4:8, 4:8] = 1
     write_png(seg / "masks" / "s1.png", mask)
-    assert cli("datasets", "import", str(seg), "--name", "seg", "--format", "masks")[0] == 0
+    assert cli("datasets", "import", str(seg), "--name", "seg", "--format", "masks",
+               "--local")[0] == 0
 
     code, out = cli("datasets", "list", "--task-type", "classification", "--json")
     listed = json.loads(out)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from handlers.adapters import StoreWeightsIndex
 from handlers.enrich import enrich
+from handlers.weights_index import StoreWeightsIndex
 from infra.bus import dead_letters as dlq
 from infra.bus.publish import publish_event
 from infra.bus.stream_read import scan

@@ -75,6 +75,27 @@ def make_spec(sha: str, n: int, **model: Any) -> TrainingSpec:
     )
 
 
+def _val_logits(spec: TrainingSpec, model: torch.nn.Module,
+                data: PreparedData) -> tuple[torch.Tensor, np.ndarray]:
+    """The model's logits on the val split, normalised as the spec says, outside the runner."""
+    val = data.indices("val")
+    x = torch.from_numpy(np.asarray(data.x[val])).float() / 255.0
+    c = x.shape[1]
+    mean = torch.tensor(spec.preprocessing.mean * (c // len(spec.preprocessing.mean)))
+    std = torch.tensor(spec.preprocessing.std * (c // len(spec.preprocessing.std)))
+    with torch.inference_mode():
+        logits = model.eval()((x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)).float()
+    return logits, np.asarray(data.y[val])
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUC: the share of (positive, negative) pairs ranked right, ties half."""
+    pos, neg = scores[positive.astype(bool)], scores[~positive.astype(bool)]
+    assert len(pos) and len(neg)
+    right = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(right / (len(pos) * len(neg)))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("runner")
@@ -129,7 +150,7 @@ def test_missing_image_is_reported_per_case(world: World, tmp_path: Path) -> Non
 
 
 def test_train_reports_progress_and_metrics(
-    trained: tuple[TrainResult, list[ProgressUpdate]], prepared: PreparedData
+    world: World, trained: tuple[TrainResult, list[ProgressUpdate]], prepared: PreparedData
 ) -> None:
     result, updates = trained
     steps_per_epoch = -(-len(prepared.indices("train")) // 8)
@@ -139,9 +160,13 @@ def test_train_reports_progress_and_metrics(
     assert [u.epoch for u in epoch_ends] == [1, 2]
     assert all("auc" in u.metrics for u in epoch_ends)
     assert all(not u.metrics and u.throughput for u in updates if not u.epoch_end)
-    for key in ("accuracy", "auc"):
-        assert 0.0 <= result.metrics[key] <= 1.0
-    assert result.metrics["val_loss"] >= 0
+    # The reported (best-epoch) metrics are those of the returned model, recomputed here.
+    logits, y = _val_logits(world.spec, result.model, prepared)
+    probs = logits.softmax(dim=1).numpy()
+    assert result.metrics["auc"] == pytest.approx(_auc(probs[:, 1], y == 1), abs=1e-6)
+    assert result.metrics["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()))
+    assert result.metrics["val_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))), rel=1e-4)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.best_epoch in (1, 2)
 
@@ -246,11 +271,15 @@ def test_multi_label_bce_sgd_freeze_strong_aug(world: World, tmp_path: Path) -> 
             ),
         }
     )
-    result = train(
-        spec, _tiny_multilabel(tmp_path), torch.device("cpu"), lambda u: None, lambda: False
-    )
+    data = _tiny_multilabel(tmp_path)
+    result = train(spec, data, torch.device("cpu"), lambda u: None, lambda: False)
     assert {"auc", "auc_a", "auc_b", "auc_c", "accuracy", "val_loss"} <= set(result.metrics)
-    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("auc", "auc_a", "accuracy"))
+    logits, y = _val_logits(spec, result.model, data)
+    probs = logits.sigmoid().numpy()
+    per_class = [_auc(probs[:, k], y[:, k] == 1) for k in range(3)]
+    assert [result.metrics[f"auc_{c}"] for c in "abc"] == pytest.approx(per_class, abs=1e-6)
+    assert result.metrics["auc"] == pytest.approx(sum(per_class) / 3, abs=1e-6)
+    assert result.metrics["accuracy"] == pytest.approx(float(((probs >= 0.5) == y).mean()))
 
 
 def test_early_stopping_keeps_the_best_epoch(

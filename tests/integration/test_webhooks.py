@@ -25,11 +25,11 @@ from standardwebhooks.webhooks import Webhook
 from handlers.app import run as run_handlers
 from infra.bus.publish import publish_event
 from infra.bus.topology import connect
+from infra.kv import WebhookRepo
 from infra.security.address_guard import BlockedAddress, resolve_checked
 from infra.security.signing import new_secret
 from infra.settings import Settings
 from infra.telemetry.tracing import new_traceparent
-from infra.webhook_repo import WebhookRepo
 from schemas.events import TaskCompleted, TaskCompletedEvent, TaskRequestedEvent
 from schemas.tenancy import SigningSecret
 from schemas.webhooks import WebhookSubscription

@@ -7,6 +7,7 @@ their downloads; everything goes through the runner's own loading path.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision.models import get_model_builder, get_weight, mobilenet_v3_large
 
-from handlers.adapters import StoreWeightsIndex, hf_cached_file, hf_hub_cache
 from handlers.catalog.zoo import get_entry
 from handlers.enrich import enrich
+from handlers.weights_index import StoreWeightsIndex, hf_cached_file, hf_hub_cache
 from infra.settings import Settings
 from infra.store import LocalStore
 from radtrain.stack import stage_offline_weights
@@ -196,6 +197,8 @@ def test_detector_with_backbone_only_weights_from_torchvisions_cache(
     _cached(torch_hub, "MobileNet_V3_Large_Weights.IMAGENET1K_V1", backbone)
     done = mirror_entry("fasterrcnn_mobilenet_v3_large_320_fpn.in1k", store)
     assert done is not None
+    assert done.key == weights_key("fasterrcnn_mobilenet_v3_large_320_fpn.in1k")
+    assert done.origin == "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V1"
     model = build_model(pinned("fasterrcnn_mobilenet_v3_large_320_fpn.in1k", done.key,
                                done.sha256, classes=3), store)
     body = model.backbone.body  # type: ignore[union-attr]
@@ -212,7 +215,9 @@ def test_detector_with_coco_weights_gets_a_new_class_head(store: LocalStore, tor
     with pytest.raises(WeightsError, match="sha256"):  # --from: must be torchvision's file
         mirror_entry(f"{network}.coco", store, path)
     done = mirror_entry(f"{network}.coco", store)  # found in torchvision's own cache
-    assert done is not None
+    assert done is not None and done.key == weights_key(f"{network}.coco")
+    assert done.origin == "torchvision SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"
+    assert done.tensors == len(coco)  # the full COCO state, as torchvision publishes it
     model = build_model(pinned(f"{network}.coco", done.key, done.sha256, classes=3), store)
     own = model.state_dict()
     for k in ("backbone.features.0.0.0.weight", "head.regression_head.module_list.0.1.weight",
@@ -230,7 +235,8 @@ def test_the_embedded_stack_stages_the_wheel_weights(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     assert store.exists(weights_key(OFFLINE_WEIGHTS)), (tmp_path / "mirror.log").read_text()
     ref = StoreWeightsIndex(store).find("efficientnet_lite0")
-    assert ref is not None and len(ref.sha256) == 64
+    assert ref is not None and ref.key == weights_key(OFFLINE_WEIGHTS)
+    assert ref.sha256 == hashlib.sha256(store.get_bytes(ref.key)).hexdigest()
 
 
 def test_cli_mirror_uses_the_wheel_and_reports_what_it_cannot_do(tmp_path: Path) -> None:

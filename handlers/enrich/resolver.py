@@ -1,0 +1,100 @@
+"""The one skeleton every flow resolves on: collect every error, then build the spec.
+
+:meth:`Resolver.resolve` runs the shared checks (the flows table's fields,
+the dataset found for the tenant), then the flow's own :meth:`Resolver.draft`,
+which adds its errors to the same list and returns what the flow decides. It
+never stops at the first problem: a request is rejected once, with all of
+them, so a user fixes it in one round trip.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from typing import ClassVar
+
+from handlers.catalog.flows import get_flow, list_flows
+from handlers.enrich.checks import (
+    FIELD_RULES,
+    dataset_errors,
+    found,
+    request_field_errors,
+    snapshot,
+)
+from handlers.enrich.contracts import BaseTask, Rejected, WeightsIndex
+from schemas.common import ErrorDetail
+from schemas.dataset import DatasetSummary
+from schemas.flows import FlowRule
+from schemas.spec import LabelMode, Lineage, ModelSpec, Preprocessing, TrainingSpec
+from schemas.tasks import Flow, Hyperparameters, TaskRequested, TaskType
+
+
+@dataclass
+class Draft:
+    """What a flow decides; the request and the dataset snapshot give the rest of the spec."""
+
+    task_type: TaskType
+    classes: list[str]
+    label_mode: LabelMode
+    preprocessing: Preprocessing
+    model: ModelSpec
+    hyperparameters: Hyperparameters
+    reasons: dict[str, str]
+    preset: str | None = None
+    class_map: dict[str, str | None] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)
+    lineage: Lineage | None = None
+
+
+@cache
+def takers() -> dict[str, list[str]]:
+    """Request field -> the flows that take it (for 'only the specialized flow does')."""
+    return {name: [r.flow for r in list_flows() if getattr(r, name) != "forbidden"]
+            for name in FIELD_RULES}
+
+
+class Resolver(ABC):
+    """One request of one flow. Subclasses set :attr:`flow` and implement :meth:`draft`."""
+
+    flow: ClassVar[Flow]
+
+    def __init__(self, cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex,
+                 base: BaseTask | None = None) -> None:
+        self.cmd = cmd
+        self.ds = found(cmd, ds)
+        """The dataset, or ``None`` when it is missing or another tenant's."""
+        self.weights = weights
+        self.base = base
+        self.rule: FlowRule = get_flow(self.flow)
+        self.errors: list[ErrorDetail] = []
+
+    def check(self, errors: list[ErrorDetail]) -> None:
+        """Record problems and go on: the request is rejected with all of them at the end."""
+        self.errors.extend(errors)
+
+    def resolve(self) -> TrainingSpec:
+        self.check(request_field_errors(self.cmd, self.rule, takers()))
+        self.check(dataset_errors(self.cmd, self.ds))
+        draft = self.draft()
+        if self.errors or draft is None or self.ds is None:
+            raise Rejected(self.errors)
+        return self.build(draft, self.ds)
+
+    @abstractmethod
+    def draft(self) -> Draft | None:
+        """The flow's own checks (through :meth:`check`) and its decisions.
+
+        ``None`` when too much is missing to decide anything; that is only
+        allowed after at least one error was recorded.
+        """
+
+    def build(self, d: Draft, ds: DatasetSummary) -> TrainingSpec:
+        cmd = self.cmd
+        return TrainingSpec(
+            task_id=cmd.task_id, tenant=cmd.tenant, name=cmd.name, description=cmd.description,
+            flow=self.flow, task_type=d.task_type, dataset=snapshot(ds), classes=list(d.classes),
+            label_mode=d.label_mode, preprocessing=d.preprocessing, model=d.model,
+            hyperparameters=d.hyperparameters, resources=cmd.resources, preset=d.preset,
+            class_map=d.class_map, metrics=list(d.metrics), lineage=d.lineage,
+            reasons=d.reasons)

@@ -1,0 +1,144 @@
+"""The local-directory store: the embedded default, one file per key, atomic renames."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from infra.store.interface import (
+    CHUNK_SIZE,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    StoreError,
+    copy_hashing,
+    is_temp_key,
+    temp_key_for,
+    validate_key,
+    validate_prefix,
+)
+
+T = TypeVar("T")
+
+
+def write_atomically(path: Path, writer: Callable[[IO[bytes]], T]) -> T:
+    """Run ``writer(fileobj)`` on a temp file beside ``path`` and rename it into place.
+
+    Beside, not in /tmp, so os.replace stays a same-filesystem atomic rename.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temp_key_for(path.name))
+    try:
+        with open(tmp, "wb") as fh:
+            result = writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+class LocalStore:
+    """A directory on disk; the embedded default and the reference for the contract."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _info(self, key: str, size: int, sha256: str) -> ObjectInfo:
+        return ObjectInfo(key=key, size=size, sha256=sha256, uri=self.uri(key))
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        path = self._path(key)
+        with _os_errors(key, reading=False):
+            write_atomically(path, lambda fh: fh.write(data))
+        return self._info(key, len(data), hashlib.sha256(data).hexdigest())
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
+        dest = self._path(key)
+        with open(path, "rb") as src, _os_errors(key, reading=False):
+            size, digest = write_atomically(dest, lambda fh: copy_hashing(src, fh))
+        return self._info(key, size, digest)
+
+    def get_bytes(self, key: str) -> bytes:
+        with _os_errors(key, reading=True):
+            return self._path(key).read_bytes()
+
+    def get_file(self, key: str, path: Path) -> Path:
+        with _os_errors(key, reading=True):
+            src = open(self._path(key), "rb")  # closed by the with just below
+        with src, _os_errors(key, reading=False):
+            write_atomically(Path(path), lambda fh: shutil.copyfileobj(src, fh, CHUNK_SIZE))
+        return Path(path)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix names, then filter by string
+        # prefix, which is what S3 does with a prefix that ends mid-segment.
+        base_dir = self.root.joinpath(*prefix.split("/")[:-1]) if "/" in prefix else self.root
+        if not base_dir.is_dir():
+            return []
+        keys = (k for k in self._walk(base_dir) if k.startswith(prefix) and not is_temp_key(k))
+        return sorted(keys)
+
+    def _walk(self, base: Path) -> Iterator[str]:
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root)
+            for name in files:
+                yield (rel / name).as_posix() if rel.parts else name
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with _os_errors(key, reading=False):
+            try:
+                path.unlink(missing_ok=True)
+            except IsADirectoryError:
+                pass  # only "deeper" keys exist under this name: nothing to delete, as on S3
+
+    def presign(self, key: str, expires_s: int = 3600) -> str:
+        """A local file needs no signature: the file:// URI is the download link."""
+        return self.uri(key)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def key_from_uri(self, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise InvalidKey(f"{uri!r} is not a file:// URI of {self!r}")
+        path = Path(unquote(parts.path))
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            raise InvalidKey(f"{uri!r} is outside {self!r}") from None
+        return validate_key(rel.as_posix())
+
+
+@contextmanager
+def _os_errors(key: str, *, reading: bool) -> Iterator[None]:
+    """Map filesystem errors to store errors so callers handle both backends alike."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        if reading:
+            raise ObjectNotFound(f"object {key!r} not found") from exc
+        raise StoreError(f"object {key!r}: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"object {key!r}: {exc}") from exc
