@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
+from infra.errors import TransientError
 from schemas.api import ErrorBody, ErrorInfo, ErrorItem
 
 log = logging.getLogger("radtrain.gateway")
@@ -52,6 +53,11 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except ValidationError as exc:
         api = from_validation(exc)
         return error_response(api.status, api.code, api.message, api.details)
+    except TransientError as exc:  # e.g. KV compare-and-set contention: the client retries
+        log.warning("transient error on %s %s: %s %s", request.method, request.path,
+                    exc.code, exc.message)
+        return error_response(503, exc.code, f"temporarily unavailable: {exc.message}",
+                              headers={"Retry-After": str(max(1, round(exc.delay_s)))})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

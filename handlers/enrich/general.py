@@ -18,9 +18,10 @@ from handlers.enrich.contracts import WeightsIndex, WeightsRef, err
 from handlers.enrich.resolver import Draft, Resolver
 from handlers.tuning import auto_hyperparameters, manual_hyperparameters
 from handlers.tuning import check as check_hyperparameters
+from imaging.windows import HEAD_CT_WINDOWS
 from schemas.common import ErrorDetail
 from schemas.dataset import DatasetSummary
-from schemas.spec import ModelSpec, Preprocessing, Window
+from schemas.spec import ModelSpec, Preprocessing
 from schemas.tasks import (
     AutoModel,
     DataType,
@@ -33,11 +34,8 @@ from schemas.tasks import (
 AUTO_CANDIDATES = 40
 """How far down the ranking auto-select looks for an entry with mirrored weights."""
 
-CT_WINDOWS = (
-    Window(name="brain", center=40, width=80),
-    Window(name="subdural", center=80, width=200),
-    Window(name="bone", center=600, width=2800),
-)
+CT_WINDOWS = HEAD_CT_WINDOWS
+"""General-flow CT uses the head-CT windows (brain, subdural, bone) as its three channels."""
 
 
 def data_type_for(choice: AutoModel, ds: DatasetSummary | None) -> DataType:

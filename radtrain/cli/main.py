@@ -20,7 +20,7 @@ from rich.console import Console
 from infra.settings import Settings
 from radtrain.cli import replay, status, watch
 from radtrain.cli.datasets import datasets_app
-from radtrain.cli.dead_letters import dlq_app
+from radtrain.cli.dlq_commands import dlq_app
 from radtrain.cli.keys import keys_app
 from radtrain.cli.presets import presets_app
 from radtrain.cli.zoo import zoo_app

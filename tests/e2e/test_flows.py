@@ -121,3 +121,30 @@ def test_retrain_mismatches_are_rejected_with_every_reason(
                    ("dataset_id", "class_missing")}, rec["errors"]
     rec = wait_terminal(stack, missing, 60)
     assert [e["code"] for e in rec["errors"]] == ["base_task_not_found"]
+
+
+def test_dataset_import_job_runs_in_the_handlers_process(stack: Stack, tmp_path: Any) -> None:
+    """The real `python -m handlers` consumes the import job: 202 at once, then completed."""
+    from tests.support.dataset_utils import classification_folder
+
+    tenant = stack.settings.default_tenant
+    root = classification_folder(tmp_path / "src", n=8)
+    store = open_store(stack.settings)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        store.put_file(f"imports/{tenant}/e2e/{path.relative_to(root).as_posix()}", path)
+    url, key = stack.gateway_url, stack.api_key
+    status, out, headers = call("POST", f"{url}/v1/datasets/imports", token=key,
+                                body={"name": "e2e import", "format": "folder-csv",
+                                      "source": "e2e"})
+    assert status == 202 and out["state"] == "queued", out
+    assert headers["Location"] == f"/v1/datasets/imports/{out['import_id']}"
+    deadline = time.monotonic() + 120
+    while True:
+        _, rec, _ = call("GET", f"{url}/v1/datasets/imports/{out['import_id']}", token=key)
+        if rec["state"] in ("completed", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert rec["state"] == "completed", (rec, stack.log_tail("handlers"))
+    assert rec["progress"]["uploaded"] == 8 and rec["summary"]["num_cases"] == 8
+    _, ds, _ = call("GET", f"{url}/v1/datasets/{rec['dataset_id']}", token=key)
+    assert sorted(ds["classes"]) == ["finding", "normal"]

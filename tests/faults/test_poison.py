@@ -23,7 +23,7 @@ from infra.bus import dead_letters as dlq
 from infra.bus.topology import ENRICH, RETRY_DELAYS_S, TASKS_STREAM, apply, connect
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
-from radtrain.oncall.dead_letters import list_dead_letters
+from radtrain.oncall.dead_letter_ops import list_dead_letters
 from radtrain.servers.nats import start_nats
 from schemas.events import TaskFailedEvent, TaskRequestedEvent, encode_event, parse_event
 from tests.faults.helpers import fault_settings, wait_for

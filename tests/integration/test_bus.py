@@ -18,7 +18,7 @@ from infra.bus import dead_letters as dlq
 from infra.bus.topology import ENRICH, RUNNER, TASKS_STREAM, apply, connect, consumer_configs
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
-from radtrain.oncall.dead_letters import list_dead_letters
+from radtrain.oncall.dead_letter_ops import list_dead_letters
 from schemas.events import TaskFailedEvent, TaskRequestedEvent, encode_event, parse_event
 from tests.faults.helpers import wait_for
 from tests.support.factories import dataset, request

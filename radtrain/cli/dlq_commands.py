@@ -18,7 +18,7 @@ from infra.bus.dead_letters import (
 )
 from infra.settings import Settings
 from radtrain.cli.nats_session import open_js
-from radtrain.oncall.dead_letters import get_dead_letter, list_dead_letters, purge, redrive
+from radtrain.oncall.dead_letter_ops import get_dead_letter, list_dead_letters, purge, redrive
 
 dlq_app = typer.Typer(no_args_is_help=True,
                       help="Dead letters: messages that exhausted their deliveries, or poison.")
