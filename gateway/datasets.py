@@ -21,7 +21,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import get_args
+from typing import Any, TypeVar, cast, get_args
 
 import nats.errors
 from aiohttp import web
@@ -43,8 +43,14 @@ from gateway.observe import traceparent_of
 from gateway.previews import ManifestMismatch, case_preview, load_manifest, preview_key
 from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from imaging.reader import CaseReadError
-from infra.dataset_imports import ImportRepo, job_in_stream, new_import_id, submit_import
-from infra.kv import DatasetRepo
+from infra.dataset_imports import (
+    ImportRepo,
+    job_in_stream,
+    new_import_id,
+    source_prefix,
+    submit_import,
+)
+from infra.kv import BucketRepo, DatasetRepo
 from infra.store import InvalidKey, ObjectNotFound, StoreError, validate_key
 from schemas.common import is_identifier
 from schemas.dataset import AnnotationType, Case, DatasetManifest, DatasetSummary
@@ -62,10 +68,10 @@ from schemas.dataset_import import (
 )
 from schemas.tasks import Modality
 
+R = TypeVar("R", bound=BucketRepo[Any])
 routes = web.RouteTableDef()
 register_operations()
 
-IMPORTS_PREFIX = "imports"
 IMPORTS_PATH = "/v1/datasets/imports"
 IDEMPOTENCY_SCOPE = "dataset-import\x00"
 """Prefixed to an import's Idempotency-Key: the same key may also name a task."""
@@ -78,13 +84,12 @@ PREVIEW_CONCURRENCY = 2
 class _State:
     """Per-application lazies: the KV bucket may appear after start-up (``infra apply``)."""
 
-    repo: DatasetRepo | None = None
+    repos: dict[type[BucketRepo[Any]], BucketRepo[Any]] = field(default_factory=dict)
     manifests: OrderedDict[str, tuple[DatasetManifest, dict[str, Case]]] = field(
         default_factory=OrderedDict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     previews: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(PREVIEW_CONCURRENCY))
-    imports: ImportRepo | None = None
 
 
 _STATES: weakref.WeakKeyDictionary[web.Application, _State] = weakref.WeakKeyDictionary()
@@ -96,30 +101,26 @@ def _state(app: web.Application) -> _State:
     return _STATES[app]
 
 
-async def _repo(request: web.Request) -> DatasetRepo:
+async def _bucket(request: web.Request, repo_type: type[R]) -> R:
+    """The bucket's repository, opened on first use (it may appear after start-up)."""
     state = _state(request.app)
-    if state.repo is None:
+    if repo_type not in state.repos:
         async with state.lock:
-            if state.repo is None:
+            if repo_type not in state.repos:
                 try:
-                    state.repo = await DatasetRepo.open(request.app[JS])
+                    state.repos[repo_type] = await repo_type.open(request.app[JS])
                 except Exception as exc:
-                    raise ApiError(503, "unavailable", f"KV 'datasets' unavailable: {exc!r}"
-                                   ) from exc
-    return state.repo
+                    raise ApiError(503, "unavailable", f"KV '{repo_type.BUCKET.name}' "
+                                   f"unavailable: {exc!r}") from exc
+    return cast(R, state.repos[repo_type])
+
+
+async def _repo(request: web.Request) -> DatasetRepo:
+    return await _bucket(request, DatasetRepo)
 
 
 async def _imports(request: web.Request) -> ImportRepo:
-    state = _state(request.app)
-    if state.imports is None:
-        async with state.lock:
-            if state.imports is None:
-                try:
-                    state.imports = await ImportRepo.open(request.app[JS])
-                except Exception as exc:
-                    raise ApiError(503, "unavailable", "KV 'dataset_imports' unavailable: "
-                                   f"{exc!r}") from exc
-    return state.imports
+    return await _bucket(request, ImportRepo)
 
 
 async def _summary(request: web.Request) -> DatasetSummary:
@@ -276,8 +277,10 @@ def _checked_relative(name: str, value: str) -> str:
 
 
 def _source_prefix(tenant: str, source: str) -> str:
-    """``imports/<tenant>/<source>``: relative, no ``..``, so never another tenant's area."""
-    return f"{IMPORTS_PREFIX}/{tenant}/{_checked_relative('source', source)}"
+    try:
+        return source_prefix(tenant, source)
+    except InvalidKey as exc:
+        raise ApiError(422, "validation_error", f"source: {exc}") from exc
 
 
 @routes.get("/v1/datasets/{dataset_id}")

@@ -42,7 +42,6 @@ from schemas.events import (
     Event,
     TaskRejectedEvent,
     TaskRequestedEvent,
-    encode_event,
     parse_event,
 )
 from schemas.webhooks import (
@@ -108,22 +107,23 @@ async def on_status_event(event: Event, delivery: bus.Delivery, *, js: JetStream
 
     The jobs go to the ``WEBHOOKS`` stream (not task events): published here, each
     with its deterministic delivery id, before the subscriber acks the event."""
-    del delivery
     wtype = webhook_event_type(event.type)
     if wtype is None:
         return []
+    body = delivery.msg.data.decode()  # the event as published, not re-encoded
     try:
         tenant = await _tenant_of(js, tasks, event)
         subs = subscribers(await ctx.subs.list(tenant), wtype)
         for sub in subs:
-            await _enqueue(js, ctx, tenant, sub, event, wtype)
+            await _enqueue(js, ctx, tenant, sub, event, wtype, body)
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
     return []
 
 
 async def _enqueue(js: JetStreamContext, ctx: WebhookContext, tenant: str,
-                   sub: WebhookSubscription, event: Event, wtype: WebhookEventType) -> None:
+                   sub: WebhookSubscription, event: Event, wtype: WebhookEventType,
+                   body: str) -> None:
     did = delivery_id(event.id, sub.id)
     now = datetime.now(UTC)
     delivery = Delivery(id=did, webhook_id=sub.id, event_id=event.id, event_type=wtype,
@@ -133,7 +133,7 @@ async def _enqueue(js: JetStreamContext, ctx: WebhookContext, tenant: str,
         if existing is not None and existing[0].attempts:
             return  # a redelivered event whose job already ran
     job = WebhookJob(delivery_id=did, webhook_id=sub.id, tenant=tenant, task_id=event.subject,
-                     event_type=wtype, body=encode_event(event).decode(), first_at=now,
+                     event_type=wtype, body=body, first_at=now,
                      traceparent=event.traceparent)
     await js.publish(f"webhooks.jobs.{tenant}.{sub.id}", job.model_dump_json().encode(),
                      headers={"Nats-Msg-Id": did}, timeout=10.0)

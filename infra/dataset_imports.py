@@ -23,9 +23,18 @@ from nats.js.errors import NotFoundError
 
 from infra.bus.topology import IMPORT_JOBS_SUBJECT, IMPORTS_STREAM, KV_DATASET_IMPORTS
 from infra.kv import Bucket, BucketRepo
+from infra.store import validate_key
 from schemas.dataset_import import ImportJob, ImportStatus
 
 IMPORT_NS = uuid.UUID("0d7c5a43-2f0e-4c8e-93a5-8f3c1b6e9d21")
+IMPORTS_PREFIX = "imports"
+"""Where a tenant's import sources are uploaded: ``imports/<tenant>/<source>/``."""
+
+
+def source_prefix(tenant: str, source: str) -> str:
+    """``imports/<tenant>/<source>``; ``InvalidKey`` for an absolute path or ``..``, so a
+    source can never reach another tenant's area."""
+    return f"{IMPORTS_PREFIX}/{tenant}/{validate_key(source.rstrip('/'))}"
 
 
 def new_import_id(tenant: str, idempotency_key: str | None = None) -> str:

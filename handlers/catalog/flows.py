@@ -15,17 +15,16 @@ from __future__ import annotations
 from functools import cache
 
 from handlers.catalog.presets import list_presets
+from schemas.dataset_import import TASK_ANNOTATIONS
 from schemas.flows import AnnotationFit, FlowPage, FlowRule
 from schemas.tasks import TaskType
 
 __all__ = ["FlowPage", "FlowRule", "UnknownFlow", "flows_page", "get_flow", "list_flows"]
 
 TASK_TYPES: tuple[TaskType, ...] = ("classification", "detection", "segmentation")
-ANNOTATIONS = (
-    AnnotationFit(task_type="classification", annotation_types=("single_label", "multi_label")),
-    AnnotationFit(task_type="detection", annotation_types=("boxes",)),
-    AnnotationFit(task_type="segmentation", annotation_types=("masks",)),
-)
+ANNOTATIONS = tuple(AnnotationFit.model_validate({"task_type": t, "annotation_types": a})
+                    for t, a in TASK_ANNOTATIONS.items())
+"""The general flow's fit, from the same table the dataset list filters by."""
 
 
 class UnknownFlow(KeyError):

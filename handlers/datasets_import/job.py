@@ -49,11 +49,11 @@ from handlers.datasets_import.base import ImportOptions
 from handlers.datasets_import.pipeline import import_dataset, new_dataset_id
 from infra.bus.subscriber import Delivery, Subscriber, model_decoder
 from infra.bus.topology import DATASET_IMPORT
-from infra.dataset_imports import ImportRepo
+from infra.dataset_imports import IMPORTS_PREFIX, ImportRepo, source_prefix
 from infra.errors import Fenced, PermanentError, TransientError
 from infra.kv import DatasetRepo
 from infra.settings import Settings
-from infra.store import InvalidKey, ObjectStore, StoreError, validate_key
+from infra.store import InvalidKey, ObjectStore, StoreError
 from schemas.dataset_import import (
     ImportFailure,
     ImportJob,
@@ -66,16 +66,10 @@ from schemas.events import Envelope
 
 log = logging.getLogger(__name__)
 
-IMPORTS_PREFIX = "imports"
 REPORTS_PREFIX = "dataset-imports"
 DOWNLOAD_WORKERS = 8
 RETRYABLE_PROBLEMS = frozenset({"upload_failed"})
 """Report problems caused by the store, not the data: the job is retried for them."""
-
-
-def source_prefix(tenant: str, source: str) -> str:
-    """``imports/<tenant>/<source>``; ``InvalidKey`` for an absolute path or ``..``."""
-    return f"{IMPORTS_PREFIX}/{tenant}/{validate_key(source.rstrip('/'))}"
 
 
 def report_key(tenant: str, import_id: str) -> str:
@@ -168,8 +162,6 @@ async def handle_import_job(
     if found is not None and found[0].finished:
         log.info("import %s already %s; not running it again", job.import_id, found[0].state)
         return []
-    if found is not None and found[0].attempt > delivery.attempt:
-        raise Fenced(f"import {job.import_id}: delivery {found[0].attempt} owns it")
     first_start = found[0].started_at if found is not None else None
     dataset_id = dataset_id_of(job)
     await _kv(imports.update(job.tenant, job.import_id,
@@ -188,7 +180,7 @@ async def handle_import_job(
         await _finish(imports, job, delivery.attempt, store, None,
                       ImportFailure(code=exc.code, message=exc.message))
         raise
-    except (TransientError, Exception) as exc:
+    except Exception as exc:  # transient or unexpected: retried until the last delivery
         if not delivery.plan.is_last(delivery.attempt):
             raise
         code = exc.code if isinstance(exc, TransientError) else "import_error"

@@ -62,11 +62,8 @@ class RetryPlan:
 
     async def record(self, msg: Msg, code: str, message: str) -> None:
         """Keep the error for a possible dead letter (bounded consumers only)."""
-        if self.errors is None or self.max_deliver <= 0:
-            return
-        try:
-            seq = int(msg.metadata.sequence.stream)
-        except Exception:  # not a JetStream message
+        seq = stream_seq(msg)
+        if self.errors is None or self.max_deliver <= 0 or seq is None:
             return
         await self.errors.record(self.stream, self.consumer, seq, code, message,
                                  delivery_count(msg))

@@ -1,9 +1,10 @@
-"""The ``DLQ`` stream's contract, and the on-call operations on it (``radtrain dlq``).
+"""The ``DLQ`` stream's contract: subjects, headers, and how a dead letter is built.
 
 A dead letter is the original message's bytes on ``dlq.<consumer>.<task_id>``
 with headers naming where it came from and why it died (DESIGN.md §4). The
-forwarder (handlers/dead_letter_forwarder.py) builds them with :func:`build_dead_letter`; the
-CLI lists, shows, redrives and purges them with the functions below.
+forwarder (handlers/dead_letter_forwarder.py) builds them with
+:func:`build_dead_letter`; the on-call verbs over them (list, show, redrive,
+purge) are radtrain/oncall/dead_letter_ops.py.
 """
 
 from __future__ import annotations

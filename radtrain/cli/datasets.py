@@ -168,7 +168,7 @@ def _import_job(path: Path, source: str, req: ImportRequest, tenant: str, wait: 
     from datetime import UTC, datetime
 
     from infra.bus.topology import connect
-    from infra.dataset_imports import ImportRepo, new_import_id, submit_import
+    from infra.dataset_imports import ImportRepo, new_import_id, source_prefix, submit_import
     from infra.store import InvalidKey, open_store, validate_key
     from schemas.dataset_import import ImportJob, ImportReport
 
@@ -178,7 +178,7 @@ def _import_job(path: Path, source: str, req: ImportRequest, tenant: str, wait: 
     uploaded = path.is_dir()
     if uploaded:
         relative = f"cli-{import_id}"
-        _upload_folder(store, path.resolve(), f"imports/{tenant}/{relative}", quiet)
+        _upload_folder(store, path.resolve(), source_prefix(tenant, relative), quiet)
     else:
         try:
             relative = validate_key(source.strip("/"))
