@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from gateway import artifacts, datasets, events, observe, openapi, presets, runs, webhooks, zoo
 from gateway.app_keys import (
+    ADMISSIONS,
     CONNECTED,
     DELIVERIES,
     IDEMPOTENCY,
@@ -31,6 +32,7 @@ from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from gateway.tasks import routes
 from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
+from infra.admission import AdmissionRepo
 from infra.bus.topology import connect
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.settings import Settings
@@ -69,6 +71,7 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOK_SUBS] = await _wait_open(WebhookRepo.open, js)
     app[DELIVERIES] = await _wait_open(DeliveryRepo.open, js)
     app[IDEMPOTENCY] = await _wait_open(IdempotencyStore.open, js)
+    app[ADMISSIONS] = await _wait_open(AdmissionRepo.open, js)
     yield
     await nc.drain()
 

@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from gateway.tenancy import ReplayGuard, TenantRepo
+from infra.admission import AdmissionRepo
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.settings import Settings
 from infra.store import ObjectStore
@@ -23,6 +24,7 @@ DELIVERIES = web.AppKey("deliveries", DeliveryRepo)
 LIMITER = web.AppKey("limiter", RateLimiter)
 STORE: web.AppKey[ObjectStore] = web.AppKey("store")
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+ADMISSIONS = web.AppKey("admissions", AdmissionRepo)
 
 # Request-scoped values set by the middlewares (gateway/auth.py, gateway/observe.py).
 TENANT = web.RequestKey("tenant", str)

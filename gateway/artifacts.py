@@ -1,13 +1,18 @@
 """``GET /v1/tasks/{task_id}/artifacts/{name}``: a finished task's files, tenant-scoped.
 
-The store key comes from the task record (written by the runner, checked by
-its sha256), never from the URL: a caller names an artifact, and only one
-that its own task produced can be read.
+The store key comes from the task record (the ``task.completed`` of the attempt
+that committed the run, under its own ``runs/<task_id>/attempts/<n>/`` prefix),
+never from the URL: a caller names an artifact, and only one that its own task
+produced can be read. The bytes are checked against the recorded sha256 before
+any is sent: a store that holds other bytes under that key answers 503, never a
+file that is not the one the task recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from gateway.errors import ApiError
 from infra.store import ObjectNotFound, StoreUnavailable
 from schemas.common import is_identifier
 
+log = logging.getLogger("radtrain.gateway")
 routes = web.RouteTableDef()
 CHUNK = 1 << 20
 
@@ -43,7 +49,21 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
             raise not_found from None
         except StoreUnavailable as exc:
             raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+        stored = await asyncio.to_thread(_sha256, path)
+        if stored != artifact.sha256:
+            log.error("task %s: %s at %s has sha256 %s, the task recorded %s", task_id, name,
+                      artifact.key, stored, artifact.sha256)
+            raise ApiError(503, "artifact_mismatch", f"the stored bytes of {name!r} do not "
+                           "match the recorded sha256; retry later or ask an operator")
         return await _stream(request, path, name, artifact.sha256)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 async def _stream(request: web.Request, path: Path, name: str, sha256: str

@@ -1,17 +1,21 @@
-"""Idempotent submission: one ``Idempotency-Key`` → one task and one answer, for 24 h.
+"""Idempotent submission: one ``Idempotency-Key`` → one task and one answer, for a window.
 
-JetStream's duplicate window (minutes) already drops a re-published
-``task.requested`` with the same deterministic id; this covers the day after,
-and tells a retry apart from a mistake: KV ``idempotency`` holds, per tenant
-and key, the task id, the sha256 of the canonical request body and the
-response. ``kv.create`` is atomic, so among concurrent requests exactly one
-claims the key; the others find its record.
+KV ``idempotency`` holds, per tenant and key, the task id the key names, the
+sha256 of the canonical request body and the response. ``kv.create`` is atomic,
+so among concurrent requests exactly one claims the key; the others find its
+record.
 
 - same body, answered before → the stored response, ``Idempotent-Replayed: true``;
 - same body, still pending (in flight, or a gateway died between claim and
   answer) → publish again unless the stream already has it (the msg id makes
   a concurrent double publish harmless), then answer;
 - different body → 409: the key is bound to the first request.
+
+The retention window is ``settings.idempotency_ttl_s`` (24 h by default): the
+bucket's TTL drops old keys, and a record older than the window counts as
+absent even where the bucket was created with a longer TTL. A key reused after
+its window starts a NEW task (a fresh task id, answered without
+``Idempotent-Replayed``), never silently the old one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -73,24 +77,33 @@ def unavailable(exc: BaseException) -> ApiError:
                     headers={"Retry-After": "1"})
 
 
+def expired(record: IdempotencyRecord, now: datetime, ttl_s: float | None) -> bool:
+    """Past its retention window (``None``: only the bucket's TTL ends it)."""
+    return ttl_s is not None and now - record.created_at >= timedelta(seconds=ttl_s)
+
+
 class IdempotencyStore(BucketRepo[IdempotencyRecord]):
     """KV ``idempotency``: ``<tenant>.<sha256 of the client's key>`` → IdempotencyRecord."""
 
     BUCKET = Bucket(KV_IDEMPOTENCY, IdempotencyRecord)
 
-    async def claim(self, tenant: str, key: str, task_id: str, digest: str
+    async def claim(self, tenant: str, key: str, task_id: str, digest: str, *,
+                    ttl_s: float | None = None, now: datetime | None = None
                     ) -> tuple[IdempotencyRecord, int, bool]:
-        """The record for this key and its revision; ``True`` when this call created it."""
-        fresh = IdempotencyRecord(task_id=task_id, body_sha256=digest,
-                                  created_at=datetime.now(UTC))
+        """The record for this key and its revision; ``True`` when this call created it.
+
+        A record older than ``ttl_s`` is replaced (compare-and-set, so among concurrent
+        requests one replaces it) by a fresh one naming ``task_id``."""
+        now = now or datetime.now(UTC)
+        fresh = IdempotencyRecord(task_id=task_id, body_sha256=digest, created_at=now)
         k = kv_key(tenant, key)
-        for _ in range(3):  # the key may expire between a failed create and the get
-            revision = await self.kv.create(k, fresh)
+        for _ in range(3):  # the key may expire (or be replaced) between two calls
+            found = await self.kv.get_entry(k)
+            if found is not None and not expired(found[0], now, ttl_s):
+                return found[0], found[1], False
+            revision = await self.kv.compare_and_set(k, fresh, found[1] if found else 0)
             if revision is not None:
                 return fresh, revision, True
-            found = await self.kv.get_entry(k)
-            if found is not None:
-                return found[0], found[1], False
         raise KVConflict(self.kv.bucket, k, 3)
 
     async def complete(self, tenant: str, key: str, record: IdempotencyRecord,
@@ -106,29 +119,48 @@ def respond(stored: StoredResponse, replayed: bool) -> web.Response:
     return web.json_response(stored.body, status=stored.status, headers=headers)
 
 
-async def submit_once(
-    store: IdempotencyStore, tenant: str, key: str, task_id: str, digest: str, *,
-    answer: StoredResponse,
-    publish: Callable[[], Awaitable[None]],
-    published: Callable[[], Awaitable[bool]],
+async def submit_keyed(
+    store: IdempotencyStore, tenant: str, key: str, fresh_id: str, digest: str, *,
+    ttl_s: float | None,
+    answer: Callable[[str], StoredResponse],
+    publish: Callable[[str, bool], Awaitable[None]],
 ) -> web.Response:
-    """Publish at most once per key: the claim's winner publishes; a loser publishes
-    only if the stream lacks the event (its winner died), which the msg id makes safe."""
+    """One key → one id → one answer. ``fresh_id`` is the id a new (or expired) key gets;
+    ``publish(id, won)`` is called unless the answer is stored, ``won`` when this request
+    claimed the key (a loser publishes only if its winner did not: the callee decides)."""
     try:
-        record, revision, won = await store.claim(tenant, key, task_id, digest)
+        record, revision, won = await store.claim(tenant, key, fresh_id, digest, ttl_s=ttl_s)
         if record.body_sha256 != digest:
             raise ApiError(409, "idempotency_key_reused",
                            f"{HEADER} {key!r} was already used with a different request body "
                            f"(task {record.task_id}); send a new key for a new task")
         if record.response is not None:
             return respond(record.response, replayed=True)
-        if won or not await published():
-            await publish()
+        await publish(record.task_id, won)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
+    stored = answer(record.task_id)
     try:
-        await store.complete(tenant, key, record.model_copy(update={"response": answer}),
+        await store.complete(tenant, key, record.model_copy(update={"response": stored}),
                              revision)
     except (nats.errors.Error, TimeoutError):
         pass  # published and answered; a retry finds the event in the stream
-    return respond(answer, replayed=not won)
+    return respond(stored, replayed=not won)
+
+
+async def submit_once(
+    store: IdempotencyStore, tenant: str, key: str, task_id: str, digest: str, *,
+    answer: StoredResponse,
+    publish: Callable[[], Awaitable[None]],
+    published: Callable[[], Awaitable[bool]],
+) -> web.Response:
+    """For ids derived from the key (dataset imports): publish at most once per key: the
+    claim's winner publishes; a loser only if the stream lacks the event (its winner
+    died), which the msg id makes safe. Only the bucket's TTL ends a key here."""
+
+    async def publish_once(_: str, won: bool) -> None:
+        if won or not await published():
+            await publish()
+
+    return await submit_keyed(store, tenant, key, task_id, digest, ttl_s=None,
+                              answer=lambda _: answer, publish=publish_once)

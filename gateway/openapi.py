@@ -40,8 +40,9 @@ ERRORS: dict[int, str] = {
     401: "Missing, invalid or revoked API key (or, for events, a bad signature).",
     403: "The event names another tenant.",
     404: "Not found for the caller's tenant (another tenant's object looks the same).",
-    409: "Conflict: a tenant limit is reached, or an Idempotency-Key is reused with "
-         "another body.",
+    409: "Conflict: a tenant limit is reached, an Idempotency-Key is reused with another "
+         "body, or a task id is not available (already requested with another body, or "
+         "not this tenant's to use).",
     413: "Request body over the size limit.",
     415: "Content-Type is not JSON.",
     422: "The body does not match the contract; details name each field.",
@@ -98,7 +99,11 @@ OPERATIONS: list[Op] = [
     Op("post", "/v1/tasks", "submitTask", "Submit a training task", "tasks",
        {202: TaskAccepted}, (400, *AUTHED, 409, 413, 415, 422, 503), body=TaskRequest,
        params=(Param("Idempotency-Key", "header", {"type": "string", "minLength": 1,
-                                                   "maxLength": 255}),),
+                                                   "maxLength": 255}, False,
+                     "Within its retention window (24 h by default, the setting "
+                     "idempotency_ttl_s) the same key and body answer the first task again "
+                     "(Idempotent-Replayed: true) and another body is a 409; after it, the "
+                     "key starts a new task and the answer names the new id."),),
        ok_headers={"Location": "/v1/tasks/{task_id}"}),
     Op("get", "/v1/tasks", "listTasks", "List the tenant's tasks, newest first", "tasks",
        {200: TaskPage}, (400, *AUTHED), params=(*PAGING, Param("state", "query", {
@@ -124,8 +129,10 @@ OPERATIONS: list[Op] = [
        {200: SSE_EVENT}, (400, *AUTHED, 404),
        params=(_id("task_id", "task"), Param("Last-Event-ID", "header", {"type": "string"})),
        ok_type="text/event-stream"),
-    Op("post", "/v1/events", "postEvent", "Signed task.requested CloudEvent from upstream",
-       "events", {202: TaskAccepted}, (400, *AUTHED, 403, 413, 415, 422, 503),
+    Op("post", "/v1/events", "postEvent",
+       "Signed task.requested CloudEvent from upstream (structured mode, or binary mode "
+       "with ce-* headers); data.tenant defaults to the key's tenant",
+       "events", {202: TaskAccepted}, (400, *AUTHED, 403, 409, 413, 415, 422, 503),
        body=TaskRequestedEvent, body_types=("application/cloudevents+json", "application/json"),
        params=SIGNATURE, ok_headers={"Location": "/v1/tasks/{task_id}"}),
     Op("post", "/v1/webhooks", "createWebhook", "Subscribe a URL to status events", "webhooks",

@@ -24,13 +24,13 @@ import nats.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from gateway.app_keys import API_KEY_ID, JS, STORE
 from gateway.body import require_json
 from gateway.errors import ApiError, from_validation
 from gateway.tasks import task_record_for
+from infra.bus.dead_letters import finished, generation_of
 from infra.bus.publish import publish_event
 from infra.bus.topology import TASKS_STREAM
 from schemas.api import ArtifactLink, ArtifactPage, CancelAccepted, CancelRequest
@@ -44,14 +44,10 @@ PRESIGN_S = 3600
 
 
 
-async def _final_event(request: web.Request, task_id: str) -> str | None:
-    """The stream knows a task ended before the KV projection does."""
-    js = request.app[JS]
-    for name in FINAL_EVENTS:
-        with contextlib.suppress(NotFoundError):
-            await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
-            return name
-    return None
+async def _final_event(request: web.Request, task_id: str, generation: int) -> str | None:
+    """The stream knows a task ended before the KV projection does; an end of an earlier
+    generation (before on-call re-opened the task) does not count."""
+    return await finished(request.app[JS], task_id, generation=generation)
 
 
 @routes.post("/v1/tasks/{task_id}/cancel")
@@ -65,13 +61,13 @@ async def cancel_task(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise from_validation(exc) from exc
     final = record.state if record.state in FINAL_EVENTS else await _final_event(
-        request, record.task_id)
+        request, record.task_id, record.generation)
     if final is not None:
         raise ApiError(409, "conflict", f"task {record.task_id!r} is already {final}")
     who = request.get(API_KEY_ID)
     event = TaskCancelRequestedEvent(
         source="radtrain/gateway", subject=record.task_id,
-        traceparent=request.headers.get("traceparent"),
+        traceparent=request.headers.get("traceparent"), taskgeneration=record.generation,
         data=TaskCancelRequested(task_id=record.task_id, reason=body.reason,
                                  by=f"api-key:{who}" if who else f"tenant:{record.tenant}"))
     try:
@@ -122,7 +118,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
     try:
-        await _pump(sub, resp)
+        await _pump(sub, resp, record.generation)
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
     finally:
@@ -131,8 +127,10 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _pump(sub: JetStreamContext.PushSubscription, resp: web.StreamResponse
-                ) -> None:
+async def _pump(sub: JetStreamContext.PushSubscription, resp: web.StreamResponse,
+                generation: int) -> None:
+    """Send until the end of the task's current generation: the end of an earlier one
+    (a failure on-call has since redriven) is history, not the end of the stream."""
     while True:
         try:
             msg = await sub.next_msg(timeout=KEEPALIVE_S)
@@ -142,6 +140,6 @@ async def _pump(sub: JetStreamContext.PushSubscription, resp: web.StreamResponse
         name = msg.subject.split(".")[1]
         seq = msg.metadata.sequence.stream
         await resp.write(f"id: {seq}\nevent: {name}\ndata: ".encode() + msg.data + b"\n\n")
-        if name in FINAL_EVENTS:
+        if name in FINAL_EVENTS and generation_of(msg.headers, msg.data) >= generation:
             await resp.write_eof()
             return

@@ -9,39 +9,71 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from gateway.app_keys import CONNECTED, IDEMPOTENCY, JS, TASKS
+from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASKS
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
 from gateway.idempotency import (
     StoredResponse,
-    body_digest,
     request_key,
     respond,
-    submit_once,
+    submit_keyed,
     unavailable,
 )
 from gateway.observe import traceparent_of
+from infra.admission import Admission, admit
 from infra.bus.publish import publish_event
 from infra.bus.topology import TASKS_STREAM, streams_exist
 from infra.telemetry.logging import task_id_var
+from schemas.admission import Ingress, request_digest
 from schemas.api import TaskAccepted, TaskPage
 from schemas.common import is_identifier
 from schemas.events import TaskRequestedEvent, parse_event
 from schemas.record import STATE_RANK, TaskRecord
 from schemas.tasks import TaskRequest, TaskRequested
 
-IDEMPOTENCY_NS = uuid.UUID("6f1c9b0e-6a53-4d0e-9a3c-2b7f2f7e0c11")
 MAX_PAGE = 500
 
 routes = web.RouteTableDef()
 
 
-def new_task_id(tenant: str, idempotency_key: str | None) -> str:
-    """A repeated Idempotency-Key maps to the same id, so JetStream drops the duplicate."""
-    if idempotency_key:
-        return uuid.uuid5(IDEMPOTENCY_NS, f"{tenant}\x00{idempotency_key}").hex
+def new_task_id() -> str:
+    """Always a new id; an Idempotency-Key maps to one in KV ``idempotency``."""
     return uuid.uuid4().hex
+
+
+def accepted(task_id: str) -> StoredResponse:
+    return StoredResponse(status=202, body=TaskAccepted(task_id=task_id).model_dump(),
+                          headers={"Location": f"/v1/tasks/{task_id}"})
+
+
+def refusal(admission: Admission, task_id: str) -> ApiError | None:
+    """The answer to a refused admission; ``None`` when admitted (or a retry)."""
+    if admission.outcome == "conflict":
+        return ApiError(409, "task_id_conflict",
+                        f"task {task_id!r} was already requested with a different body; "
+                        "use a new task id for a new task")
+    if admission.outcome == "unavailable":  # never say that it exists, nor whose it is
+        return ApiError(409, "task_id_unavailable",
+                        f"task id {task_id!r} is not available; use another task id")
+    return None
+
+
+async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
+                            ingress: Ingress) -> Admission:
+    """Admission, then ``tasks.requested.<id>``: 409 when refused, 503 when NATS is not
+    there (nothing refused is published; a retry publishes only what the stream lacks)."""
+    js = request.app[JS]
+    try:
+        admission = await admit(request.app[ADMISSIONS], js, event, ingress)
+        problem = refusal(admission, event.data.task_id)
+        if problem is not None:
+            raise problem
+        if admission.publish:
+            await publish_event(js, event)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise unavailable(exc) from exc
+    return admission
 
 
 @routes.post("/v1/tasks")
@@ -49,41 +81,25 @@ async def submit_task(request: web.Request) -> web.Response:
     req = await read_model(request, TaskRequest)
     tenant = tenant_of(request)
     key = request_key(request)
-    task_id = new_task_id(tenant, key)
-    task_id_var.set(task_id)  # this request's context only: tags its log lines
     if not getattr(request.app[CONNECTED], "is_connected", False):
         # Fail fast: a publish now would wait for its ack timeout, buffered in the client.
         raise unavailable(ConnectionError("not connected to NATS"))
-    event = TaskRequestedEvent(
-        source="radtrain/gateway", subject=task_id,
-        traceparent=traceparent_of(request),
-        data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
-                           idempotency_key=key),
-    )
-    js = request.app[JS]
 
-    async def publish() -> None:
-        try:
-            await publish_event(js, event)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise unavailable(exc) from exc
+    async def publish(task_id: str, won: bool = True) -> None:
+        del won  # admission tells a first request from a retry by itself
+        task_id_var.set(task_id)  # this request's context only: tags its log lines
+        await admit_and_publish(request, TaskRequestedEvent(
+            source="radtrain/gateway", subject=task_id, traceparent=traceparent_of(request),
+            data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
+                               idempotency_key=key)), "http")
 
-    answer = StoredResponse(status=202, body=TaskAccepted(task_id=task_id).model_dump(),
-                            headers={"Location": f"/v1/tasks/{task_id}"})
     if key is None:
-        await publish()
-        return respond(answer, replayed=False)
-    return await submit_once(request.app[IDEMPOTENCY], tenant, key, task_id, body_digest(req),
-                             answer=answer, publish=publish,
-                             published=lambda: _requested_in_stream(js, task_id))
-
-
-async def _requested_in_stream(js: JetStreamContext, task_id: str) -> bool:
-    try:
-        await js.get_last_msg(TASKS_STREAM, f"tasks.requested.{task_id}")
-    except NotFoundError:
-        return False
-    return True
+        task_id = new_task_id()
+        await publish(task_id)
+        return respond(accepted(task_id), replayed=False)
+    return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(),
+                              request_digest(req), ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+                              answer=accepted, publish=publish)
 
 
 async def _record_from_stream(js: JetStreamContext, task_id: str) -> TaskRecord | None:

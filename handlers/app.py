@@ -22,11 +22,14 @@ from handlers.dead_letter_forwarder import on_advisory
 from handlers.deliverer import WebhookContext, on_delivery_job, on_status_event, open_webhooks
 from handlers.enrich import WeightsIndex
 from handlers.enrich.handler import handle_requested
+from handlers.inbound import decode_inbound, handle_inbound
 from handlers.projector import handle_event
 from handlers.weights_index import StoreWeightsIndex
+from infra.admission import AdmissionRepo
 from infra.bus.dead_letters import parse_advisory
 from infra.bus.subscriber import Subscriber, event_decoder, model_decoder, run_subscriber
 from infra.bus.topology import (
+    ADMISSION,
     DATASET_IMPORT,
     DLQ_FORWARDER,
     ENRICH,
@@ -50,11 +53,15 @@ log = logging.getLogger("radtrain.handlers")
 
 def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
                 store: ObjectStore, weights: WeightsIndex, hooks: WebhookContext,
-                imports: ImportRepo, settings: Settings) -> dict[str, Subscriber[Any]]:
+                imports: ImportRepo, admissions: AdmissionRepo,
+                settings: Settings) -> dict[str, Subscriber[Any]]:
     """The table: durable consumer → how its messages decode, and the bound handler."""
     table: list[Subscriber[Any]] = [
         Subscriber(ENRICH, event_decoder(TaskRequestedEvent), partial(
             handle_requested, datasets=datasets, tasks=tasks, store=store, weights=weights)),
+        # Upstream systems over NATS: admission, then tasks.requested.<id> (for enrich).
+        Subscriber(ADMISSION, decode_inbound, partial(handle_inbound, admissions=admissions,
+                                                      js=js)),
         Subscriber(PROJECTOR, event_decoder(), partial(handle_event, tasks=tasks)),
         Subscriber(WEBHOOKS, event_decoder(), partial(
             on_status_event, js=js, tasks=tasks, ctx=hooks)),
@@ -82,7 +89,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         table = subscribers(js=js, datasets=await DatasetRepo.open(js),
                             tasks=await TaskRepo.open(js), store=store,
                             weights=StoreWeightsIndex(store), hooks=hooks,
-                            imports=await ImportRepo.open(js), settings=settings)
+                            imports=await ImportRepo.open(js),
+                            admissions=await AdmissionRepo.open(js), settings=settings)
         log.info("handlers consuming %s", ", ".join(table))
         try:
             await asyncio.gather(*(run_subscriber(js, sub, stop) for sub in table.values()))

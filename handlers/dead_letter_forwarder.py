@@ -17,11 +17,19 @@ Two advisories make a dead letter (DESIGN.md §9):
 When the dead consumer owns the task's progress (enrich, runner) the task is
 marked failed with a deterministic ``task.failed``, unless the stream already
 holds a terminal event for it, so the state and the webhooks tell the user.
+
+A letter of the ``INBOUND`` stream (the ``admission`` consumer: an upstream
+event refused or never admitted) names no task: its body is what an upstream
+system sent, and may name another tenant's task id. It is filed as
+``dlq.admission.<tenant>`` (the tenant of its subject) without a task header,
+so neither this forwarder nor a redrive ever touches a task through it; a
+redrive publishes it on its inbound subject again, through admission.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -29,18 +37,21 @@ from nats.js import JetStreamContext
 
 from infra.bus.consumer import DEAD_LETTER_REASON
 from infra.bus.dead_letters import (
+    H_SUBJECT,
     H_TASK,
     TASK_OWNERS,
     Advisory,
     DeadLetter,
     build_dead_letter,
+    carried,
     finished,
 )
 from infra.bus.last_errors import LastErrors
 from infra.bus.publish import publish_event
 from infra.bus.stream_read import get_seq
-from infra.bus.topology import TASKS_STREAM
+from infra.bus.topology import INBOUND_STREAM, TASKS_STREAM
 from infra.errors import TransientError
+from schemas.common import is_identifier
 from schemas.events import Envelope, TaskFailed, TaskFailedEvent
 
 if TYPE_CHECKING:
@@ -48,6 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("radtrain.dlq")
 SOURCE = "radtrain/dlq-forwarder"
+H_TENANT = "Radtrain-Dlq-Tenant"
+"""On an ``INBOUND`` letter: the tenant its subject (``inbound.<tenant>.…``) names."""
 
 
 def wants_dead_letter(adv: Advisory) -> bool:
@@ -68,9 +81,21 @@ def failure_event(adv: Advisory, letter: DeadLetter, error: str) -> TaskFailedEv
     what = (f"gave up after {adv.deliveries} deliveries" if adv.kind == "max_deliveries"
             else "could not read the message")
     message = f"{adv.consumer} {what}: {error or 'no error recorded'}"
-    return TaskFailedEvent(source=SOURCE, subject=task_id, data=TaskFailed(
+    # Of the letter's generation (and with its extensions): a redriven task that dies
+    # again fails its new generation, under its own msg id.
+    carry = carried(letter.headers, letter.data)
+    return TaskFailedEvent(source=SOURCE, subject=task_id, **carry, data=TaskFailed(
         task_id=task_id, code="dead_letter", message=message[:2000], retryable=False,
         attempt=max(adv.deliveries, 1)))
+
+
+def inbound_letter(letter: DeadLetter) -> DeadLetter:
+    """An ``INBOUND`` letter names no task (its body is untrusted): filed per tenant."""
+    parts = letter.headers.get(H_SUBJECT, "").split(".")
+    tenant = parts[1] if len(parts) == 4 and is_identifier(parts[1]) else "unknown"
+    headers = {k: v for k, v in letter.headers.items() if k != H_TASK} | {H_TENANT: tenant}
+    consumer = letter.subject.split(".")[1]
+    return replace(letter, subject=f"dlq.{consumer}.{tenant}", headers=headers)
 
 
 async def forward(js: JetStreamContext, adv: Advisory) -> DeadLetter:
@@ -83,12 +108,14 @@ async def forward(js: JetStreamContext, adv: Advisory) -> DeadLetter:
         recorded = last.summary() if last else None
     error = error_text(adv, recorded)
     letter = build_dead_letter(adv, original, error)
+    if adv.stream == INBOUND_STREAM:
+        letter = inbound_letter(letter)
     await js.publish(letter.subject, letter.data, headers=letter.headers)
     log.warning("dead letter %s:%d from %s after %d deliveries -> %s: %s", adv.stream,
                 adv.stream_seq, adv.consumer, adv.deliveries, letter.subject, error)
     event = failure_event(adv, letter, error)
     if event is not None:
-        ended = await finished(js, event.subject)
+        ended = await finished(js, event.subject, generation=event.taskgeneration)
         if ended is None:
             await publish_event(js, event)
         else:

@@ -37,6 +37,7 @@ from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.security.address_guard import BlockedAddress, GuardedResolver, check_url
 from infra.settings import Settings
 from infra.telemetry.metrics import WEBHOOK_ATTEMPTS
+from schemas.cloudevents import event_bytes
 from schemas.events import (
     Envelope,
     Event,
@@ -110,7 +111,9 @@ async def on_status_event(event: Event, delivery: bus.Delivery, *, js: JetStream
     wtype = webhook_event_type(event.type)
     if wtype is None:
         return []
-    body = delivery.msg.data.decode()  # the event as published, not re-encoded
+    # The event as published, not re-encoded (one that came in binary mode, with ce-*
+    # headers, becomes its structured form: a webhook body is a whole CloudEvent).
+    body = event_bytes(delivery.msg.headers, delivery.msg.data).decode()
     try:
         tenant = await _tenant_of(js, tasks, event)
         subs = subscribers(await ctx.subs.list(tenant), wtype)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from infra.security.signing import sign_headers
+from schemas.cloudevents import STRUCTURED_MEDIA
 from schemas.webhooks import ALL_WEBHOOK_EVENTS, WebhookEventType, WebhookSubscription
 
 DELIVERY_NS = uuid.UUID("0b8e0f5e-5a2c-4b7e-9f57-2d3c1a6e9b41")
@@ -70,8 +71,10 @@ class RetryPolicy:
 
 def request_headers(secrets: list[str], msg_id: str, timestamp: int, body: bytes,
                     traceparent: str | None) -> dict[str, str]:
+    """Standard Webhooks signature over the exact ``body``, which is one CloudEvent in
+    structured mode (CloudEvents HTTP binding): receivers parse it with any SDK."""
     headers = sign_headers(secrets, msg_id, timestamp, body)
-    headers["content-type"] = "application/json"
+    headers["content-type"] = STRUCTURED_MEDIA
     headers["user-agent"] = USER_AGENT
     if traceparent:
         headers["traceparent"] = traceparent

@@ -19,13 +19,29 @@ class Settings(BaseSettings):
 
     # --- NATS / JetStream -------------------------------------------------
     nats_url: str = "nats://127.0.0.1:4222"
+    """May carry ``user:password@`` (then no other credential setting is needed)."""
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_nkey_seed: Path | None = None
+    """File holding this process's NKey seed (``SU...``); what ``radtrain up`` generates."""
+    nats_creds: Path | None = None
+    """A ``.creds`` file (JWT + seed), for servers in operator (decentralized JWT) mode."""
+    nats_tls_ca: Path | None = None
+    """CA bundle that signed the server's certificate; set it to connect with TLS."""
+    nats_tls_cert: Path | None = None
+    """Client certificate, where the server verifies clients (mutual TLS)."""
+    nats_tls_key: Path | None = None
+    nats_identity: Literal["services", "oncall"] = "services"
+    """Which local-stack identity to use when no credential is set: its seed file is
+    ``<data_dir>/nats/<identity>.nk`` (written by ``radtrain up``)."""
     stream_replicas: int = Field(1, ge=1, le=5)
     stream_max_age_days: float = Field(30.0, gt=0)
     duplicate_window_s: float = Field(180.0, ge=120.0)
     retry_delay_scale: float = Field(1.0, gt=0, le=10)
     """Scales every consumer's nak delays (infra/bus/topology.py); tests shrink the schedules."""
-    idempotency_ttl_s: float = Field(86_400.0, ge=3600)
-    """How long an ``Idempotency-Key`` returns the same task and response."""
+    idempotency_ttl_s: float = Field(86_400.0, ge=1)
+    """How long an ``Idempotency-Key`` returns the same task and response; after it a
+    reused key creates a new task (the answer names the new id)."""
     dead_letter_days: float = Field(30.0, gt=0)
 
     # --- object store -----------------------------------------------------
@@ -46,7 +62,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_048_576, ge=1024)
 
     # --- runner -----------------------------------------------------------
-    runner_id: str = "runner-local"
+    runner_id: str | None = None
+    """Unique per runner process; default ``<hostname>-<pid>``."""
+    runner_max_failures: int = Field(3, ge=1, le=20)
+    """Attempts of one task that may end in a crash or an unexpected error before the task
+    fails; a graceful stop (SIGTERM, preemption) does not count."""
+    runner_max_deliver: int = Field(50, ge=2)
+    """Backstop of the ``runner`` consumer (JetStream deliveries, preemptions included)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: Path = Path(".radtrain/cache")
     work_dir: Path = Path(".radtrain/work")

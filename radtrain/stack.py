@@ -25,6 +25,7 @@ from infra.bus.topology import Change, apply, connect
 from infra.settings import Settings
 from infra.store import open_store
 from radtrain.servers.nats import ManagedProcess, free_port, start_nats
+from radtrain.servers.nats_auth import NatsAuthDir, adopt_global_account_data
 from schemas.zoo import OFFLINE_WEIGHTS, weights_key
 
 SERVICES = ("gateway", "handlers", "runner")
@@ -69,7 +70,10 @@ class Stack:
 def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Settings become RADTRAIN_* variables so each child builds the same Settings."""
     env = dict(os.environ if base is None else base)
-    for name, value in settings.model_dump(exclude_none=True).items():
+    for name, value in settings.model_dump().items():
+        if value is None:  # unset here (e.g. the stack's own NATS credentials): unset there
+            env.pop(f"RADTRAIN_{name.upper()}", None)
+            continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"RADTRAIN_{name.upper()}"] = str(value)
@@ -113,6 +117,22 @@ async def ensure_local_key(settings: Settings) -> str:
         await nc.close()
 
 
+def start_local_nats(settings: Settings) -> tuple[ManagedProcess, str, Path]:
+    """nats-server under ``<data_dir>/nats`` with authentication (DESIGN.md §10).
+
+    The ``services`` and ``oncall`` NKeys are generated there on first start and
+    reused afterwards, with the upstream users ``radtrain keys nats-user`` added.
+    Returns the process, its URL (no credentials) and the services' seed file.
+    """
+    auth = NatsAuthDir(settings.data_dir.resolve() / "nats")
+    auth.ensure_local_identities()
+    auth.render()
+    adopt_global_account_data(auth.dir)  # streams of a stack started before accounts
+    proc, url = start_nats(auth.dir, port=settings.nats_port,
+                           sync_always=settings.nats_sync_always, auth_file=auth.auth_file)
+    return proc, url, auth.seed_path("services", "services")
+
+
 def start_stack(settings: Settings, *, embedded_nats: bool = True,
                 services: tuple[str, ...] = SERVICES) -> Stack:
     """Start the whole stack; on any failure stop what was started and raise."""
@@ -126,9 +146,11 @@ def start_stack(settings: Settings, *, embedded_nats: bool = True,
         "work_dir": settings.work_dir.resolve(),
     }
     if embedded_nats:
-        nats_proc, url = start_nats(data_dir / "nats", port=settings.nats_port,
-                                    sync_always=settings.nats_sync_always)
-        updates["nats_url"] = url
+        nats_proc, url, seed = start_local_nats(settings)
+        # The services (and this process) authenticate as `services`; no other credential.
+        updates.update(nats_url=url, nats_nkey_seed=seed, nats_creds=None, nats_user=None,
+                       nats_password=None, nats_identity="services", nats_tls_ca=None,
+                       nats_tls_cert=None, nats_tls_key=None)
     if settings.gateway_port == 0:
         updates["gateway_port"] = free_port()
     settings = settings.model_copy(update=updates)

@@ -9,10 +9,11 @@ from functools import partial
 
 from infra.bus.subscriber import Subscriber, event_decoder, run_subscriber
 from infra.bus.topology import RUNNER, connect, wait_for_streams
-from infra.kv import TaskRepo
+from infra.kv import RunRepo, TaskRepo
 from infra.settings import Settings
 from infra.store import open_store
 from infra.telemetry.metrics import setup_process
+from runner.attempt import default_runner_id
 from runner.job import pick_device
 from runner.worker import RunnerContext, handle_ready
 from schemas.events import TaskReadyEvent
@@ -26,13 +27,22 @@ def subscriber(ctx: RunnerContext) -> Subscriber[TaskReadyEvent]:
                       batch=1)
 
 
+def with_runner_id(settings: Settings) -> Settings:
+    """Settings naming this runner process: ``runner_id`` or ``<hostname>-<pid>``."""
+    if settings.runner_id:
+        return settings
+    return settings.model_copy(update={"runner_id": default_runner_id()})
+
+
 async def run(settings: Settings, stop: asyncio.Event) -> None:
+    settings = with_runner_id(settings)
     device = pick_device(settings.device)
     nc, js = await connect(settings, name=f"radtrain-{settings.runner_id}")
     try:
         await wait_for_streams(js)
         ctx = RunnerContext(settings=settings, js=js, tasks=await TaskRepo.open(js),
-                            store=open_store(settings), device=device)
+                            runs=await RunRepo.open(js), store=open_store(settings),
+                            device=device)
 
         async def on_stop() -> None:
             await stop.wait()
@@ -47,7 +57,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = with_runner_id(Settings())
     setup_process("runner", settings, settings.runner_metrics_port)
     asyncio.run(_main(settings))
 

@@ -33,14 +33,21 @@ CONTENT_TYPES = {".safetensors": "application/octet-stream", ".onnx": "applicati
                  ".md": "text/markdown"}
 
 
-def run_key(task_id: str, name: str) -> str:
-    return f"runs/{task_id}/{name}"
+def run_prefix(task_id: str, attempt: int) -> str:
+    """Each attempt writes only under its own prefix: a stale attempt's uploads can never
+    replace the files of the attempt that completed the task (runner/worker.py)."""
+    return f"runs/{task_id}/attempts/{attempt}/"
+
+
+def run_key(task_id: str, attempt: int, name: str) -> str:
+    return f"{run_prefix(task_id, attempt)}{name}"
 
 
 def write_artifacts(
-    store: ObjectStore, spec: TrainingSpec, result: TrainResult, work_dir: Path
+    store: ObjectStore, spec: TrainingSpec, result: TrainResult, work_dir: Path, attempt: int
 ) -> list[Artifact]:
-    """Weights, ONNX, metrics, history, plots, model card and spec under runs/<task_id>/."""
+    """Weights, ONNX, metrics, history, plots, model card and spec under
+    ``runs/<task_id>/attempts/<attempt>/``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     onnx = _write_onnx(spec, result, work_dir)
     files: dict[str, Path] = {
@@ -55,16 +62,17 @@ def write_artifacts(
     n_val = len(result.evaluation.preds) if result.evaluation is not None else 0
     files["model_card.md"] = _write_text(work_dir / "model_card.md",
                                          render(spec, result, onnx, n_val))
+    prefix = run_prefix(spec.task_id, attempt)
     artifacts = []
     for name, path in files.items():
-        artifacts.append(_put(store, spec.task_id, name, name, path))
+        artifacts.append(_put(store, prefix, name, name, path))
     for name, rel in plot_keys.items():
-        artifacts.append(_put(store, spec.task_id, name, rel, work_dir / "plots" / name))
+        artifacts.append(_put(store, prefix, name, rel, work_dir / "plots" / name))
     return artifacts
 
 
-def _put(store: ObjectStore, task_id: str, name: str, rel: str, path: Path) -> Artifact:
-    info = store.put_file(run_key(task_id, rel), path,
+def _put(store: ObjectStore, prefix: str, name: str, rel: str, path: Path) -> Artifact:
+    info = store.put_file(f"{prefix}{rel}", path,
                           content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
     return _artifact(name, info)
 

@@ -69,8 +69,9 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
             on_progress: Callable[[ProgressUpdate], None],
             should_stop: Callable[[], object], *,
             checkpointer: Checkpointer | None = None,
-            resume: State | None = None) -> JobResult:
-    """Prepare (or hit the cache), train (or resume), then write and upload the artifacts."""
+            resume: State | None = None, attempt: int = 1) -> JobResult:
+    """Prepare (or hit the cache), train (or resume), then write and upload the artifacts
+    under the attempt's own prefix (``runs/<task_id>/attempts/<attempt>/``)."""
     started = time.monotonic()
     manifest = load_manifest(store, spec)
     data = prepare(spec, manifest, store, settings.cache_dir)
@@ -82,8 +83,10 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
                            checkpointer=checkpointer, resume=resume)
     result = train(spec, data, torch.device(device), on_progress, should_stop, store=store,
                    options=options)
-    work = settings.work_dir / spec.task_id
+    if should_stop() == "fenced":  # replaced while training its last epoch: upload nothing
+        raise TrainingStopped("fenced", None)
+    work = settings.work_dir / spec.task_id / f"attempt-{attempt}"
     work.mkdir(parents=True, exist_ok=True)
-    artifacts = write_artifacts(store, spec, result, work)
+    artifacts = write_artifacts(store, spec, result, work, attempt)
     return JobResult(metrics=result.metrics, artifacts=artifacts,
                      duration_s=time.monotonic() - started)

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.common import ErrorDetail, Identifier, Strict
-from schemas.events import Artifact, TaskProgress
+from schemas.events import Artifact, TaskProgress, TaskRedriven
 
 TaskState = Literal[
     "requested", "ready", "rejected", "running", "completed", "failed", "cancelled"
@@ -45,3 +45,7 @@ class TaskRecord(Strict):
     errors: list[ErrorDetail] = Field(default_factory=list)
     duration_s: float | None = None
     cancel_requested: bool = False
+    generation: int = 1
+    """Bumped by each ``task.redriven``: events of older generations are ignored."""
+    redrives: list[TaskRedriven] = Field(default_factory=list)
+    """Every time on-call re-opened the task, oldest first (who, why, from which state)."""

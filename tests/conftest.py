@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from radtrain.servers.nats import start_nats
 from radtrain.servers.seaweedfs import S3Endpoint, start_seaweedfs
+from tests.support.nats_users import NatsUsers, start_authenticated_nats
 
 # Set at import, not only in the fixture: huggingface_hub reads it when first
 # imported, which can happen while test modules are collected.
@@ -26,14 +26,23 @@ def _hf_hub_offline() -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL (``nats://127.0.0.1:<port>``) of a real nats-server with JetStream."""
+def nats_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsUsers]:
+    """The session's real nats-server with JetStream and authentication (DESIGN.md §10):
+    ``services_url``/``oncall_url`` carry their credentials, ``url`` none, and
+    ``add_upstream(tenant)`` issues an upstream user (the server reloads)."""
     # No fsync per write: tests do not survive power cuts and run faster without.
-    proc, url = start_nats(tmp_path_factory.mktemp("nats"), port=0, sync_always=False)
+    users = start_authenticated_nats(tmp_path_factory.mktemp("nats"), port=0, sync_always=False)
     try:
-        yield url
+        yield users
     finally:
-        proc.stop()
+        users.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(nats_users: NatsUsers) -> str:
+    """URL (``nats://services:<password>@127.0.0.1:<port>``) of the session's nats-server,
+    as the ``services`` identity (may do everything)."""
+    return nats_users.services_url
 
 
 @pytest.fixture(scope="session")

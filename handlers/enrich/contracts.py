@@ -34,7 +34,8 @@ class BaseTask:
     tenant: str
     state: str
     spec: TrainingSpec | None = None
-    """``runs/<task_id>/spec.json``, checked against the sha256 in its artifact record."""
+    """``spec.json`` at the key its artifact record names (``runs/<task_id>/attempts/<n>/``,
+    the attempt that completed the task), checked against the recorded sha256."""
     weights_key: str | None = None
     weights_sha256: str | None = None
     """``model.safetensors`` as recorded in ``task.completed``; the runner re-checks it."""

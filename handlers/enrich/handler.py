@@ -57,11 +57,13 @@ async def handle_requested(event: TaskRequestedEvent, delivery: Delivery, *, dat
         spec = await asyncio.to_thread(enrich, cmd, dataset, weights, base)
     except Rejected as rej:
         return [TaskRejectedEvent(source=SOURCE, subject=cmd.task_id,
-                                  traceparent=event.traceparent,
+                                  traceparent=event.traceparent, **event.carry(),
                                   data=TaskRejected(task_id=cmd.task_id, tenant=cmd.tenant,
                                                     errors=rej.errors))]
+    # carry(): the sender's extension attributes and the task's generation, so a
+    # redriven task.requested of generation 2 yields a task.ready of generation 2
     return [TaskReadyEvent(source=SOURCE, subject=cmd.task_id, data=spec,
-                           traceparent=event.traceparent)]
+                           traceparent=event.traceparent, **event.carry())]
 
 
 async def load_base_task(tasks: TaskRepo, store: ObjectStore | None,

@@ -10,6 +10,7 @@ purge) are radtrain/oncall/dead_letter_ops.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -19,7 +20,9 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from infra.bus.topology import DLQ_STREAM, ENRICH, RUNNER, TASKS_STREAM
+from schemas.cloudevents import event_bytes, event_dict
 from schemas.common import is_identifier
+from schemas.events import parse_event
 
 H_STREAM = "Radtrain-Dlq-Stream"
 H_SEQ = "Radtrain-Dlq-Seq"
@@ -46,18 +49,42 @@ one for a finished task changes nothing (forward-only state, the runner's fence)
 TERMINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
 
 
-async def finished(js: JetStreamContext, task_id: str, *, other_than: int | None = None
-                   ) -> str | None:
+async def finished(js: JetStreamContext, task_id: str, *, other_than: int | None = None,
+                   generation: int = 1) -> str | None:
     """The terminal event the stream holds for the task (not the lagging KV), if any;
-    ``other_than`` skips one stream sequence (a malformed message on a terminal subject)."""
+    ``other_than`` skips one stream sequence (a malformed message on a terminal subject).
+    Only an event of ``generation`` or later counts: one that ended an earlier generation
+    no longer ends a task on-call has re-opened."""
     for name in TERMINAL_EVENTS:
         try:
             raw = await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
         except NotFoundError:
             continue
-        if other_than is None or raw.seq != other_than:
+        if other_than is not None and raw.seq == other_than:
+            continue
+        if generation_of(raw.headers, raw.data or b"") >= generation:
             return name
     return None
+
+
+def generation_of(headers: Mapping[str, str] | None, data: bytes) -> int:
+    """The ``taskgeneration`` a message claims (1 when it does not say or is unreadable)."""
+    try:
+        value = event_dict(headers, data).get("taskgeneration", 1)
+    except ValueError:
+        return 1
+    if isinstance(value, str) and value.isdigit():  # binary mode: header values are text
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def carried(headers: Mapping[str, str] | None, data: bytes) -> dict[str, object]:
+    """What a follow-up event of the message's task keeps (``Envelope.carry``): its
+    extensions and generation; only the generation when the message does not parse."""
+    try:
+        return parse_event(event_bytes(headers, data)).carry()
+    except ValueError:
+        return {"taskgeneration": generation_of(headers, data)}
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from infra.bus.topology import stream_of
 from infra.errors import PoisonMessage, TransientError
 from infra.telemetry.logging import log_context
 from infra.telemetry.metrics import CONSUMER_LAG, EVENT_LATENCY, EVENTS_HANDLED
+from schemas.cloudevents import event_bytes
 from schemas.common import is_identifier
 from schemas.events import Envelope, Event, TaskFailed, TaskFailedEvent, parse_event
 
@@ -172,8 +173,8 @@ async def handle_message(js: JetStreamContext, sub: Subscriber[Any], msg: Msg,
     delivery = Delivery(subject=msg.subject, attempt=delivery_count(msg), plan=plan, msg=msg)
 
     async def work() -> None:
-        try:
-            decoded = sub.decode(msg.data)
+        try:  # a binary-mode CloudEvent (ce-* headers) becomes the structured bytes first
+            decoded = sub.decode(event_bytes(msg.headers, msg.data))
         except ValueError as exc:  # pydantic.ValidationError, JSON, wrong type
             raise await undecodable(js, sub.durable, delivery, exc) from exc
         await publish_all(js, await sub.handle(decoded, delivery))

@@ -42,6 +42,14 @@ WEBHOOKS_STREAM = "WEBHOOKS"
 IMPORTS_STREAM = "IMPORTS"
 KV_DATASET_IMPORTS = "dataset_imports"
 IMPORT_JOBS_SUBJECT = "imports.jobs"
+INBOUND_STREAM = "INBOUND"
+INBOUND_SUBJECTS = "inbound.*.task.requested"
+"""Upstream systems publish ``task.requested`` on ``inbound.<tenant>.task.requested``;
+NATS permissions bind each upstream user to its tenant's subject (DESIGN.md §10)."""
+KV_ADMISSIONS = "admissions"
+"""task id -> who admitted it (tenant, body sha256, ingress): one owner per task id."""
+KV_RUNS = "runs"
+"""task id -> RunLedger: the attempt that owns the task, numbered per task."""
 """Dataset import jobs: ``imports.jobs.<tenant>.<import_id>``."""
 
 ENRICH = "enrich"
@@ -51,16 +59,18 @@ WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook-deliveries"
 DLQ_FORWARDER = "dlq-forwarder"
 DATASET_IMPORT = "dataset-import"
+ADMISSION = "admission"
 
 CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
                                     DLQ_FORWARDER: ADVISORIES_STREAM,
-                                    DATASET_IMPORT: IMPORTS_STREAM}
+                                    DATASET_IMPORT: IMPORTS_STREAM,
+                                    ADMISSION: INBOUND_STREAM}
 """The stream of each durable consumer that is not on ``TASKS``."""
 
 ADVISORY_SUBJECTS = [
     f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.*"
     for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")
-    for stream in (TASKS_STREAM, WEBHOOKS_STREAM)
+    for stream in (TASKS_STREAM, WEBHOOKS_STREAM, INBOUND_STREAM)
 ]
 """Advisories are fire-and-forget on core NATS: a stream keeps them while the
 dead-letter forwarder is down, so no dead letter is missed."""
@@ -77,6 +87,7 @@ RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
     WEBHOOK_DELIVERIES: (5.0, 30.0, 60.0),
     DLQ_FORWARDER: (1.0, 5.0, 15.0, 30.0, 60.0),
     DATASET_IMPORT: (10.0, 30.0),
+    ADMISSION: (2.0, 5.0, 15.0, 30.0),
 }
 """Delay before delivery n+1 after delivery n failed (an unexpected error); the last
 entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
@@ -161,6 +172,14 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[f"{IMPORT_JOBS_SUBJECT}.>"],
             **{**common, "retention": RetentionPolicy.WORK_QUEUE},
         ),
+        StreamConfig(
+            # What upstream systems published, as they published it: kept (limits
+            # retention) so that a refused or dead-lettered event can be inspected.
+            name=INBOUND_STREAM,
+            description="task.requested from upstream systems over NATS, before admission.",
+            subjects=[INBOUND_SUBJECTS],
+            **common,
+        ),
     ]
 
 
@@ -200,7 +219,7 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             durable_name=RUNNER,
             filter_subject="tasks.ready.*",
             ack_wait=runner_wait,
-            max_deliver=3,
+            max_deliver=settings.runner_max_deliver,
             max_ack_pending=64,
             **explicit,
         ),
@@ -250,6 +269,14 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=16,
             **explicit,
         ),
+        ADMISSION: ConsumerConfig(
+            durable_name=ADMISSION,
+            filter_subject=INBOUND_SUBJECTS,
+            ack_wait=30.0,
+            max_deliver=5,
+            max_ack_pending=256,
+            **explicit,
+        ),
     }
 
 
@@ -276,6 +303,12 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=KV_DATASET_IMPORTS, history=1,
                        description="tenant.import_id -> ImportStatus (state, progress, report key)",
                        ttl=settings.import_status_days * 86_400.0, **common),
+        KeyValueConfig(bucket=KV_ADMISSIONS, history=1,
+                       description="task id -> tenant, body sha256, ingress (one owner per id)",
+                       **common),
+        KeyValueConfig(bucket=KV_RUNS, history=5,
+                       description="task id -> RunLedger (owning attempt, per-task numbering)",
+                       **common),
     ]
 
 
@@ -345,9 +378,14 @@ async def apply(js: JetStreamContext, settings: Settings) -> list[Change]:
 
 
 async def connect(settings: Settings, name: str) -> tuple[NATS, JetStreamContext]:
-    """Connect with reconnects forever: a NATS restart must not kill a service."""
+    """Connect with reconnects forever: a NATS restart must not kill a service.
+
+    Credentials and TLS come from the settings (:func:`infra.bus.connection.connect_options`).
+    """
+    from infra.bus.connection import connect_options
+
     nc = await nats.connect(
-        settings.nats_url,
+        **connect_options(settings),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1.0,

@@ -7,8 +7,8 @@ services share. A bucket only one service uses is declared with that service
 (gateway/tenancy.py, gateway/idempotency.py, infra/bus/last_errors.py).
 """
 
-from infra.kv.buckets import DatasetRepo, DeliveryRepo, TaskRepo, WebhookRepo
+from infra.kv.buckets import DatasetRepo, DeliveryRepo, RunRepo, TaskRepo, WebhookRepo
 from infra.kv.repository import Bucket, BucketRepo, KVRepository
 
-__all__ = ["Bucket", "BucketRepo", "DatasetRepo", "DeliveryRepo", "KVRepository", "TaskRepo",
-           "WebhookRepo"]
+__all__ = ["Bucket", "BucketRepo", "DatasetRepo", "DeliveryRepo", "KVRepository", "RunRepo",
+           "TaskRepo", "WebhookRepo"]

@@ -2,6 +2,8 @@
 
 - ``tasks``: task id → TaskRecord, written only by the projector (compare-and-set).
 - ``datasets``: dataset id → DatasetSummary.
+- ``runs``: task id → RunLedger, written only by runners (compare-and-set naming the
+  attempt; runner/ownership.py).
 - ``webhooks``: ``<tenant>.<webhook id>`` → WebhookSubscription.
 - ``webhook_deliveries``: ``<tenant>.<webhook id>.<delivery id>`` → Delivery, a
   bucket with a TTL rather than a stream: each delivery is one record updated
@@ -18,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from infra.bus.topology import KV_DATASETS, KV_DELIVERIES, KV_TASKS, KV_WEBHOOKS
+from infra.bus.topology import KV_DATASETS, KV_DELIVERIES, KV_RUNS, KV_TASKS, KV_WEBHOOKS
 from infra.kv.repository import Bucket, BucketRepo
 from infra.security.signing import new_secret
 from schemas.dataset import DatasetSummary
 from schemas.record import TaskRecord
+from schemas.runs import RunLedger
 from schemas.tenancy import rotate_secrets
 from schemas.webhooks import Delivery, WebhookSubscription
 
@@ -42,6 +45,33 @@ class TaskRepo(BucketRepo[TaskRecord]):
     ) -> TaskRecord | None:
         """Read, apply ``change``, write with CAS; re-read on a concurrent write."""
         return await self.kv.update(task_id, change, attempts=attempts)
+
+
+class RunRepo(BucketRepo[RunLedger]):
+    """Who owns each task's training: every write is a compare-and-set on the revision."""
+
+    BUCKET = Bucket(KV_RUNS, RunLedger)
+
+    async def get(self, task_id: str) -> tuple[RunLedger, int] | None:
+        return await self.kv.get_entry(task_id)
+
+    async def compare_and_set(self, ledger: RunLedger, revision: int) -> int | None:
+        """Write if the key is still at ``revision`` (0: absent); ``None`` when another
+        writer got there first (re-read and decide again)."""
+        return await self.kv.compare_and_set(ledger.task_id, ledger, revision)
+
+    async def transition(self, task_id: str, attempt: int, generation: int,
+                         change: Callable[[RunLedger], RunLedger],
+                         attempts: int = 10) -> RunLedger | None:
+        """Apply ``change`` only while the record names ``attempt`` of ``generation`` as the
+        running owner: the written record, or ``None`` when it no longer does (fenced)."""
+
+        def guarded(current: RunLedger | None) -> RunLedger | None:
+            if current is None or not current.names(attempt, generation):
+                return None
+            return change(current)
+
+        return await self.kv.update(task_id, guarded, attempts=attempts)
 
 
 class DatasetRepo(BucketRepo[DatasetSummary]):

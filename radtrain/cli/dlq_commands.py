@@ -10,15 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.bus.dead_letters import (
-    H_SUBJECT,
-    TASK_OWNERS,
-    StoredDeadLetter,
-    finished,
-)
+from infra.bus.dead_letters import StoredDeadLetter
 from infra.settings import Settings
 from radtrain.cli.nats_session import open_js
-from radtrain.oncall.dead_letter_ops import get_dead_letter, list_dead_letters, purge, redrive
+from radtrain.oncall.dead_letter_ops import Redriver, get_dead_letter, list_dead_letters, purge
+from radtrain.oncall.reopen import current_user
 
 dlq_app = typer.Typer(no_args_is_help=True,
                       help="Dead letters: messages that exhausted their deliveries, or poison.")
@@ -35,7 +31,7 @@ def list_cmd(consumer: ConsumerOpt = None,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Oldest first: sequence, consumer, task, why and how often it was tried."""
     async def run() -> list[StoredDeadLetter]:
-        async with open_js(Settings()) as js:
+        async with open_js(Settings(), identity="oncall") as js:
             return await list_dead_letters(js, consumer, task, limit)
 
     letters = asyncio.run(run())
@@ -72,7 +68,7 @@ def show(seq: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 
 
 async def _get(seq: int) -> StoredDeadLetter:
-    async with open_js(Settings()) as js:
+    async with open_js(Settings(), identity="oncall") as js:
         letter = await get_dead_letter(js, seq)
     if letter is None:
         console.print(f"[red]no dead letter {seq}[/]")
@@ -87,36 +83,42 @@ def redrive_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Every dead letter (of --consumer).")
                     ] = False,
     consumer: ConsumerOpt = None,
-    force: Annotated[bool, typer.Option(help="Also for tasks that already ended.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Also re-open tasks that completed, were cancelled or rejected, are running, "
+             "or were re-opened since the letter.")] = False,
+    by: Annotated[str | None, typer.Option(
+        help="Who redrives (recorded on the task; default: your user name).")] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded on the task).")] = "",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
-    """Publish the originals again (after fixing the cause) and drop the dead letters.
+    """Run the originals again (after fixing the cause) and drop the dead letters.
 
-    A dead letter of enrich or runner already failed its task; since task states
-    only move forward, redriving it would change nothing, so it is skipped unless
-    --force (e.g. to rebuild a projection).
+    A dead letter of enrich or runner failed its task: its task is re-opened as a
+    new generation (task.redriven, then the letter's event again), so it goes
+    back to requested/ready and its record lists the redrive. A task that ended
+    otherwise, or is running, is skipped unless --force. Other consumers'
+    letters (projector, webhooks) are published again as they are.
     """
     if not seqs and not all_:
         raise typer.BadParameter("give DLQ sequences or --all")
     if not yes and not typer.confirm(f"redrive {'all' if all_ else len(seqs or [])} "
                                      "dead letter(s)?"):
         raise typer.Abort()
-    asyncio.run(_redrive(seqs or [], all_, consumer, force))
+    asyncio.run(_redrive(seqs or [], all_, consumer, force, by or current_user(), reason))
 
 
-async def _redrive(seqs: list[int], all_: bool, consumer: str | None, force: bool) -> None:
-    async with open_js(Settings()) as js:
+async def _redrive(seqs: list[int], all_: bool, consumer: str | None, force: bool,
+                   by: str, reason: str) -> None:
+    async with open_js(Settings(), identity="oncall") as js:
         letters = (await list_dead_letters(js, consumer, limit=100_000) if all_ else
                    [d for d in [await get_dead_letter(js, s) for s in seqs] if d is not None])
+        redriver = await Redriver.open(js, by=by, reason=reason, force=force)
         for letter in letters:
-            ended = await finished(js, letter.task_id) if letter.task_id else None
-            if ended and letter.consumer in TASK_OWNERS and not force:
-                console.print(f"skip {letter.seq}: task {letter.task_id} already {ended} "
-                              "(--force to publish anyway)")
-                continue
-            new_seq = await redrive(js, letter)
-            console.print(f"redrove {letter.seq} -> {letter.get(H_SUBJECT)} "
-                          f"(TASKS seq {new_seq})")
+            done = await redriver.redrive(letter)
+            if done.action == "skipped":
+                console.print(f"skip {done.seq}: {done.detail} (--force to redrive anyway)")
+            else:
+                console.print(f"redrove {done.seq}: {done.detail}")
 
 
 @dlq_app.command("purge")
@@ -129,7 +131,7 @@ def purge_cmd(consumer: ConsumerOpt = None,
         raise typer.Abort()
 
     async def run() -> int:
-        async with open_js(Settings()) as js:
+        async with open_js(Settings(), identity="oncall") as js:
             return await purge(js, consumer)
 
     console.print(f"purged {asyncio.run(run())} dead letter(s)")

@@ -109,3 +109,78 @@ def event_secret(
         print(secret)
 
     _run(work)
+
+
+# --- NATS users of upstream systems (radtrain/servers/nats_auth.py) -----------------------
+
+_EXAMPLE = '''\
+import asyncio, json, uuid, nats
+
+async def main() -> None:
+    nc = await nats.connect("{url}",
+                            nkeys_seed="{seed}",
+                            inbox_prefix="{prefix}")  # JetStream acks come back here
+    task_id = uuid.uuid4().hex
+    event = {{"specversion": "1.0", "type": "radtrain.task.requested.v1",
+             "source": "urn:example:upstream", "id": uuid.uuid4().hex,
+             "subject": task_id, "datacontenttype": "application/json",
+             "data": {{"task_id": task_id, "name": "from upstream", "flow": "general",
+                      "task_type": "classification", "dataset_id": "my-dataset"}}}}
+    ack = await nc.jetstream().publish("{subject}", json.dumps(event).encode(),
+                                       headers={{"Content-Type": "application/cloudevents+json"}})
+    print("accepted", task_id, "stream seq", ack.seq)
+    await nc.close()
+
+asyncio.run(main())'''
+
+
+@keys_app.command("nats-user")
+def nats_user(
+    tenant: Annotated[str, typer.Option(help="The tenant this upstream system publishes for.")],
+    name: Annotated[str | None, typer.Option(
+        help="User name (default: <tenant>-<random>); also its inbox prefix _INBOX_<name>.")
+                    ] = None,
+) -> None:
+    """Issue a NATS user for an upstream system: it may publish only on
+    ``inbound.<tenant>.task.requested`` and read nothing else."""
+    from infra.bus.connection import mask_url
+    from radtrain.servers.nats_auth import NatsAuthDir, render_user
+
+    settings = Settings()
+    auth = NatsAuthDir(settings.data_dir / "nats")
+    local = auth.auth_file.exists()  # written by `radtrain up`: a local server uses this folder
+    try:
+        issued = auth.issue_upstream(_tenant(tenant), name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"NATS user [bold]{issued.user}[/] for tenant {issued.tenant}\n"
+                  f"  seed file     {issued.seed_file}  (secret: for that system only)\n"
+                  f"  subject       {issued.subject}\n"
+                  f"  inbox prefix  {issued.inbox_prefix}\n"
+                  f"  public key    {issued.public_key}")
+    if local:
+        applied = auth.apply()
+        console.print("  the local NATS server reloaded its users" if applied else
+                      "  the local NATS server is not running: it reads the user when it starts")
+    else:
+        user = next(u for u in auth.users() if u.name == issued.user)
+        console.print("No local NATS server config here. Add this user to your server's "
+                      "upstream account, the one that imports the service "
+                      "inbound.*.task.requested from radtrain's account (README: Connecting "
+                      "an upstream system), and reload it (nats-server --signal reload):")
+        print(render_user(user))
+    console.print("Example (Python, nats-py):")
+    print(_EXAMPLE.format(url=mask_url(settings.nats_url), seed=issued.seed_file,
+                          prefix=issued.inbox_prefix, subject=issued.subject))
+
+
+@keys_app.command("nats-users")
+def nats_users() -> None:
+    """The NATS identities of this folder's local server (names, roles, tenants; no secrets)."""
+    from radtrain.servers.nats_auth import NatsAuthDir
+
+    auth = NatsAuthDir(Settings().data_dir / "nats")
+    table = Table("user", "role", "tenant", "public key", "created")
+    for u in auth.users():
+        table.add_row(u.name, u.role, u.tenant or "", u.nkey or "(password)", u.created_at)
+    console.print(table)

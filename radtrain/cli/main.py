@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra.bus.connection import mask_url
 from infra.settings import Settings
 from radtrain.cli import replay, status, watch
 from radtrain.cli.datasets import datasets_app
@@ -77,7 +78,8 @@ def up(
                   f"  curl -H 'Authorization: Bearer {stack.api_key}' "
                   f"{stack.gateway_url}/v1/tasks")
     console.print(f"radtrain is up: gateway [bold]{stack.gateway_url}[/], "
-                  f"NATS {stack.settings.nats_url}, store {stack.settings.store_dir}")
+                  f"NATS {mask_url(stack.settings.nats_url)}, store {stack.settings.store_dir}")
+    _print_upstream_help(stack.settings)
     console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
     try:
         while not stop["now"]:
@@ -89,6 +91,18 @@ def up(
     finally:
         console.print("stopping ...")
         stack.stop()
+
+
+def _print_upstream_help(settings: Settings) -> None:
+    """How an upstream system publishes tasks over NATS (README: Connecting an upstream system)."""
+    from radtrain.servers.nats_auth import upstream_subject
+
+    console.print(
+        f"Upstream systems: task.requested CloudEvents on {mask_url(settings.nats_url)}\n"
+        f"  subject      {upstream_subject('<tenant>')}\n"
+        f"  credentials  radtrain keys nats-user --tenant <tenant>  (NKey seed file)\n"
+        f"  inbox        nats.connect(..., inbox_prefix=\"_INBOX_<user>\")  (publish acks)\n"
+        f"  NATS identities of this stack: {settings.data_dir.resolve() / 'nats'}")
 
 
 @app.command()
@@ -121,7 +135,7 @@ def demo(
     if url is None:
         stack = start_stack(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
         settings, url, token = stack.settings, stack.gateway_url, stack.api_key
-        console.print(f"embedded stack up: gateway {url}, NATS {settings.nats_url}")
+        console.print(f"embedded stack up: gateway {url}, NATS {mask_url(settings.nats_url)}")
         console.print(f"API key (tenant {settings.default_tenant}): {token}")
     try:
         record = run_flow(flow, url, token, settings, cases, seed, console)

@@ -22,7 +22,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
                              ] = False) -> None:
     """Pending, redelivered and ack-pending per consumer, DLQ size, oldest unacked message."""
     async def run() -> Health:
-        async with open_js(Settings()) as js:
+        async with open_js(Settings(), identity="oncall") as js:
             return await collect(js)
 
     health = asyncio.run(run())

@@ -2,18 +2,22 @@
 
 Each copy keeps the original's subject and bytes, names the original in
 ``Radtrain-Replay-Of: TASKS:<seq>`` and gets a fresh ``Nats-Msg-Id`` (else
-JetStream would drop it as a duplicate). Safety comes from the consumers, not
-from here: the projector only moves forward, enrich re-derives the same
-``task.ready`` id, and the runner's fence refuses a finished task, so a replay
-never produces a second completed model. ``--dry-run`` publishes nothing: it
-re-enriches each task with today's catalog and shows what would change.
+JetStream would drop it as a duplicate). The consumers keep copies harmless
+(the projector only moves forward, enrich re-derives the same ``task.ready``
+id, the runner runs a task once), so copying the events of a task that is
+running or has ended would do nothing but confuse: :func:`plan` refuses it,
+naming the tasks, and with ``force`` re-opens each such task as a new
+generation from its selected ``task.requested`` (or else ``task.ready``),
+radtrain/oncall/reopen.py. ``--dry-run`` publishes nothing: it re-enriches
+each task with today's catalog (a retrain with its base task) and shows what
+would change.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,16 +30,22 @@ from pydantic import ValidationError
 from infra.bus.dead_letters import MSG_ID, REPLAY_OF
 from infra.bus.stream_read import first_seq_since, scan
 from infra.bus.topology import TASKS_STREAM
-from infra.kv import DatasetRepo
+from infra.kv import DatasetRepo, TaskRepo
+from radtrain.oncall.reopen import REOPENERS, Reopened, publish_reopening, reopening
+from schemas.cloudevents import event_bytes
 from schemas.common import is_identifier
 from schemas.dataset import DatasetSummary
 from schemas.events import EVENT_TYPES, TaskRequestedEvent, parse_event
+from schemas.record import TaskRecord
 from schemas.tasks import TaskRequested
 
 EVENT_NAMES = tuple(t.name for t in EVENT_TYPES)
 Outcome = tuple[str, dict[str, Any]]
 """("ready", the TrainingSpec as JSON) or ("rejected", {"errors": [...]})."""
-Reenrich = Callable[[TaskRequested, DatasetSummary | None], Outcome]
+Reenrich = Callable[[TaskRequested, DatasetSummary | None], Awaitable[Outcome]]
+"""Today's enrichment of a request (async: a retrain loads its base task first)."""
+REFUSED_STATES = frozenset({"running", "completed", "failed", "cancelled", "rejected"})
+"""A replay of these tasks' events is refused unless forced (then it re-opens them)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,69 @@ def replay_message(msg: RawStreamMsg, token: str | None = None
     headers[REPLAY_OF] = origin
     headers[MSG_ID] = f"{original.get(MSG_ID) or origin}:replay:{token or uuid.uuid4().hex[:12]}"
     return msg.subject or "", msg.data or b"", headers
+
+
+@dataclass
+class ReplayPlan:
+    copies: list[RawStreamMsg] = field(default_factory=list)
+    """Re-published as they are (tasks that have not started running)."""
+    reopen: list[tuple[TaskRecord, RawStreamMsg]] = field(default_factory=list)
+    """``force``: each task re-opened as a new generation from this event."""
+    refused: list[str] = field(default_factory=list)
+    """Why the replay may not go ahead; when not empty, nothing is published."""
+    left_out: list[str] = field(default_factory=list)
+    """Selected events that belong to a generation being replaced (``force``)."""
+
+
+def _kind(msg: RawStreamMsg) -> str:
+    return (msg.subject or "").split(".")[1]
+
+
+def plan(msgs: list[RawStreamMsg], records: dict[str, TaskRecord | None], *,
+         force: bool) -> ReplayPlan:
+    """Per task: copy its events, refuse (running or ended), or re-open it (``force``)."""
+    out = ReplayPlan()
+    for task_id in task_ids(msgs):
+        mine = [m for m in msgs if (m.subject or "").split(".")[2] == task_id]
+        rec = records.get(task_id)
+        if rec is None or rec.state not in REFUSED_STATES:
+            out.copies += mine
+            continue
+        what = f"task {task_id} is {rec.state} (generation {rec.generation})"
+        if not force:
+            out.refused.append(
+                f"{what}: its events would not run it again; --force re-opens it as "
+                f"generation {rec.generation + 1} from its task.requested or task.ready")
+            continue
+        chosen = next((m for kind in REOPENERS for m in reversed(mine) if _kind(m) == kind),
+                      None)
+        if chosen is None:
+            out.refused.append(f"{what}: --force re-opens a task from its task.requested or "
+                               "task.ready, and neither is selected (--type requested)")
+            continue
+        out.reopen.append((rec, chosen))
+        if len(mine) > 1:
+            out.left_out.append(f"task {task_id}: {len(mine) - 1} other selected event(s) "
+                                f"of generation {rec.generation} not re-published")
+    return out
+
+
+async def records(js: JetStreamContext, ids: list[str]) -> dict[str, TaskRecord | None]:
+    """Each task's KV record (the projector's view), ``None`` when it has none."""
+    repo = await TaskRepo.open(js)
+    found = {task_id: await repo.get(task_id) for task_id in ids}
+    return {task_id: entry[0] if entry else None for task_id, entry in found.items()}
+
+
+async def reopen(js: JetStreamContext, record: TaskRecord, msg: RawStreamMsg, *, by: str,
+                 reason: str) -> Reopened:
+    """``task.redriven`` of generation n+1, then ``msg``'s event again with it."""
+    try:
+        event = parse_event(event_bytes(msg.headers, msg.data or b""))
+    except ValueError as exc:
+        raise ValueError(f"TASKS #{msg.seq} ({msg.subject}) does not parse: {exc}") from None
+    return await publish_reopening(js, reopening(record, event, by=by, reason=reason),
+                                   original_seq=int(msg.seq or 0))
 
 
 async def publish(js: JetStreamContext, msgs: list[RawStreamMsg]) -> list[int]:
@@ -196,7 +269,7 @@ async def compare(js: JetStreamContext, task_id: str, reenrich: Reenrich) -> Tas
     if cmd is None:
         return TaskComparison(task_id, "none", "none", note="no readable task.requested")
     dataset = await (await DatasetRepo.open(js)).get(cmd.dataset_id)
-    after = reenrich(cmd, dataset)
+    after = await reenrich(cmd, dataset)
     before = await _original_outcome(js, task_id)
     if before is None:
         return TaskComparison(task_id, "none", after[0], diff({}, after[1]),

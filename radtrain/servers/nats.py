@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ from typing import IO
 
 __all__ = [
     "ManagedProcess",
+    "NatsTLS",
     "ServerStartError",
     "free_port",
     "free_ports",
@@ -247,20 +249,62 @@ def _start_with_port_retry(
 
 # --- NATS -----------------------------------------------------------------------
 
+NATS_CONFIG = "nats-server.conf"
+NATS_LOG = "nats-server.log"
+NATS_PID = "nats-server.pid"
+AUTH_FILE = "auth.conf"
+"""The ``accounts`` block (users, permissions) beside the config (radtrain/servers/nats_auth.py)."""
+
+
+@dataclass(frozen=True)
+class NatsTLS:
+    """Server TLS: its certificate and key; ``verify`` also requires client
+    certificates signed by ``ca`` (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify: bool = False
+
+
+def _tls_lines(tls: NatsTLS) -> list[str]:
+    if tls.verify and tls.ca is None:
+        raise ValueError("NatsTLS(verify=True) needs the CA that signs client certificates")
+    lines = ["tls {", f"  cert_file: {_q(tls.cert)}", f"  key_file: {_q(tls.key)}"]
+    if tls.ca is not None:
+        lines.append(f"  ca_file: {_q(tls.ca)}")
+    if tls.verify:
+        lines.append("  verify: true")
+    return [*lines, "}"]
+
+
+def _q(path: Path | str) -> str:
+    return json.dumps(str(Path(path).resolve()) if isinstance(path, Path) else path)
+
 
 def write_nats_config(
-    dir: Path, port: int, sync_always: bool, http_port: int | None = None
+    dir: Path,
+    port: int,
+    sync_always: bool,
+    http_port: int | None = None,
+    *,
+    auth_file: Path | None = None,
+    tls: NatsTLS | None = None,
 ) -> Path:
     """Write the server config; ``sync_interval: always`` fsyncs every JetStream write.
 
     That costs throughput but a power cut then loses no acknowledged message,
-    which matters for a single embedded server with no replicas.
+    which matters for a single embedded server with no replicas. ``auth_file``
+    (the ``accounts`` block of radtrain/servers/nats_auth.py) is included, not
+    copied, so re-rendering it and ``nats_auth.reload_nats`` change users without
+    a restart. The server writes its pid to ``<dir>/nats-server.pid``.
     """
     dir = Path(dir).resolve()
     dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Written by radtrain (radtrain/servers/nats.py) on every start; edits are lost.",
         f"listen: {LOOPBACK}:{port}",
+        f"pid_file: {_q(dir / NATS_PID)}",
     ]
     if http_port is not None:
         lines.append(f"http: {LOOPBACK}:{http_port}")
@@ -268,7 +312,12 @@ def write_nats_config(
     if sync_always:
         lines.append("  sync_interval: always")
     lines.append("}")
-    path = dir / "nats-server.conf"
+    if tls is not None:
+        lines += _tls_lines(tls)
+    if auth_file is not None:
+        # nats-server resolves includes relative to the including file.
+        lines.append(f"include {_q(os.path.relpath(Path(auth_file).resolve(), dir))}")
+    path = dir / NATS_CONFIG
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -289,27 +338,37 @@ def _nats_ready(port: int) -> Callable[[ManagedProcess], bool]:
 
 
 def start_nats(
-    data_dir: Path, port: int = 0, sync_always: bool = True, *, timeout_s: float = 15.0
+    data_dir: Path,
+    port: int = 0,
+    sync_always: bool = True,
+    *,
+    auth_file: Path | None = None,
+    tls: NatsTLS | None = None,
+    timeout_s: float = 15.0,
 ) -> tuple[ManagedProcess, str]:
     """Run nats-server with JetStream under ``data_dir``; ``port=0`` picks a free port.
 
-    Returns the process and its ``nats://`` URL once clients can connect
-    (nats-server only listens for clients after JetStream has started).
+    Returns the process and its URL (``nats://``, ``tls://`` with ``tls``; no
+    credentials) once clients can connect (nats-server only listens for clients
+    after JetStream has started). Without ``auth_file``, ``<data_dir>/auth.conf``
+    is included when it exists, so a restart keeps the users it had.
     """
     binary = nats_server_binary()
     data_dir = Path(data_dir).resolve()
+    if auth_file is None and (data_dir / AUTH_FILE).exists():
+        auth_file = data_dir / AUTH_FILE
     chosen: list[int] = []
 
     def start() -> ManagedProcess:
         chosen[:] = [port or free_port()]
-        conf = write_nats_config(data_dir, chosen[0], sync_always)
+        conf = write_nats_config(data_dir, chosen[0], sync_always, auth_file=auth_file, tls=tls)
         return ManagedProcess(
             "nats-server",
             [binary, "-c", conf],
-            log_path=data_dir / "nats-server.log",
+            log_path=data_dir / NATS_LOG,
             ready_check=_nats_ready(chosen[0]),
         )
 
     proc = _start_with_port_retry(start, auto_ports=port == 0, timeout_s=timeout_s)
-    return proc, f"nats://{LOOPBACK}:{chosen[0]}"
-
+    scheme = "tls" if tls is not None else "nats"
+    return proc, f"{scheme}://{LOOPBACK}:{chosen[0]}"

@@ -9,8 +9,13 @@ Injected, expected, observed (asserted):
 - kill -9 after the epoch-1 checkpoint -> a second runner resumes from it
   (task.started says resumed_from_epoch >= 1), exactly one task.completed,
   every epoch once in history.csv, at most one epoch trained twice;
-- SIGSTOP past the ack wait, redelivery, SIGCONT -> the stalled runner is fenced:
-  it stops without a checkpoint, a completion or an ack; one task.completed (attempt 2);
+- SIGSTOP in the last epoch, redelivery, the replacement completes, SIGCONT -> the
+  stalled runner is fenced: it publishes nothing, settles nothing, and every recorded
+  artifact (under the committing attempt's prefix) still has the recorded sha256;
+- a second task.ready (another msg id) and a replay of a running task -> acked and
+  ignored by the idle runner, one attempt, one task.completed, ledger unchanged;
+- five SIGTERMs, each resumed by the next runner -> attempts 1..6, five preemptions,
+  no failure counted, one task.completed from the checkpoints;
 - SIGTERM mid-epoch -> a checkpoint of that exact position, exit 0, nak, and
   the next runner resumes from it;
 - cancel while training -> task.cancelled within a few seconds, checkpoint kept,
@@ -21,20 +26,25 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 import torch
+from nats.js.errors import NotFoundError
 from rich.console import Console
 
+from infra.bus.dead_letters import REPLAY_OF
 from infra.bus.topology import RUNNER, TASKS_STREAM, connect
+from infra.kv import RunRepo
 from infra.settings import Settings
 from infra.store import LocalStore
 from radtrain.cli.client import call
@@ -42,6 +52,7 @@ from radtrain.cli.demo import build_demo_dataset
 from radtrain.stack import Stack, start_stack
 from runner.checkpoint import checkpoint_key
 from schemas.events import Envelope, parse_event
+from schemas.runs import RunLedger
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -80,6 +91,16 @@ class Runners:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
+
+    def log(self, name: str) -> str:
+        return (self.stack.settings.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def start_ready(self, *names: str) -> dict[str, subprocess.Popen[bytes]]:
+        """Start runners side by side and wait until each one waits for tasks."""
+        procs = {name: self.start(name) for name in names}
+        for name in names:
+            wait_for(lambda n=name: "waiting for tasks" in self.log(n) or None, 120, name)
+        return procs
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -124,18 +145,32 @@ def history(stack: Stack, task_id: str) -> list[Envelope]:
     async def read() -> list[Envelope]:
         nc, js = await connect(stack.settings, "fault-history")
         try:
-            info = await js.stream_info(TASKS_STREAM, subjects_filter=f"tasks.*.{task_id}")
-            out = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            out: list[Envelope] = []
+            seq = 1
+            while True:  # only this task's messages: one request each, not one per stream seq
                 try:
-                    msg = await js.get_msg(TASKS_STREAM, seq)
-                except Exception:
-                    continue
-                if msg.subject.endswith(f".{task_id}"):
-                    out.append(parse_event(msg.data or b""))
-            return out
+                    msg = await js.get_msg(TASKS_STREAM, seq, subject=f"tasks.*.{task_id}",
+                                           next=True)
+                except NotFoundError:
+                    return out
+                out.append(parse_event(msg.data or b""))
+                seq = int(msg.seq or 0) + 1
         finally:
             await nc.close()
+    return asyncio.run(read())
+
+
+def latest(stack: Stack, task_id: str, name: str) -> tuple[int, Any] | None:
+    """The task's last event of one kind and its stream seq (one request, for polling)."""
+    async def read() -> tuple[int, Any] | None:
+        nc, js = await connect(stack.settings, "fault-latest")
+        try:
+            msg = await js.get_last_msg(TASKS_STREAM, f"tasks.{name}.{task_id}")
+        except NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return int(msg.seq or 0), parse_event(msg.data or b"")
     return asyncio.run(read())
 
 
@@ -153,6 +188,50 @@ def checkpoint_epoch(stack: Stack, task_id: str) -> int | None:
     except Exception:  # replaced while we read it
         return None
     return int(state["epoch"])
+
+
+def run_ledger(stack: Stack, task_id: str) -> RunLedger | None:
+    async def read() -> RunLedger | None:
+        nc, js = await connect(stack.settings, "fault-ledger")
+        try:
+            found = await (await RunRepo.open(js)).get(task_id)
+            return found[0] if found else None
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
+def publish_ready_again(stack: Stack, task_id: str, headers: dict[str, str]) -> int:
+    """The task's task.ready, published again as-is under other headers (msg id): its seq."""
+    async def send() -> int:
+        nc, js = await connect(stack.settings, "fault-again")
+        try:
+            raw = await js.get_last_msg(TASKS_STREAM, f"tasks.ready.{task_id}")
+            ack = await js.publish(f"tasks.ready.{task_id}", raw.data or b"", headers=headers)
+            assert not ack.duplicate
+            return int(ack.seq)
+        finally:
+            await nc.close()
+    return asyncio.run(send())
+
+
+def ready_seq(stack: Stack, task_id: str) -> int:
+    async def read() -> int:
+        nc, js = await connect(stack.settings, "fault-seq")
+        try:
+            first = await js.get_msg(TASKS_STREAM, seq=1, subject=f"tasks.ready.{task_id}",
+                                     next=True)
+            return int(first.seq or 0)
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
+def download(stack: Stack, task_id: str, name: str) -> bytes:
+    req = urllib.request.Request(f"{stack.gateway_url}/v1/tasks/{task_id}/artifacts/{name}",
+                                 headers={"Authorization": f"Bearer {stack.api_key}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return bytes(resp.read())
 
 
 def ack_pending(stack: Stack) -> int:
@@ -197,27 +276,116 @@ def test_kill_9_then_a_second_runner_finishes_from_the_checkpoint(
           f"runner A reached epoch {max(epochs_a, default=0)}; completed events 1")
 
 
-def test_a_stalled_runner_is_fenced_when_it_wakes_up(
+def test_a_runner_stalled_in_its_last_epoch_changes_nothing_when_it_wakes_up(
         stack: Stack, dataset_id: str, runners: Runners) -> None:
-    """SIGSTOP (a stall past the ack wait), redelivery to B, SIGCONT: A must stop on its own,
-    publish nothing more and settle nothing, while B finishes the task once."""
-    stalled = runners.start("runner-g")
-    task_id = submit(stack, dataset_id, epochs=8)
-    wait_for(lambda: checkpoint_epoch(stack, task_id), 120, "a checkpoint")
+    """SIGSTOP in the last epoch (a stall past the ack wait), redelivery to the other
+    runner, which completes; SIGCONT: the stalled one must stop on its own, publish nothing
+    and settle nothing, and no committed artifact changes (what is served and stored has
+    the recorded sha256)."""
+    epochs = 3
+    procs = runners.start_ready("runner-g", "runner-h")
+    task_id = submit(stack, dataset_id, epochs=epochs)
+    _, first = wait_for(lambda: latest(stack, task_id, "started"), 120, "started")
+    name = first.data.runner_id
+    other = next(n for n in procs if n != name)
+    stalled = procs[name]
+    wait_for(lambda: checkpoint_epoch(stack, task_id) == epochs - 1 or None, 120, "last epoch")
     stalled.send_signal(signal.SIGSTOP)
-    runners.start("runner-h")
-    wait_for(lambda: len(named(history(stack, task_id), "started")) == 2 or None, 60, "attempt 2")
-    stalled.send_signal(signal.SIGCONT)
-    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    try:
+        final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180,
+                         "the replacement to finish")
+    finally:
+        stalled.send_signal(signal.SIGCONT)
     assert final["state"] == "completed" and final["attempt"] == 2, final
+    wait_for(lambda: "left unsettled" in runners.log(name) or None, 60,
+             "the stalled attempt to end, fenced, without settling its message")
     events = history(stack, task_id)
     completed = named(events, "completed")
     assert len(completed) == 1 and completed[0].data.attempt == 2
-    assert [s.data.runner_id for s in named(events, "started")] == ["runner-g", "runner-h"]
-    log = stack.settings.data_dir / "logs" / "runner-g.log"
-    wait_for(lambda: "fenced" in log.read_text(errors="replace") or None, 20, "A fenced")
-    assert stalled.poll() is None  # A lives on and takes other work
-    print("stalled runner fenced after waking; attempt 2 completed once")
+    assert events[-1].name == "completed"  # nothing published after it woke up
+    assert [s.data.runner_id for s in named(events, "started")] == [name, other]
+    ledger = run_ledger(stack, task_id)
+    assert ledger is not None and (ledger.state, ledger.attempt, ledger.failures) == (
+        "completed", 2, 1)
+    assert ledger.committed == completed[0].data
+    store = LocalStore(stack.settings.store_dir)
+    for art in final["artifacts"]:
+        assert art["key"].startswith(f"runs/{task_id}/attempts/2/"), art
+        served = download(stack, task_id, art["name"])
+        assert hashlib.sha256(served).hexdigest() == art["sha256"], art["name"]
+        assert hashlib.sha256(store.get_bytes(art["key"])).hexdigest() == art["sha256"]
+    assert stalled.poll() is None  # it lives on and takes other work
+    print(f"stalled in epoch {epochs} of {epochs}; fenced after waking; attempt 2 committed "
+          f"{len(final['artifacts'])} artifacts, all served with their recorded sha256")
+
+
+def test_a_second_ready_and_a_replay_of_a_running_task_make_one_run(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    names = ("runner-one-a", "runner-one-b")
+    runners.start_ready(*names)
+    task_id = submit(stack, dataset_id, epochs=6)
+    started = wait_for(lambda: named(history(stack, task_id), "started"), 120, "started")
+    trainer = started[0].data.runner_id
+    idle = next(n for n in names if n != trainer)
+    again = publish_ready_again(stack, task_id, {"Nats-Msg-Id": f"{task_id}:ready:again"})
+    replayed = publish_ready_again(stack, task_id, {
+        "Nats-Msg-Id": f"{task_id}:ready:replay:t1", REPLAY_OF: f"{TASKS_STREAM}:1"})
+    wait_for(lambda: runners.log(idle).count("task.ready ignored") == 2 or None, 60,
+             "the idle runner to ignore both")
+    ignored = [line for line in runners.log(idle).splitlines() if "task.ready ignored" in line]
+    assert f"seq {again}" in ignored[0] and f"seq {replayed}" in ignored[1]
+    assert all("attempt 1 of seq" in line and "is running" in line for line in ignored)
+    during = run_ledger(stack, task_id)
+    assert during is not None and during.attempt == 1 and during.runner_id == trainer
+    assert during.owner_seq == ready_seq(stack, task_id) not in (again, replayed)
+
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    assert final["state"] == "completed" and final["attempt"] == 1, final
+    late = publish_ready_again(stack, task_id, {"Nats-Msg-Id": f"{task_id}:ready:late"})
+    wait_for(lambda: sum(runners.log(n).count(f"seq {late}") for n in names) or None, 30,
+             "the late one ignored")
+    wait_for(lambda: ack_pending(stack) == 0 or None, 10, "every copy acked")
+    events = history(stack, task_id)
+    assert [(s.data.attempt, s.data.runner_id) for s in named(events, "started")] == [
+        (1, trainer)]
+    assert [c.data.attempt for c in named(events, "completed")] == [1]
+    ledger = run_ledger(stack, task_id)
+    assert ledger is not None and (ledger.state, ledger.attempt, ledger.failures) == (
+        "completed", 1, 0)
+    print(f"3 extra task.ready (2 while running, 1 after) ignored; one run by {trainer}")
+
+
+def test_five_sigterms_then_the_task_completes_from_its_checkpoints(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    """Graceful stops cost no failure (runner_max_failures is 3): six attempts, one run."""
+    procs = runners.start_ready(*(f"runner-p{i}" for i in range(6)))
+    task_id = submit(stack, dataset_id, epochs=8)
+    for attempt in range(1, 6):
+        seq, start = wait_for(lambda a=attempt: (got := latest(stack, task_id, "started"))
+                              and got[1].data.attempt == a and got, 120, f"attempt {attempt}")
+        wait_for(lambda s=seq: (got := latest(stack, task_id, "progress")) and got[0] > s, 60,
+                 f"attempt {attempt} training")
+        proc = procs[start.data.runner_id]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 180, "end")
+    assert final["state"] == "completed", final
+    events = history(stack, task_id)
+    started = named(events, "started")
+    assert [s.data.attempt for s in started] == [1, 2, 3, 4, 5, 6]
+    assert len({s.data.runner_id for s in started}) == 6
+    assert all(s.data.resumed_from_epoch is not None for s in started[1:])  # from checkpoints
+    assert [c.data.attempt for c in named(events, "completed")] == [6]
+    ledger = run_ledger(stack, task_id)
+    assert ledger is not None
+    assert (ledger.state, ledger.attempt, ledger.preemptions, ledger.failures) == (
+        "completed", 6, 5, 0)
+    csv_key = next(a["key"] for a in final["artifacts"] if a["name"] == "history.csv")
+    rows = list(csv.DictReader(io.StringIO(LocalStore(stack.settings.store_dir)
+                                           .get_bytes(csv_key).decode())))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    print("five SIGTERMs: attempts 1..6, preemptions 5, failures 0, completed once; resumed "
+          f"from epochs {[s.data.resumed_from_epoch for s in started[1:]]}")
 
 
 def test_sigterm_writes_a_checkpoint_and_the_next_runner_resumes(

@@ -24,10 +24,10 @@ from infra.bus.topology import ENRICH, RETRY_DELAYS_S, TASKS_STREAM, apply, conn
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
 from radtrain.oncall.dead_letter_ops import list_dead_letters
-from radtrain.servers.nats import start_nats
 from schemas.events import TaskFailedEvent, TaskRequestedEvent, encode_event, parse_event
 from tests.faults.helpers import fault_settings, wait_for
 from tests.support.factories import dataset, request
+from tests.support.nats_users import start_authenticated_nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -36,9 +36,10 @@ GOOD = 20
 
 @pytest.fixture(scope="module")
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = start_nats(tmp_path_factory.mktemp("nats-poison"), port=0, sync_always=False)
-    yield url
-    proc.stop()
+    users = start_authenticated_nats(tmp_path_factory.mktemp("nats-poison"), port=0,
+                                     sync_always=False)
+    yield users.services_url
+    users.stop()
 
 
 @pytest.fixture

@@ -18,10 +18,16 @@ from infra.settings import Settings
 from infra.store import LocalStore
 from schemas.events import (
     Artifact,
+    TaskCancelled,
+    TaskCancelledEvent,
     TaskCompleted,
     TaskCompletedEvent,
+    TaskFailed,
+    TaskFailedEvent,
     TaskProgress,
     TaskProgressEvent,
+    TaskRedriven,
+    TaskRedrivenEvent,
     TaskStarted,
     TaskStartedEvent,
 )
@@ -109,7 +115,7 @@ async def test_cancel_is_202_once_404_for_strangers_and_409_when_finished(env: E
 
 async def test_artifacts_are_listed_with_sha256_and_links(env: Env) -> None:
     task_id = await submit(env)
-    info = env.store.put_bytes(f"runs/{task_id}/metrics.json", b"{}")
+    info = env.store.put_bytes(f"runs/{task_id}/attempts/1/metrics.json", b"{}")
     art = Artifact(name="metrics.json", key=info.key, uri=info.uri, sha256=info.sha256,
                    size=info.size)
     repo = await TaskRepo.open(env.js)
@@ -126,6 +132,10 @@ async def test_artifacts_are_listed_with_sha256_and_links(env: Env) -> None:
     assert item["href"] == f"/v1/tasks/{task_id}/artifacts/metrics.json"
     download = await env.client.get(item["href"])
     assert download.status == 200 and await download.read() == b"{}"
+    env.store.put_bytes(info.key, b'{"other": 1}')  # the store no longer holds what was recorded
+    changed = await env.client.get(item["href"])
+    assert changed.status == 503, await changed.text()
+    assert (await changed.json())["error"]["code"] == "artifact_mismatch"
     other = await env.client.get(f"/v1/tasks/{task_id}/artifacts", headers=bearer(env.other_key))
     assert other.status == 404
 
@@ -159,3 +169,38 @@ async def test_events_stream_is_live(env: Env) -> None:
     await publish_run(env, task_id, [])
     rest = parse_sse((await resp.content.read()).decode())
     assert [f["event"] for f in rest] == ["started", "progress", "completed"]
+
+
+async def test_a_reopened_task_can_be_cancelled_and_its_stream_runs_past_the_old_end(
+        env: Env) -> None:
+    """Generation 1 failed, on-call re-opened it (generation 2): the old failure neither
+    blocks a cancel nor ends the event stream."""
+    task_id = await submit(env)
+    src = "radtrain/test"
+    await publish_event(env.js, TaskFailedEvent(source=src, subject=task_id, data=TaskFailed(
+        task_id=task_id, code="unexpected", message="boom", retryable=False)))
+    await publish_event(env.js, TaskRedrivenEvent(
+        source=src, subject=task_id, taskgeneration=2,
+        data=TaskRedriven(task_id=task_id, by="oncall", to_state="requested")))
+    got = await env.client.get(f"/v1/tasks/{task_id}")
+    record = TaskRecord.model_validate(await got.json())
+    repo = await TaskRepo.open(env.js)
+    await repo.upsert(task_id, lambda _: record.model_copy(update={"generation": 2}))
+
+    resp = await env.client.get(f"/v1/tasks/{task_id}/events")
+    frames = []
+    while len(frames) < 3:
+        frames += parse_sse((await resp.content.readuntil(b"\n\n")).decode())
+    assert [f["event"] for f in frames] == ["requested", "failed", "redriven"]
+
+    cancel = await env.client.post(f"/v1/tasks/{task_id}/cancel")
+    assert cancel.status == 202, await cancel.text()
+    raw = await env.js.get_last_msg(TASKS_STREAM, f"tasks.cancel_requested.{task_id}")
+    assert raw.headers is not None and raw.headers["Nats-Msg-Id"].endswith(":g2")
+    await publish_event(env.js, TaskCancelledEvent(
+        source=src, subject=task_id, taskgeneration=2,
+        data=TaskCancelled(task_id=task_id, by="test")))
+    rest = parse_sse((await resp.content.read()).decode())
+    assert [f["event"] for f in rest] == ["cancel_requested", "cancelled"]
+    again = await env.client.post(f"/v1/tasks/{task_id}/cancel")
+    assert again.status == 409

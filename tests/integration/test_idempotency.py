@@ -1,7 +1,9 @@
-"""Idempotent submission over a real nats-server: same key → same task and answer."""
+"""Idempotent submission over a real nats-server: same key → same task and answer, within
+the retention window; after it, a new task."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -11,11 +13,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.idempotency import IdempotencyStore, body_digest
+from gateway.idempotency import IdempotencyStore
 from gateway.tasks import new_task_id
+from infra.admission import AdmissionRepo
 from infra.bus.publish import publish_event
 from infra.bus.topology import connect
 from infra.settings import Settings
+from schemas.admission import request_digest
 from schemas.events import TaskRequestedEvent
 from schemas.tasks import TaskRequest, TaskRequested
 from tests.faults.helpers import subject_counts
@@ -83,24 +87,56 @@ async def test_a_claim_left_by_a_dead_gateway_is_finished_exactly_once(
     """Claimed but never published → the retry publishes; published but never answered →
     the retry answers without publishing again (the duplicate window may have passed)."""
     settings, client = env
-    digest = body_digest(TaskRequest.model_validate(BODY))
+    digest = request_digest(TaskRequest.model_validate(BODY))
+    ids = {f"dead-{uuid.uuid4().hex}": new_task_id() for _ in range(2)}
+    (unpublished, left), (published, task_id) = ids.items()
     nc, js = await connect(settings, "test-idem")
     try:
         store = await IdempotencyStore.open(js)
-        unpublished, published = f"dead-{uuid.uuid4().hex}", f"dead-{uuid.uuid4().hex}"
-        for k in (unpublished, published):
-            await store.claim("default", k, new_task_id("default", k), digest)
-        task_id = new_task_id("default", published)
+        for k, claimed in ids.items():
+            await store.claim("default", k, claimed, digest)
         await publish_event(js, TaskRequestedEvent(
             source="test", subject=task_id, data=TaskRequested(
                 **TaskRequest.model_validate(BODY).model_dump(), task_id=task_id,
                 tenant="default", idempotency_key=published)))
     finally:
         await nc.close()
-    for k in (unpublished, published):
+    for k, claimed in ids.items():
         resp = await client.post("/v1/tasks", json=BODY, headers={"Idempotency-Key": k})
         assert resp.status == 202 and resp.headers["Idempotent-Replayed"] == "true"
-        assert (await resp.json())["task_id"] == new_task_id("default", k)
-        assert await _requested(settings, new_task_id("default", k)) == 1
+        assert (await resp.json())["task_id"] == claimed
+        assert await _requested(settings, claimed) == 1
     stored = await client.post("/v1/tasks", json=BODY, headers={"Idempotency-Key": unpublished})
     assert stored.headers["Idempotent-Replayed"] == "true"
+    assert (await stored.json())["task_id"] == left
+
+
+async def test_a_key_reused_after_its_window_creates_a_new_task(
+        nats_server: str, tmp_path: Path) -> None:
+    """The bucket was created with a 24 h TTL; a shortened window still holds."""
+    settings = Settings(nats_url=nats_server, store_dir=tmp_path, idempotency_ttl_s=1)
+    await apply_streams(settings)
+    key = {"Idempotency-Key": f"window-{uuid.uuid4().hex}"}
+    async with gateway_client(settings, await issue_key(settings, "default")) as client:
+        first = await client.post("/v1/tasks", json=BODY, headers=key)
+        replayed = await client.post("/v1/tasks", json=BODY, headers=key)
+        assert replayed.headers["Idempotent-Replayed"] == "true"
+        assert (await replayed.json()) == (await first.json())
+        await asyncio.sleep(1.2)
+        later = await client.post("/v1/tasks", json=BODY, headers=key)
+        assert later.status == 202 and "Idempotent-Replayed" not in later.headers
+        old_id, new_id = (await first.json())["task_id"], (await later.json())["task_id"]
+        assert new_id != old_id and later.headers["Location"] == f"/v1/tasks/{new_id}"
+        for task_id in (old_id, new_id):
+            assert await _requested(settings, task_id) == 1
+            assert (await client.get(f"/v1/tasks/{task_id}")).status == 200
+        # Within the new window the key names the new task.
+        again = await client.post("/v1/tasks", json=BODY, headers=key)
+        assert (await again.json())["task_id"] == new_id
+    nc, js = await connect(settings, "test-idem")
+    try:
+        admissions = await AdmissionRepo.open(js)
+        owners = [await admissions.get(t) for t in (old_id, new_id)]
+        assert [o.tenant if o else None for o in owners] == ["default", "default"]
+    finally:
+        await nc.close()

@@ -6,6 +6,7 @@ every refusal is a 401 (or 403/422) with nothing published on the stream.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,8 +23,15 @@ from infra.bus.topology import TASKS_STREAM, connect
 from infra.settings import Settings
 from infra.telemetry.tracing import parse_traceparent
 from schemas.events import TaskRequestedEvent, encode_event, parse_event
+from tests.faults.helpers import subject_counts
 from tests.support.factories import request
-from tests.support.tenancy_utils import apply_streams, gateway_client, inbound_secret, issue_key
+from tests.support.tenancy_utils import (
+    apply_streams,
+    bearer,
+    gateway_client,
+    inbound_secret,
+    issue_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +149,66 @@ async def test_tenant_without_secret_cannot_post_events(nats_server: str, tmp_pa
         _, body = _event(tenant)
         message = await _refused(client, body, _signed("whsec_" + "B" * 43, body))
         assert "no inbound event secret" in message
+
+
+# --- admission: one owner per task id --------------------------------------------------
+
+
+async def _requested_count(settings: Settings, task_id: str) -> int:
+    nc, js = await connect(settings, "inbound-check")
+    try:
+        counts = await subject_counts(js, f"tasks.requested.{task_id}")
+    finally:
+        await nc.close()
+    return counts.get(f"tasks.requested.{task_id}", 0)
+
+
+async def test_another_tenants_task_id_is_refused_without_saying_whose(
+        env: dict[str, Any]) -> None:
+    client, settings, tenant = env["client"], env["settings"], env["tenant"]
+    task_id, body = _event(tenant)
+    assert (await client.post("/v1/events", data=body,
+                              headers=_signed(env["secret"], body))).status == 202
+    thief = f"th{uuid.uuid4().hex[:6]}"
+    thief_secret = await inbound_secret(settings, thief)
+    theirs = encode_event(TaskRequestedEvent(
+        source="elsewhere", subject=task_id,
+        data=request(task_id=task_id, tenant=thief, name="stolen")))
+    resp = await client.post("/v1/events", data=theirs, headers={
+        **_signed(thief_secret, theirs), **bearer(await issue_key(settings, thief))})
+    assert resp.status == 409, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "task_id_unavailable"
+    assert tenant not in await resp.text() and "exist" not in error["message"]
+    assert await _requested_count(settings, task_id) == 1
+    published = await _published(settings, task_id)
+    assert published is not None and published.data.tenant == tenant
+    assert published.data.name == "ICH v1"
+
+
+async def test_the_same_request_again_is_one_task_and_another_body_is_409(
+        env: dict[str, Any]) -> None:
+    client, settings, secret = env["client"], env["settings"], env["secret"]
+    task_id, body = _event(env["tenant"])
+    for _ in range(2):  # an upstream retry: a new webhook-id, the same event
+        resp = await client.post("/v1/events", data=body, headers=_signed(secret, body))
+        assert resp.status == 202 and (await resp.json())["task_id"] == task_id
+    changed = encode_event(TaskRequestedEvent(source="pacs-bridge", subject=task_id, data=request(
+        task_id=task_id, tenant=env["tenant"], dataset_id="other")))
+    resp = await client.post("/v1/events", data=changed, headers=_signed(secret, changed))
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "task_id_conflict"
+    assert task_id in (await resp.json())["error"]["message"]
+    assert await _requested_count(settings, task_id) == 1
+
+
+async def test_tenant_is_taken_from_the_key_when_data_has_none(env: dict[str, Any]) -> None:
+    client, settings = env["client"], env["settings"]
+    task_id = f"up-{uuid.uuid4().hex[:10]}"
+    doc = json.loads(encode_event(TaskRequestedEvent(
+        source="pacs-bridge", subject=task_id, data=request(task_id=task_id))))
+    del doc["data"]["tenant"]
+    body = json.dumps(doc).encode()
+    resp = await client.post("/v1/events", data=body, headers=_signed(env["secret"], body))
+    assert resp.status == 202, await resp.text()
+    event = await _published(settings, task_id)
+    assert event is not None and event.data.tenant == env["tenant"]

@@ -16,8 +16,8 @@ from gateway.app import create_app
 from gateway.auth import PUBLIC_PATHS
 from gateway.openapi import OPERATIONS, document
 from infra.settings import Settings
-from radtrain.servers.nats import start_nats
 from radtrain.stack import Stack, start_stack
+from tests.support.nats_users import start_authenticated_nats
 from tests.support.tenancy_utils import apply_streams, gateway_client, issue_key
 
 pytestmark = pytest.mark.integration
@@ -68,9 +68,10 @@ async def test_served_document_and_docs_page(nats_server: str, tmp_path: Path) -
 def fuzz_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A NATS of its own: the fuzzer's webhooks (to hosts like ``0.com``) must not
     queue up in the deliverer of other tests that share the session's server."""
-    proc, url = start_nats(tmp_path_factory.mktemp("fuzz-nats"), port=0, sync_always=False)
-    yield url
-    proc.stop()
+    users = start_authenticated_nats(tmp_path_factory.mktemp("fuzz-nats"), port=0,
+                                     sync_always=False)
+    yield users.services_url
+    users.stop()
 
 
 @pytest.fixture(scope="module")

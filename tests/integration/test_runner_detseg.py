@@ -81,7 +81,7 @@ def mean_dice_iou(spec: TrainingSpec, result: TrainResult,
 
 def check_artifacts(store: LocalStore, spec: TrainingSpec, result: TrainResult,
                     work: Path) -> dict[str, Any]:
-    names = {a.name: a for a in write_artifacts(store, spec, result, work)}
+    names = {a.name: a for a in write_artifacts(store, spec, result, work, attempt=1)}
     assert {"model.safetensors", "model.onnx", "metrics.json", "history.csv", "spec.json",
             "model_card.md", "loss_curve.png", "metric_curve.png",
             "sample_predictions.png"} <= set(names)

@@ -180,19 +180,20 @@ def test_artifacts_round_trip(
     world: World, trained: tuple[TrainResult, list[ProgressUpdate]], tmp_path: Path
 ) -> None:
     result, _ = trained
-    artifacts = write_artifacts(world.store, world.spec, result, tmp_path / "work")
+    artifacts = write_artifacts(world.store, world.spec, result, tmp_path / "work", attempt=3)
     by_name = {a.name: a for a in artifacts}
     assert set(by_name) == {"model.safetensors", "model.onnx", "metrics.json", "history.csv",
                             "spec.json", "model_card.md", "loss_curve.png", "metric_curve.png",
                             "roc.png", "confusion_matrix.png", "sample_predictions.png"}
     for a in artifacts:
         folder = "plots/" if a.name.endswith(".png") else ""
-        assert a.key == f"runs/task-1/{folder}{a.name}"
+        assert a.key == f"runs/task-1/attempts/3/{folder}{a.name}"  # the attempt's own prefix
         assert hashlib.sha256(world.store.get_bytes(a.key)).hexdigest() == a.sha256
-    metrics = json.loads(world.store.get_bytes("runs/task-1/metrics.json"))
+    run = "runs/task-1/attempts/3"
+    metrics = json.loads(world.store.get_bytes(f"{run}/metrics.json"))
     assert metrics["metrics"] == result.metrics
-    assert world.store.get_bytes("runs/task-1/history.csv").decode().startswith("epoch,train_loss")
-    spec = TrainingSpec.model_validate_json(world.store.get_bytes("runs/task-1/spec.json"))
+    assert world.store.get_bytes(f"{run}/history.csv").decode().startswith("epoch,train_loss")
+    spec = TrainingSpec.model_validate_json(world.store.get_bytes(f"{run}/spec.json"))
     assert spec == world.spec
 
     fresh = build_model(world.spec.model)

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 from functools import reduce
+from typing import cast
 
 import pytest
 
@@ -147,3 +148,130 @@ def test_cancellation_is_recorded_then_terminal() -> None:
     assert rec is not None and rec.state == "running" and rec.cancel_requested
     rec = run([requested(), ready(), started(), req, done, completed()])
     assert rec is not None and rec.state == "cancelled"
+
+
+# --- terminal states and generations: every (state, event) pair -------------------
+
+ALL_STATES = ("requested", "ready", "rejected", "running", "completed", "failed", "cancelled")
+EVENT_KINDS = ("requested", "ready", "rejected", "started", "progress", "completed", "failed",
+               "cancel_requested", "cancelled", "redriven")
+TERMINAL = ("rejected", "completed", "failed", "cancelled")
+
+
+def record(state: str, generation: int = 1) -> TaskRecord:
+    rec = run([requested()])
+    assert rec is not None
+    return rec.model_copy(update={"state": state, "generation": generation,
+                                  "attempt": 1 if state == "running" else 0})
+
+
+def redriven(generation: int, to_state: str = "requested", by: str = "oncall") -> Event:
+    from schemas.events import TaskRedriven, TaskRedrivenEvent
+
+    return TaskRedrivenEvent(source="cli", subject="t1", time=at(200), taskgeneration=generation,
+                             data=TaskRedriven(task_id="t1", by=by, reason="fixed",
+                                               to_state=to_state, from_state="failed"))
+
+
+def event_of(kind: str, generation: int = 1) -> Event:
+    from schemas.events import (
+        TaskCancelled,
+        TaskCancelledEvent,
+        TaskCancelRequested,
+        TaskCancelRequestedEvent,
+    )
+
+    if kind == "redriven":
+        return redriven(generation)
+    built = {
+        "requested": requested, "ready": ready, "started": started, "completed": completed,
+        "failed": failed, "progress": lambda: progress(0, 1),
+        "rejected": lambda: TaskRejectedEvent(source="h", subject="t1", time=at(1), data=(
+            TaskRejected(task_id="t1", tenant="default",
+                         errors=[ErrorDetail(field="f", code="c", message="m")]))),
+        "cancel_requested": lambda: TaskCancelRequestedEvent(
+            source="g", subject="t1", time=at(20),
+            data=TaskCancelRequested(task_id="t1", by="alice")),
+        "cancelled": lambda: TaskCancelledEvent(source="r", subject="t1", time=at(30), data=(
+            TaskCancelled(task_id="t1", by="alice", last_checkpoint_epoch=None))),
+    }[kind]()
+    return cast(Event, built.model_copy(update={"taskgeneration": generation}))
+
+
+# What the record's state becomes; None: the event changes nothing.
+LIVE: dict[str, dict[str, str | None]] = {
+    "requested": {"requested": None, "ready": "ready", "rejected": "rejected",
+                  "started": "running", "progress": None, "completed": "completed",
+                  "failed": "failed", "cancel_requested": "requested",
+                  "cancelled": "cancelled", "redriven": None},
+    "ready": {"requested": None, "ready": None, "rejected": None, "started": "running",
+              "progress": None, "completed": "completed", "failed": "failed",
+              "cancel_requested": "ready", "cancelled": "cancelled", "redriven": None},
+    "running": {"requested": None, "ready": None, "rejected": None, "started": None,
+                "progress": "running", "completed": "completed", "failed": "failed",
+                "cancel_requested": "running", "cancelled": "cancelled", "redriven": None},
+}
+EXPECTED = LIVE | {s: dict.fromkeys(EVENT_KINDS) for s in TERMINAL}
+
+
+@pytest.mark.parametrize("state", ALL_STATES)
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+def test_every_state_and_event_of_the_same_generation(state: str, kind: str) -> None:
+    """Same generation: forward only, and the four terminal states never move."""
+    new = project(record(state), event_of(kind))
+    expected = EXPECTED[state][kind]
+    assert (new.state if new else None) == expected, (state, kind)
+    if new is not None:
+        assert new.generation == 1
+
+
+@pytest.mark.parametrize("state", ALL_STATES)
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+def test_events_of_an_older_generation_change_nothing(state: str, kind: str) -> None:
+    assert project(record(state, generation=3), event_of(kind, generation=2)) is None
+
+
+@pytest.mark.parametrize("state", ALL_STATES)
+def test_a_newer_redriven_reopens_any_state(state: str) -> None:
+    rec = record(state).model_copy(update={
+        "cancel_requested": True, "errors": [ErrorDetail(field="task", code="dead_letter",
+                                                         message="enrich gave up")],
+        "progress": progress(0, 3).data})
+    new = project(rec, redriven(2, to_state="ready", by="alice"))
+    assert new is not None and new.state == "ready" and new.generation == 2
+    assert [r.by for r in new.redrives] == ["alice"] and new.redrives[0].to_state == "ready"
+    assert not new.cancel_requested and new.progress is None
+    assert [e.code for e in new.errors] == ["dead_letter"]  # the history stays
+
+
+@pytest.mark.parametrize("kind", [k for k in EVENT_KINDS if k not in ("requested", "ready",
+                                                                       "redriven")])
+def test_an_event_ahead_of_its_redriven_waits_for_it(kind: str) -> None:
+    from handlers.projector import GenerationAhead
+
+    with pytest.raises(GenerationAhead):
+        project(record("failed"), event_of(kind, generation=2))
+
+
+def test_rejected_then_ready_and_started_stays_rejected() -> None:
+    rej = event_of("rejected")
+    rec = run([requested(), rej, ready(), started(), progress(0, 1), completed()])
+    assert rec is not None and rec.state == "rejected" and rec.attempt == 0
+
+
+def test_redrive_of_a_failed_task_runs_its_new_generation_to_the_end() -> None:
+    """Enrich dead-lettered (task failed), on-call redrives: generation 2 reaches ready,
+    runs and completes; a late copy of generation 1 changes nothing."""
+    gen2 = [event_of(k, generation=2) for k in ("requested", "ready", "started", "completed")]
+    rec = run([requested(), failed(), redriven(2), *gen2, failed()])
+    assert rec is not None and rec.state == "completed" and rec.generation == 2
+    assert len(rec.redrives) == 1 and rec.redrives[0].from_state == "failed"
+    assert [e.code for e in rec.errors] == ["boom"]
+    assert project(rec, redriven(2)) is None  # the same redrive again
+    again = project(rec, redriven(3))
+    assert again is not None and again.state == "requested" and len(again.redrives) == 2
+
+
+def test_a_redriven_requested_before_any_record_starts_it_at_that_generation() -> None:
+    rec = project(None, event_of("requested", generation=2))
+    assert rec is not None and rec.generation == 2 and rec.state == "requested"

@@ -48,3 +48,22 @@ def test_event_types_ids_and_success() -> None:
     assert webhook_event_type("other.task.completed.v1") is None
     assert delivery_id("e1", "w1") == delivery_id("e1", "w1") != delivery_id("e1", "w2")
     assert is_success(204) and not is_success(302) and not is_success(500)
+
+
+def test_the_body_is_sent_as_a_structured_cloudevent() -> None:
+    """CloudEvents HTTP binding, structured mode: the official SDK reads an event as we
+    publish it (no ``null`` attributes), extension attributes included."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+
+    from schemas.events import TaskCompleted, TaskCompletedEvent, encode_event
+
+    body = encode_event(TaskCompletedEvent(
+        source="radtrain/runner", subject="t1", ward="7",  # type: ignore[call-arg]
+        data=TaskCompleted(task_id="t1", metrics={"auc": 0.9}, artifacts=[], duration_s=1.0)))
+    headers = request_headers([new_secret()], "msg_1", int(time.time()), body, None)
+    assert headers["content-type"] == "application/cloudevents+json"
+    event = from_http_event(HTTPMessage(headers=headers, body=body))
+    assert event.get_type() == "radtrain.task.completed.v1" and event.get_subject() == "t1"
+    assert event.get_extension("ward") == "7" and event.get_extension("taskgeneration") == 1
+    data = event.get_data()
+    assert isinstance(data, dict) and data["metrics"] == {"auc": 0.9}

@@ -61,7 +61,14 @@ def test_every_consumer_has_max_deliver_and_a_schedule_and_no_server_backoff() -
         assert cfg.backoff == [], name  # the server would distort nak delays with it
         delays = parse_retry_metadata(cfg.metadata)
         assert delays == tuple(round(d * 0.1, 3) for d in RETRY_DELAYS_S[name]), name
-        if cfg.max_deliver > 0:
+        if name == RUNNER:
+            # The runner's failure budget is the runs ledger's (runner_max_failures, counted
+            # per task); max_deliver is only a backstop well above it, so that graceful
+            # preemptions (SIGTERM, which cost no failure) never exhaust the deliveries.
+            assert cfg.max_deliver == settings.runner_max_deliver, name
+            assert cfg.max_deliver >= settings.runner_max_failures + 5 + 1, name
+            assert len(delays) >= settings.runner_max_failures - 1, name
+        elif cfg.max_deliver > 0:
             assert len(delays) >= cfg.max_deliver - 1, name
     assert parse_retry_metadata(retry_metadata(ENRICH, Settings())) == RETRY_DELAYS_S[ENRICH]
     assert parse_retry_metadata({"radtrain.retry_delays_s": "x"}) == ()

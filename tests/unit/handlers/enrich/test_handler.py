@@ -130,3 +130,17 @@ async def test_retrain_loads_the_base_spec_checked_against_its_sha256() -> None:
     with pytest.raises(TransientError) as exc:
         await handle(event(cmd), tasks=Tasks({"t1": base_record(raw)}), store=Store(down=True))
     assert exc.value.code == "store_unavailable"
+
+
+@pytest.mark.parametrize("found", [dataset(), None], ids=["ready", "rejected"])
+async def test_the_outcome_carries_extensions_and_generation_of_the_request(
+        found: DatasetSummary | None) -> None:
+    """A redriven request of generation 2 yields a ready/rejected of generation 2 (its own
+    msg id, not the generation-1 outcome's), with the sender's extension attributes."""
+    cmd = request()
+    ev = TaskRequestedEvent(source="pacs", subject="t1", data=cmd, taskgeneration=2,
+                            **{"tenantref": "ward-7", "priority": 3})
+    (out,) = await handle(ev, datasets=Datasets(found))
+    assert isinstance(out, TaskReadyEvent if found else TaskRejectedEvent)
+    assert out.taskgeneration == 2 and out.msg_id == f"t1:{out.name}:g2"
+    assert out.extensions == {"tenantref": "ward-7", "priority": 3}
