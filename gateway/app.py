@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from gateway import artifacts, datasets, events, observe, openapi, presets, runs, webhooks, zoo
+from gateway import (
+    artifacts,
+    datasets,
+    events,
+    observe,
+    openapi,
+    presets,
+    runners,
+    runs,
+    webhooks,
+    zoo,
+)
 from gateway.app_keys import (
     ADMISSIONS,
     CONNECTED,
@@ -21,6 +33,7 @@ from gateway.app_keys import (
     REPLAY,
     SETTINGS,
     STORE,
+    TASK_LISTS,
     TASKS,
     TENANTS,
     WEBHOOK_SUBS,
@@ -35,6 +48,9 @@ from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
 from infra.admission import AdmissionRepo
 from infra.bus.topology import connect
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
+from infra.kv.listing import TASKS as TASK_KIND
+from infra.kv.listing import ListingIndex
+from infra.security.sealing import load_seal_key
 from infra.settings import Settings
 from infra.store import open_store
 from infra.telemetry.metrics import setup_process
@@ -53,7 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     app[STORE] = open_store(settings, ensure_bucket=False)
     app.cleanup_ctx.append(_nats_ctx)
     app.add_routes(routes)
-    for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo, presets):
+    for module in (artifacts, events, webhooks, observe, openapi, datasets, runs, zoo, presets,
+                   runners):
         app.add_routes(module.routes)
     app.add_routes(flow_routes)
     return app
@@ -64,14 +81,16 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONNECTED] = nc
     app[JS] = js
     app[TASKS] = await _open_tasks(js)
-    app[KEYS] = KeyCache(await _wait_open(ApiKeyRepo.open, js),
+    seal = load_seal_key(app[SETTINGS])  # the secret buckets trust only sealed records
+    app[KEYS] = KeyCache(await _wait_open(partial(ApiKeyRepo.open, seal_key=seal), js),
                          app[SETTINGS].api_key_cache_s)
-    app[TENANTS] = await _wait_open(TenantRepo.open, js)
+    app[TENANTS] = await _wait_open(partial(TenantRepo.open, seal_key=seal), js)
     app[REPLAY] = await _wait_open(ReplayGuard.open, js)
-    app[WEBHOOK_SUBS] = await _wait_open(WebhookRepo.open, js)
+    app[WEBHOOK_SUBS] = await _wait_open(partial(WebhookRepo.open, seal_key=seal), js)
     app[DELIVERIES] = await _wait_open(DeliveryRepo.open, js)
     app[IDEMPOTENCY] = await _wait_open(IdempotencyStore.open, js)
     app[ADMISSIONS] = await _wait_open(AdmissionRepo.open, js)
+    app[TASK_LISTS] = await _wait_open(partial(ListingIndex.open, kind=TASK_KIND), js)
     yield
     await nc.drain()
 

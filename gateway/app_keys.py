@@ -10,6 +10,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.tenancy import ReplayGuard, TenantRepo
 from infra.admission import AdmissionRepo
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
+from infra.kv.listing import ListingIndex
 from infra.settings import Settings
 from infra.store import ObjectStore
 
@@ -25,6 +26,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 STORE: web.AppKey[ObjectStore] = web.AppKey("store")
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 ADMISSIONS = web.AppKey("admissions", AdmissionRepo)
+TASK_LISTS = web.AppKey("task_lists", ListingIndex)
 
 # Request-scoped values set by the middlewares (gateway/auth.py, gateway/observe.py).
 TENANT = web.RequestKey("tenant", str)

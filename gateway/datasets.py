@@ -40,9 +40,11 @@ from gateway.idempotency import (
     unavailable,
 )
 from gateway.observe import traceparent_of
+from gateway.paging import cursor_param
 from gateway.previews import ManifestMismatch, case_preview, load_manifest, preview_key
 from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from imaging.reader import CaseReadError
+from infra.bus.topology import KV_DATASETS
 from infra.dataset_imports import (
     ImportRepo,
     job_in_stream,
@@ -51,6 +53,7 @@ from infra.dataset_imports import (
     submit_import,
 )
 from infra.kv import BucketRepo, DatasetRepo
+from infra.kv.listing import Cursor
 from infra.store import InvalidKey, ObjectNotFound, StoreError, validate_key
 from schemas.common import is_identifier
 from schemas.dataset import AnnotationType, Case, DatasetManifest, DatasetSummary
@@ -171,12 +174,39 @@ async def list_datasets(request: web.Request) -> web.Response:
     task_type = _choice(request, "task_type", tuple(TASK_ANNOTATIONS))
     annotation = _choice(request, "annotation_type", get_args(AnnotationType))
     modality = _choice(request, "modality", get_args(Modality))
-    items = [s for s in await (await _repo(request)).list(tenant_of(request))
-             if fits(s, task_type, annotation, modality)]
-    items.sort(key=lambda s: (s.created_at.timestamp() if s.created_at else 0.0, s.name),
-               reverse=True)
-    page = DatasetPage(items=items[offset:offset + limit], total=len(items))
-    return web.json_response(text=page.model_dump_json())
+    cursor = cursor_param(request, None, offset)
+    repo, tenant = await _repo(request), tenant_of(request)
+    assert repo.lists is not None  # DatasetRepo.open lists every dataset per tenant
+    try:
+        if (task_type, annotation, modality) == (None, None, None):  # O(limit)
+            page = await repo.lists.page(tenant, limit=limit, offset=offset, cursor=cursor)
+            found = await _summaries(repo, page.ids)
+            body = DatasetPage(items=[s for s in found if s.tenant == tenant],
+                               total=page.total, next=page.next.encode() if page.next else None)
+            return web.json_response(text=body.model_dump_json())
+        entries = await repo.lists.entries(tenant)  # this tenant's datasets only
+        by_id = {s.id: s for s in await _summaries(repo, [i for _, i in entries])}
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise unavailable(exc) from exc
+    matched = [(p, by_id[i]) for p, i in entries if i in by_id and by_id[i].tenant == tenant
+               and fits(by_id[i], task_type, annotation, modality)]
+    below = [m for m in matched if cursor is None or m[0] < cursor.below]
+    window = below[0 if cursor else offset:][:limit]
+    more = window and len(below) > (0 if cursor else offset) + limit
+    body = DatasetPage(items=[s for _, s in window], total=len(matched),
+                       next=Cursor(None, window[-1][0]).encode() if more else None)
+    return web.json_response(text=body.model_dump_json())
+
+
+async def _summaries(repo: DatasetRepo, ids: list[str]) -> list[DatasetSummary]:
+    """The summaries of ``ids`` in that order, in batched direct gets when the bucket
+    allows them (else one get each); an id without a summary (yet) is left out."""
+    direct = repo.lists.direct if repo.lists else None
+    raw = await direct.get_last(KV_DATASETS, ids) if direct else None
+    if raw is not None:
+        return [DatasetSummary.model_validate_json(raw[i]) for i in ids if i in raw]
+    found = await asyncio.gather(*(repo.get(i) for i in ids))
+    return [s for s in found if s is not None]
 
 
 # --- imports: registered before /v1/datasets/{dataset_id}, which would match them ---

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from gateway.openapi import AUTHED, OPERATIONS, PAGING, Op, Param
+from gateway.openapi import AUTHED, CURSOR, OPERATIONS, PAGING, Op, Param
 from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from schemas.common import ID_PATTERN
 from schemas.dataset import AnnotationType, DatasetSummary
@@ -38,7 +38,7 @@ DATASET_OPERATIONS = [
     Op("get", "/v1/datasets", "listDatasets",
        "List the tenant's datasets, those fitting a task type only if asked", "datasets",
        {200: DatasetPage}, (400, *AUTHED), params=(
-           *PAGING,
+           *PAGING, CURSOR,
            _enum("task_type", tuple(TASK_ANNOTATIONS),
                  "classification: single/multi-label; detection: boxes; segmentation: masks"),
            _enum("annotation_type", get_args(AnnotationType)),

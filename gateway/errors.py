@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import nats.errors
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -58,6 +59,11 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
                     exc.code, exc.message)
         return error_response(503, exc.code, f"temporarily unavailable: {exc.message}",
                               headers={"Retry-After": str(max(1, round(exc.delay_s)))})
+    except (nats.errors.Error, TimeoutError) as exc:  # e.g. a KV read (API key) while its
+        # stream elects a leader or the node is unreachable: the client retries
+        log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)
+        return error_response(503, "unavailable", f"event bus unavailable, retry later: {exc!r}",
+                              headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

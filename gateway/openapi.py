@@ -83,6 +83,8 @@ def _id(name: str, what: str) -> Param:
 
 PAGING = (Param("limit", "query", {"type": "integer", "minimum": 0, "maximum": 500}),
           Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**9}))
+CURSOR = Param("cursor", "query", {"type": "string"},
+               description="The `next` of the previous page (not with offset)")
 STATUS = {"type": "object", "properties": {"status": {"type": "string"}},
           "required": ["status"]}
 AUTHED = (401, 429)
@@ -106,7 +108,7 @@ OPERATIONS: list[Op] = [
                      "key starts a new task and the answer names the new id."),),
        ok_headers={"Location": "/v1/tasks/{task_id}"}),
     Op("get", "/v1/tasks", "listTasks", "List the tenant's tasks, newest first", "tasks",
-       {200: TaskPage}, (400, *AUTHED), params=(*PAGING, Param("state", "query", {
+       {200: TaskPage}, (400, *AUTHED), params=(*PAGING, CURSOR, Param("state", "query", {
            "type": "string", "enum": ["requested", "ready", "rejected", "running",
                                       "completed", "failed", "cancelled"]}))),
     Op("get", "/v1/tasks/{task_id}", "getTask", "A task's record", "tasks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import nats.errors
@@ -9,7 +10,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASKS
+from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASK_LISTS, TASKS
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
@@ -21,9 +22,10 @@ from gateway.idempotency import (
     unavailable,
 )
 from gateway.observe import traceparent_of
+from gateway.paging import cursor_param
 from infra.admission import Admission, admit
 from infra.bus.publish import publish_event
-from infra.bus.topology import TASKS_STREAM, streams_exist
+from infra.bus.topology import KV_TASKS, TASKS_STREAM, streams_exist
 from infra.telemetry.logging import task_id_var
 from schemas.admission import Ingress, request_digest
 from schemas.api import TaskAccepted, TaskPage
@@ -138,20 +140,38 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.get("/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
+    """Newest first from the tenant's numbered list (infra/kv/listing.py): O(limit)
+    direct gets whatever the history. With ``state``, newest into that state first."""
     limit = int_param(request, "limit", 50, MAX_PAGE)
     offset = int_param(request, "offset", 0, 10**9)
     state = request.query.get("state")
     if state is not None and state not in STATE_RANK:
         raise ApiError(400, "invalid_query", f"state must be one of {sorted(STATE_RANK)}")
-    repo, tenant = request.app[TASKS], tenant_of(request)
-    records = []
-    for task_id in await repo.ids():
-        found = await repo.get(task_id)
-        if found and found[0].tenant == tenant and (state is None or found[0].state == state):
-            records.append(found[0])
-    records.sort(key=lambda r: r.created_at, reverse=True)
-    page = TaskPage(items=records[offset:offset + limit], total=len(records))
-    return web.json_response(text=page.model_dump_json())
+    cursor = cursor_param(request, state, offset)
+    tenant = tenant_of(request)
+    try:
+        page = await request.app[TASK_LISTS].page(tenant, state=state, limit=limit,
+                                                  offset=offset, cursor=cursor)
+        found = await _records(request, page.ids)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise unavailable(exc) from exc
+    # The lists follow the records a moment later: show each task as it is now.
+    records = [r for r in found if r.tenant == tenant and (state is None or r.state == state)]
+    body = TaskPage(items=records, total=page.total,
+                    next=page.next.encode() if page.next else None)
+    return web.json_response(text=body.model_dump_json())
+
+
+async def _records(request: web.Request, task_ids: list[str]) -> list[TaskRecord]:
+    """The records of ``task_ids`` in that order, in one batched direct get (else one
+    get each); a task without a record (yet) is left out."""
+    direct = request.app[TASK_LISTS].direct
+    raw = await direct.get_last(KV_TASKS, task_ids) if direct else None
+    if raw is not None:
+        return [TaskRecord.model_validate_json(raw[t]) for t in task_ids if t in raw]
+    repo = request.app[TASKS]
+    found = await asyncio.gather(*(repo.get(task_id) for task_id in task_ids))
+    return [f[0] for f in found if f is not None]
 
 
 @routes.get("/healthz")

@@ -54,7 +54,7 @@ class IssuedKey:
 class ApiKeyRepo(BucketRepo[ApiKeyRecord]):
     """KV ``apikeys``: key id → ApiKeyRecord (the key's sha256, never the key)."""
 
-    BUCKET = Bucket(KV_APIKEYS, ApiKeyRecord)
+    BUCKET = Bucket(KV_APIKEYS, ApiKeyRecord, sealed=True)
 
     async def create(self, tenant: str, name: str = "") -> IssuedKey:
         for _ in range(3):  # a 64-bit id collides practically never
@@ -100,7 +100,7 @@ class ApiKeyRepo(BucketRepo[ApiKeyRecord]):
 class TenantRepo(BucketRepo[TenantSecrets]):
     """KV ``tenants``: per-tenant secrets that upstream systems sign incoming events with."""
 
-    BUCKET = Bucket(KV_TENANTS, TenantSecrets)
+    BUCKET = Bucket(KV_TENANTS, TenantSecrets, sealed=True)
 
     async def get(self, tenant: str) -> tuple[TenantSecrets, int]:
         return await self.kv.get_entry(tenant) or (TenantSecrets(tenant=tenant), 0)

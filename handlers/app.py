@@ -20,32 +20,47 @@ from nats.js import JetStreamContext
 from handlers.datasets_import.job import handle_import_job
 from handlers.dead_letter_forwarder import on_advisory
 from handlers.deliverer import WebhookContext, on_delivery_job, on_status_event, open_webhooks
+from handlers.dispatch import handle_ready as dispatch_ready
 from handlers.enrich import WeightsIndex
 from handlers.enrich.handler import handle_requested
 from handlers.inbound import decode_inbound, handle_inbound
-from handlers.projector import handle_event
+from handlers.projector import RecordCache, handle_event
+from handlers.task_index import handle_event as index_event
 from handlers.weights_index import StoreWeightsIndex
 from infra.admission import AdmissionRepo
 from infra.bus.dead_letters import parse_advisory
-from infra.bus.subscriber import Subscriber, event_decoder, model_decoder, run_subscriber
+from infra.bus.subscriber import (
+    SharedReads,
+    Subscriber,
+    event_decoder,
+    model_decoder,
+    one_lane,
+    run_subscriber,
+)
 from infra.bus.topology import (
     ADMISSION,
     DATASET_IMPORT,
+    DISPATCHER,
     DLQ_FORWARDER,
     ENRICH,
     PROJECTOR,
+    TASK_INDEX,
     WEBHOOK_DELIVERIES,
     WEBHOOKS,
     connect,
+    stream_of,
     wait_for_streams,
 )
 from infra.dataset_imports import ImportRepo
 from infra.kv import DatasetRepo, TaskRepo
+from infra.kv.listing import TASKS as TASK_LISTS
+from infra.kv.listing import ListingIndex
 from infra.settings import Settings
 from infra.store import ObjectStore, open_store
+from infra.telemetry.health import Readiness, serve_health
 from infra.telemetry.metrics import setup_process
 from schemas.dataset_import import ImportJob
-from schemas.events import TaskRequestedEvent
+from schemas.events import TaskReadyEvent, TaskRequestedEvent
 from schemas.webhooks import WebhookJob
 
 log = logging.getLogger("radtrain.handlers")
@@ -53,18 +68,25 @@ log = logging.getLogger("radtrain.handlers")
 
 def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
                 store: ObjectStore, weights: WeightsIndex, hooks: WebhookContext,
-                imports: ImportRepo, admissions: AdmissionRepo,
-                settings: Settings) -> dict[str, Subscriber[Any]]:
-    """The table: durable consumer → how its messages decode, and the bound handler."""
+                imports: ImportRepo, admissions: AdmissionRepo, settings: Settings,
+                index: ListingIndex | None = None) -> dict[str, Subscriber[Any]]:
+    """The table: durable consumer → how its messages decode, and the bound handler
+    (``index`` omitted: no task-index consumer, for benches of single consumers)."""
     table: list[Subscriber[Any]] = [
         Subscriber(ENRICH, event_decoder(TaskRequestedEvent), partial(
-            handle_requested, datasets=datasets, tasks=tasks, store=store, weights=weights)),
+            handle_requested, datasets=datasets, tasks=tasks, store=store, weights=weights,
+            pools=settings.runner_pools, dataset_reads=SharedReads(datasets.get))),
+        # task.ready -> dispatch.<pool>.<id>: the queue of the pool enrich placed it on.
+        Subscriber(DISPATCHER, event_decoder(TaskReadyEvent), partial(
+            dispatch_ready, js=js, pools=settings.runner_pools)),
         # Upstream systems over NATS: admission, then tasks.requested.<id> (for enrich).
         Subscriber(ADMISSION, decode_inbound, partial(handle_inbound, admissions=admissions,
                                                       js=js)),
-        Subscriber(PROJECTOR, event_decoder(), partial(handle_event, tasks=tasks)),
+        Subscriber(PROJECTOR, event_decoder(), partial(handle_event, tasks=tasks,
+                                                       cache=RecordCache())),
+        # One event at a time: each lists its tenant's subscriptions with a KV watch.
         Subscriber(WEBHOOKS, event_decoder(), partial(
-            on_status_event, js=js, tasks=tasks, ctx=hooks)),
+            on_status_event, js=js, tasks=tasks, ctx=hooks), lane=one_lane),
         # Receivers may take up to the HTTP timeout each: attempt a batch side by side.
         Subscriber(WEBHOOK_DELIVERIES, model_decoder(WebhookJob),
                    partial(on_delivery_job, ctx=hooks), batch=32, concurrent=True),
@@ -77,11 +99,19 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
             handle_import_job, store=store, datasets=datasets, imports=imports,
             settings=settings), batch=1),
     ]
+    if index is not None:  # per-tenant task lists (GET /v1/tasks), after the projector's records
+        # One event at a time: a tenant's list positions are taken by create-if-absent,
+        # which tasks of one tenant side by side would contend for.
+        table.append(Subscriber(TASK_INDEX, event_decoder(), partial(
+            index_event, tasks=tasks, index=index), lane=one_lane))
     return {sub.durable: sub for sub in table}
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
+async def run(settings: Settings, stop: asyncio.Event,
+              readiness: Readiness | None = None) -> None:
+    ready = readiness or Readiness()
     nc, js = await connect(settings, name="radtrain-handlers")
+    ready.nc, ready.js = nc, js
     try:
         await wait_for_streams(js)
         hooks = await open_webhooks(settings, js)
@@ -90,10 +120,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                             tasks=await TaskRepo.open(js), store=store,
                             weights=StoreWeightsIndex(store), hooks=hooks,
                             imports=await ImportRepo.open(js),
-                            admissions=await AdmissionRepo.open(js), settings=settings)
+                            admissions=await AdmissionRepo.open(js), settings=settings,
+                            index=await ListingIndex.open(js, TASK_LISTS))
         log.info("handlers consuming %s", ", ".join(table))
+        ready.consumers = [(stream_of(name), name) for name in table]
+        loops = [asyncio.create_task(run_subscriber(js, sub, stop)) for sub in table.values()]
+        ready.bound = True
         try:
-            await asyncio.gather(*(run_subscriber(js, sub, stop) for sub in table.values()))
+            await asyncio.gather(*loops)
         finally:
             await hooks.close()
     finally:
@@ -111,4 +145,10 @@ async def _main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run(settings, stop)
+    readiness = Readiness()
+    probes = await serve_health(settings.metrics_host, settings.handlers_health_port, readiness)
+    try:
+        await run(settings, stop, readiness)
+    finally:
+        if probes is not None:
+            await probes.cleanup()

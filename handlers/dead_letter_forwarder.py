@@ -14,9 +14,17 @@ Two advisories make a dead letter (DESIGN.md §9):
   outcomes the handler already published (``task.failed``/``task.rejected``)
   and are only acknowledged.
 
-When the dead consumer owns the task's progress (enrich, runner) the task is
+When the dead consumer owns the task's progress (enrich, dispatch, a runner pool's
+``runner-<pool>`` on ``DISPATCH``) the task is
 marked failed with a deterministic ``task.failed``, unless the stream already
 holds a terminal event for it, so the state and the webhooks tell the user.
+
+Runner letters come from ``DISPATCH`` (``runner-<pool>``): the copy of the
+``task.ready`` filed as ``dlq.runner-<pool>.<task_id>``; after a max-deliveries
+advisory the original is deleted from that work queue once copied. A term on a
+work-queue stream removes the message at once, so the letter of an unreadable
+runner message has no body (``H_MISSING``); its task was failed by the runner's
+subscriber, which reads the task id from the subject.
 
 A letter of the ``INBOUND`` stream (the ``admission`` consumer: an upstream
 event refused or never admitted) names no task: its body is what an upstream
@@ -29,27 +37,29 @@ redrive publishes it on its inbound subject again, through admission.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from infra.bus.consumer import DEAD_LETTER_REASON
 from infra.bus.dead_letters import (
     H_SUBJECT,
     H_TASK,
-    TASK_OWNERS,
     Advisory,
     DeadLetter,
     build_dead_letter,
     carried,
     finished,
+    owns_task,
 )
 from infra.bus.last_errors import LastErrors
 from infra.bus.publish import publish_event
 from infra.bus.stream_read import get_seq
-from infra.bus.topology import INBOUND_STREAM, TASKS_STREAM
+from infra.bus.topology import DISPATCH_STREAM, INBOUND_STREAM
 from infra.errors import TransientError
 from schemas.common import is_identifier
 from schemas.events import Envelope, TaskFailed, TaskFailedEvent
@@ -76,7 +86,7 @@ def error_text(adv: Advisory, recorded: str | None) -> str:
 def failure_event(adv: Advisory, letter: DeadLetter, error: str) -> TaskFailedEvent | None:
     """The ``task.failed`` a dead letter implies, or ``None`` when it implies none."""
     task_id = letter.headers.get(H_TASK)
-    if adv.consumer not in TASK_OWNERS or not task_id or adv.stream != TASKS_STREAM:
+    if not owns_task(adv.consumer, adv.stream) or not task_id:
         return None
     what = (f"gave up after {adv.deliveries} deliveries" if adv.kind == "max_deliveries"
             else "could not read the message")
@@ -120,6 +130,11 @@ async def forward(js: JetStreamContext, adv: Advisory) -> DeadLetter:
             await publish_event(js, event)
         else:
             log.info("task %s already %s; not marking it failed", event.subject, ended)
+    if adv.stream == DISPATCH_STREAM and adv.kind == "max_deliveries" and original is not None:
+        # Work-queue retention keeps a message that ran out of deliveries for ever:
+        # its copy is in DLQ now (a retry of this forward keeps that copy: same msg id).
+        with suppress(NotFoundError):
+            await js.delete_msg(DISPATCH_STREAM, adv.stream_seq)
     return letter
 
 

@@ -35,6 +35,7 @@ from infra.bus.topology import TASKS_STREAM
 from infra.errors import TransientError
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.security.address_guard import BlockedAddress, GuardedResolver, check_url
+from infra.security.sealing import load_seal_key
 from infra.settings import Settings
 from infra.telemetry.metrics import WEBHOOK_ATTEMPTS
 from schemas.cloudevents import event_bytes
@@ -79,7 +80,7 @@ async def open_webhooks(settings: Settings, js: JetStreamContext) -> WebhookCont
                                      use_dns_cache=False, limit=64)
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
     return WebhookContext(
-        settings=settings, subs=await WebhookRepo.open(js),
+        settings=settings, subs=await WebhookRepo.open(js, seal_key=load_seal_key(settings)),
         deliveries=await DeliveryRepo.open(js), session=session,
         policy=RetryPolicy(settings.webhook_retry_base_s, settings.webhook_retry_max_delay_s,
                            settings.webhook_retry_window_s))

@@ -4,7 +4,9 @@
 returns the new record, or ``None`` when the event changes nothing (a
 duplicate, a replay, an event that arrives after a terminal state). That is
 what makes redelivery and replay harmless. ``handle_event`` is the
-projector consumer's glue around it: one compare-and-set on KV ``tasks``.
+projector consumer's glue around it: one compare-and-set on KV ``tasks``, tried
+first on the record this process last wrote for the task (:class:`RecordCache`),
+so the usual task (requested, then rejected or ready) costs no read at all.
 
 Generations (the ``taskgeneration`` extension attribute): ``rejected``,
 ``failed``, ``cancelled`` and ``completed`` are terminal whatever arrives
@@ -16,11 +18,12 @@ newer one that is not the ``task.redriven`` itself waits for it (retried).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import nats.errors
 
-from infra.errors import TransientError
+from infra.errors import KVConflict, TransientError
 from infra.kv import TaskRepo
 from schemas.common import ErrorDetail
 from schemas.events import (
@@ -145,11 +148,76 @@ def _is_newer_progress(rec: TaskRecord, event: TaskProgressEvent) -> bool:
     return (new.epoch, new.step) > (old.epoch, old.step)
 
 
-async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo) -> list[Envelope]:
+class RecordCache:
+    """The record this process last wrote or read for each recent task, with its KV
+    revision: a guess for the next compare-and-set, never an answer on its own.
+
+    Safe because a guess is only ever used through a compare-and-set on its
+    revision: the write succeeds only if the key is still at that revision, that is
+    if the guess *is* the current record; when another writer (a second projector,
+    on-call) got there first the write fails and :func:`fold` reads KV and decides
+    again. A guess that says "nothing to write" or "not yet" is not trusted either.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[TaskRecord, int]] = OrderedDict()
+
+    def get(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        return self._items.get(task_id)
+
+    def put(self, task_id: str, record: TaskRecord, revision: int) -> None:
+        self._items[task_id] = (record, revision)
+        self._items.move_to_end(task_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop(self, task_id: str) -> None:
+        self._items.pop(task_id, None)
+
+
+NO_RECORD: tuple[None, int] = (None, 0)
+"""The guess for a task's first event: no record yet (compare-and-set at revision 0)."""
+
+
+async def fold(tasks: TaskRepo, task_id: str, event: Event, cache: RecordCache,
+               attempts: int = 20) -> TaskRecord | None:
+    """``project`` the event onto the task's record and write it by compare-and-set: the
+    written record, or ``None`` when the event changes nothing. Starts from the cached
+    record (a ``task.requested``: from no record); a lost write, or a guess that writes
+    nothing, reads the record from KV and decides again."""
+    guess: tuple[TaskRecord | None, int] | None = cache.get(task_id)
+    if guess is None and isinstance(event, TaskRequestedEvent):
+        guess = NO_RECORD
+    for _ in range(attempts):
+        guessed, current = guess is not None, guess or (await tasks.get(task_id) or NO_RECORD)
+        guess = None
+        try:
+            new = project(current[0], event)
+        except (RecordMissing, GenerationAhead):
+            if guessed:
+                continue
+            raise
+        if new is None:
+            if guessed:
+                continue
+            if current[0] is not None:
+                cache.put(task_id, current[0], current[1])
+            return None
+        revision = await tasks.kv.compare_and_set(task_id, new, current[1])
+        if revision is not None:
+            cache.put(task_id, new, revision)
+            return new
+        cache.drop(task_id)
+    raise KVConflict(tasks.kv.bucket, task_id, attempts)
+
+
+async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
+                       cache: RecordCache | None = None) -> list[Envelope]:
     """Fold one event into the task's KV record (compare-and-set); publishes nothing."""
     del delivery
     try:
-        await tasks.upsert(event.subject, lambda rec: project(rec, event))
+        await fold(tasks, event.subject, event, cache or RecordCache(size=0))
     except RecordMissing as exc:
         raise TransientError("record_missing", f"no record yet for {exc}", delay_s=2.0) from exc
     except GenerationAhead as exc:

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.pools import DEFAULT_POOLS, RunnerPool
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RADTRAIN_", extra="ignore")
@@ -78,13 +80,35 @@ class Settings(BaseSettings):
     dataloader_workers: int = Field(0, ge=0)
     compile_model: bool = False
     """``torch.compile`` the network (worth it on long GPU runs; slow to start)."""
+    ddp_cpu_processes_max: int = Field(2, ge=1, le=256)
+    """A CPU runner trains ``resources.gpus: N`` (N > 1) as N gloo processes when N is at
+    most this; more is a permanent ``resources_unavailable`` (a CUDA runner: N devices)."""
+    ddp_timeout_s: float = Field(1800.0, gt=0)
+    """torch.distributed collective timeout: a rank stuck longer fails the attempt."""
     cancel_poll_s: float = Field(1.0, gt=0)
     """How often a training runner looks for ``task.cancel_requested``."""
+    runner_pools: list[RunnerPool] = Field(default_factory=lambda: list(DEFAULT_POOLS))
+    """The pool catalog (JSON list in ``RADTRAIN_RUNNER_POOLS``): enrich places tasks on
+    these pools, ``infra apply`` creates one consumer ``runner-<pool>`` each. Order
+    matters: a request that does not say ``gpus`` goes to the first pool. Default: one
+    CPU pool ``cpu`` taking the requests the embedded stack always took."""
+    runner_pool: str = "cpu"
+    """The pool this runner serves (binds ``runner-<pool>``)."""
+    runner_once: bool = False
+    """Take one task, then exit 0 (a Kubernetes Job); ``python -m runner --once``."""
+    runner_idle_exit_s: float = Field(0.0, ge=0)
+    """Exit 0 after this long without a task (0: never); scale to zero."""
+    runner_heartbeat_s: float = Field(5.0, gt=0)
+    """How often a runner rewrites its record in KV ``runners`` (TTL: 3 heartbeats)."""
 
     # --- embedded stack ---------------------------------------------------
     data_dir: Path = Path(".radtrain")
     nats_port: int = Field(4222, ge=0, le=65535)
     nats_sync_always: bool = True
+
+    secrets_seal_key: Path | None = None
+    """File with the hex HMAC key the services seal secret KV records with
+    (infra/security/sealing.py); default: ``<data_dir>/nats/secrets-seal.key`` if present."""
 
     # --- tenancy, limits (issue 8) ----------------------------------------
     api_key: SecretStr | None = None
@@ -126,4 +150,8 @@ class Settings(BaseSettings):
     handlers_metrics_port: int = Field(0, ge=0, le=65535)
     """Prometheus port of the handlers process; 0 = no metrics server."""
     runner_metrics_port: int = Field(0, ge=0, le=65535)
+    handlers_health_port: int = Field(0, ge=0, le=65535)
+    """``/healthz`` (loop alive) and ``/readyz`` (NATS connected, consumers bound) of the
+    handlers process; 0 = none."""
+    runner_health_port: int = Field(0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

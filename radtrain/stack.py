@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import IO
 
 from infra.bus.topology import Change, apply, connect
+from infra.security.sealing import ensure_local_key as ensure_seal_key
+from infra.security.sealing import load_seal_key
 from infra.settings import Settings
 from infra.store import open_store
 from radtrain.servers.nats import ManagedProcess, free_port, start_nats
@@ -70,12 +73,15 @@ class Stack:
 def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Settings become RADTRAIN_* variables so each child builds the same Settings."""
     env = dict(os.environ if base is None else base)
+    as_json = settings.model_dump(mode="json")
     for name, value in settings.model_dump().items():
         if value is None:  # unset here (e.g. the stack's own NATS credentials): unset there
             env.pop(f"RADTRAIN_{name.upper()}", None)
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        elif isinstance(value, list | tuple | dict):  # complex fields are JSON in the env
+            value = json.dumps(as_json[name])
         env[f"RADTRAIN_{name.upper()}"] = str(value)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONUNBUFFERED"] = "1"
@@ -101,7 +107,7 @@ async def ensure_local_key(settings: Settings) -> str:
     path = settings.data_dir.resolve() / "local-api-key"
     nc, js = await connect(settings, name="radtrain-keys")
     try:
-        repo = await ApiKeyRepo.open(js)
+        repo = await ApiKeyRepo.open(js, seal_key=load_seal_key(settings))
         if path.exists():
             key = path.read_text().strip()
             record = await repo.authenticate(key)
@@ -150,7 +156,8 @@ def start_stack(settings: Settings, *, embedded_nats: bool = True,
         # The services (and this process) authenticate as `services`; no other credential.
         updates.update(nats_url=url, nats_nkey_seed=seed, nats_creds=None, nats_user=None,
                        nats_password=None, nats_identity="services", nats_tls_ca=None,
-                       nats_tls_cert=None, nats_tls_key=None)
+                       nats_tls_cert=None, nats_tls_key=None,
+                       secrets_seal_key=ensure_seal_key(settings))
     if settings.gateway_port == 0:
         updates["gateway_port"] = free_port()
     settings = settings.model_copy(update=updates)

@@ -22,7 +22,7 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -84,6 +84,20 @@ def set_rng_state(state: State, gen: torch.Generator) -> None:
 # --- store I/O --------------------------------------------------------------------
 
 
+class Sink(Protocol):
+    """Where the loop saves: a :class:`Checkpointer`, or rank 0's relay to its supervisor
+    (``runner.distributed``), which asks the same guard and uploads the same way."""
+
+    saved_epoch: int | None
+
+    def save(self, state: State) -> bool: ...
+
+
+def stamped(state: State, spec: TrainingSpec) -> State:
+    """The state with what :meth:`Checkpointer.load` checks before trusting it."""
+    return {**state, "format": FORMAT, "task_id": spec.task_id, "spec": spec_fingerprint(spec)}
+
+
 class Checkpointer:
     """Writes and reads one task's ``last.pt``; every write asks ``guard`` first."""
 
@@ -100,17 +114,29 @@ class Checkpointer:
             log.warning("task %s: not writing a checkpoint, a newer attempt owns the task",
                         self.spec.task_id)
             return False
-        state = {**state, "format": FORMAT, "task_id": self.spec.task_id,
-                 "spec": spec_fingerprint(self.spec)}
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.work_dir, suffix=".pt", delete=False) as fh:
             tmp = Path(fh.name)
         try:
-            torch.save(state, tmp)
+            torch.save(stamped(state, self.spec), tmp)
             self.store.put_file(self.key, tmp, content_type="application/octet-stream")
         finally:
             tmp.unlink(missing_ok=True)
         self.saved_epoch = int(state["epoch"])
+        return True
+
+    def put(self, path: Path, epoch: int) -> bool:
+        """Upload a checkpoint another process serialised (``stamped``), asking the guard
+        first; the file is removed either way. False when the guard refused."""
+        try:
+            if not self.guard():
+                log.warning("task %s: not writing a checkpoint, a newer attempt owns the task",
+                            self.spec.task_id)
+                return False
+            self.store.put_file(self.key, path, content_type="application/octet-stream")
+        finally:
+            path.unlink(missing_ok=True)
+        self.saved_epoch = epoch
         return True
 
     def load(self) -> State | None:

@@ -21,6 +21,7 @@ from infra.store import InvalidKey, ObjectNotFound, ObjectStore
 from runner.artifacts import write_artifacts
 from runner.checkpoint import Checkpointer, State
 from runner.data import prepare
+from runner.distributed import train_group, world_size
 from runner.train import ProgressUpdate, TrainingStopped, TrainOptions, train
 from schemas.dataset import DatasetManifest
 from schemas.events import Artifact
@@ -70,9 +71,11 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
             should_stop: Callable[[], object], *,
             checkpointer: Checkpointer | None = None,
             resume: State | None = None, attempt: int = 1) -> JobResult:
-    """Prepare (or hit the cache), train (or resume), then write and upload the artifacts
-    under the attempt's own prefix (``runs/<task_id>/attempts/<attempt>/``)."""
+    """Prepare (or hit the cache), train (or resume) in this thread or, for
+    ``resources.gpus: N > 1``, over N processes it supervises, then write and upload the
+    artifacts under the attempt's own prefix (``runs/<task_id>/attempts/<attempt>/``)."""
     started = time.monotonic()
+    world = world_size(spec, device, settings.ddp_cpu_processes_max)
     manifest = load_manifest(store, spec)
     data = prepare(spec, manifest, store, settings.cache_dir)
     reason = should_stop()
@@ -81,11 +84,15 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
                               None if resume is None else int(resume["epoch"]))
     options = TrainOptions(workers=settings.dataloader_workers, compile=settings.compile_model,
                            checkpointer=checkpointer, resume=resume)
-    result = train(spec, data, torch.device(device), on_progress, should_stop, store=store,
-                   options=options)
+    work = settings.work_dir / spec.task_id / f"attempt-{attempt}"
+    if world > 1:  # N processes, this thread supervising (runner/distributed.py)
+        result = train_group(spec, data, device, world, on_progress, should_stop, store=store,
+                             options=options, work_dir=work, timeout_s=settings.ddp_timeout_s)
+    else:
+        result = train(spec, data, torch.device(device), on_progress, should_stop,
+                       store=store, options=options)
     if should_stop() == "fenced":  # replaced while training its last epoch: upload nothing
         raise TrainingStopped("fenced", None)
-    work = settings.work_dir / spec.task_id / f"attempt-{attempt}"
     work.mkdir(parents=True, exist_ok=True)
     artifacts = write_artifacts(store, spec, result, work, attempt)
     return JobResult(metrics=result.metrics, artifacts=artifacts,

@@ -9,8 +9,6 @@ the run is told to stop, and a run given one continues exactly where it was.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,19 +16,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from imaging.transforms import per_channel
 from infra.store import ObjectStore
-from runner.checkpoint import Checkpointer, State, rng_state, set_rng_state
+from runner.checkpoint import Sink, State, rng_state, set_rng_state
 from runner.data import PreparedData
 from runner.loader import BatchSource
-from runner.model import build_model, head_prefixes
+from runner.model import build_model
+from runner.rank_group import Group
+from runner.recipe import (
+    batch_plan,
+    cpu_state,
+    lr_factor,
+    optimizer_for,
+    precision,
+    seed_everything,
+    set_backbone_frozen,
+)
 from runner.tasks import EvalOutput, TaskStrategy, strategy_for
 from runner.tasks.base import augment
 from schemas.spec import TrainingSpec
-from schemas.tasks import Hyperparameters
 
 __all__ = ["ProgressUpdate", "TrainOptions", "TrainResult", "TrainingStopped", "augment",
            "lr_factor", "seed_everything", "train"]
@@ -71,8 +77,13 @@ class TrainOptions:
     workers: int = 0
     """DataLoader worker processes (0: batches are sliced in the training thread)."""
     compile: bool = False
-    checkpointer: Checkpointer | None = None
+    checkpointer: Sink | None = None
+    """Rank 0's only, in a group (``runner.distributed`` relays it to the supervisor)."""
     resume: State | None = None
+    initial_weights: dict[str, torch.Tensor] | None = None
+    """The network's starting weights, resolved by the supervisor (a rank has no store)."""
+    group: Group = field(default_factory=Group)
+    """This process's training group (``runner.rank_group``): alone by default."""
 
 
 @dataclass
@@ -93,57 +104,7 @@ class TrainResult:
     resumed_from_epoch: int | None = None
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG the loop touches; the returned generator drives shuffling and augmentation."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to zero (or constant), per optimizer step."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
-    """No weight decay on norms and biases (timm's grouping)."""
-    groups = param_groups_weight_decay(model, hp.weight_decay)
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=hp.learning_rate)
-
-
-def _precision(device: torch.device, hp: Hyperparameters
-               ) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
-    """bf16 autocast on CUDA; fp16 with a grad scaler where bf16 is missing; fp32 on CPU."""
-    if device.type != "cuda" or not hp.mixed_precision:
-        return None, torch.amp.GradScaler(device.type, enabled=False)
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
-    return torch.float16, torch.amp.GradScaler("cuda", enabled=True)
-
-
-def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze everything but the classifier head (``freeze_backbone_epochs``)."""
-    heads = head_prefixes(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(not frozen or not heads or name.startswith(heads))
-
-
-def _batch_plan(n: int, batch_size: int) -> int:
-    """Batches per epoch; a last batch of one sample is dropped (BatchNorm needs two)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 else 0)
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+_precision = precision  # the name bench/bench_train.py imports
 
 
 @dataclass
@@ -166,7 +127,10 @@ class _Loop:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     steps_per_epoch: int
-    checkpointer: Checkpointer | None = None
+    checkpointer: Sink | None = None
+    group: Group = field(default_factory=Group)
+    eval_net: Callable[..., Any] | None = None
+    """What evaluation runs (never the DDP wrapper: only rank 0 evaluates)."""
     started: float = field(default_factory=time.monotonic)
     step: int = 0
     start_step: int = 0
@@ -220,17 +184,19 @@ class _Loop:
             self.order = train_idx[torch.randperm(len(train_idx), generator=self.gen)]
             self.batch_index, self.loss_sum, self.seen, self.epoch_lr = 0, 0.0, 0, self.lr()
         self.model.train()
-        _set_backbone_frozen(self.model, epoch <= hp.freeze_backbone_epochs)
-        bs = hp.batch_size
-        plan = [self.order[b * bs:(b + 1) * bs].numpy()
-                for b in range(self.batch_index, self.steps_per_epoch)]
+        set_backbone_frozen(self.model, epoch <= hp.freeze_backbone_epochs)
+        bs, group = hp.batch_size, self.group
+        whole = [self.order[b * bs:(b + 1) * bs].numpy()
+                 for b in range(self.batch_index, self.steps_per_epoch)]
         t0, seen_here = time.monotonic(), 0
-        for xb, targets in self.source.batches(plan):
+        for (xb, targets), batch in zip(self.source.batches([group.shard(b) for b in whole]),
+                                        whole, strict=True):
             reason = self.should_stop()
             if reason:
                 self.stop(reason)
-            loss = self.train_step(xb, targets)
-            n = xb.shape[0]
+            # a shard's mean loss weighted by its share: DDP's average is the batch's mean
+            weight = xb.shape[0] * group.world / len(batch) if group.world > 1 else None
+            loss, n = group.mean_loss(self.train_step(xb, targets, weight), xb.shape[0])
             self.batch_index += 1
             self.seen, seen_here = self.seen + n, seen_here + n
             self.loss_sum += loss * n
@@ -240,7 +206,7 @@ class _Loop:
         self.order = None
         return self.loss_sum / max(self.seen, 1)
 
-    def train_step(self, xb: torch.Tensor, targets: Any) -> float:
+    def train_step(self, xb: torch.Tensor, targets: Any, weight: float | None = None) -> float:
         hp, strat = self.spec.hyperparameters, self.strategy
         targets = strat.targets_to_device(targets)
         xb, targets = strat.augment(xb, targets, hp.augmentation, self.gen)
@@ -248,7 +214,7 @@ class _Loop:
         with self.autocast():
             loss = strat.loss(self.net, xb, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss if weight is None else loss * weight).backward()
         if hp.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), hp.grad_clip_norm)
@@ -272,14 +238,16 @@ class _Loop:
         self.model.eval()
         chunks = [idx[s:s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)]
         preds, targets = [], []
+        net = self.eval_net or self.net
         for xb, t in self.source.batches(chunks):
             with self.autocast():
-                preds.append(self.strategy.predict(self.net, self.normalise(xb), t))
+                preds.append(self.strategy.predict(net, self.normalise(xb), t))
             targets.append(t)
         return self.strategy.evaluate(preds, targets)
 
     def evaluate(self) -> dict[str, float]:
-        return self.collect(self.data.indices("val")).metrics
+        """Rank 0 evaluates; in a group, the others get its metrics (the same decisions)."""
+        return self.group.from_main(lambda: self.collect(self.data.indices("val")).metrics)
 
     # --- checkpoints ----------------------------------------------------------
     def state(self) -> State:
@@ -317,7 +285,7 @@ class _Loop:
         score = self.strategy.score(metrics)
         if self.best is None or score > tuple(self.best["score"]):
             self.best = {"score": score, "epoch": epoch, "metrics": dict(metrics),
-                         "state": _cpu_state(self.model)}
+                         "state": cpu_state(self.model)}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
@@ -330,25 +298,34 @@ class _Loop:
 def _build_loop(spec: TrainingSpec, data: PreparedData, device: torch.device,
                 on_progress: Callable[[ProgressUpdate], None], should_stop: Callable[[], object],
                 store: ObjectStore | None, options: TrainOptions) -> _Loop:
-    hp = spec.hyperparameters
+    hp, group = spec.hyperparameters, options.group
     gen = seed_everything(hp.seed)
-    model = build_model(spec.model, store).to(device)
+    if options.initial_weights is None:
+        model = build_model(spec.model, store)
+    else:  # the same architecture (and init draws), then the supervisor's weights
+        model = build_model(spec.model.model_copy(update={
+            "pretrained": False, "weights_key": None, "weights_sha256": None}))
+        model.load_state_dict(options.initial_weights)
+    model = model.to(device)
     strategy = strategy_for(spec, data, device)
     if device.type == "cuda" and strategy.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_train = len(data.indices("train"))
-    steps = _batch_plan(n_train, hp.batch_size)
+    steps = batch_plan(n_train, hp.batch_size, group.world)
     if steps == 0 or len(data.indices("val")) == 0:
         raise ValueError(f"need >= 2 training and >= 1 validation cases (train={n_train})")
-    optimizer = _optimizer(model, hp)
+    model, ddp = group.wrap(model, find_unused=bool(hp.freeze_backbone_epochs)
+                            or spec.label_mode == "boxes")
+    optimizer = optimizer_for(model, hp)
     total, warmup = steps * hp.epochs, steps * hp.warmup_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, hp.schedule))
-    amp_dtype, scaler = _precision(device, hp)
-    net: Callable[..., Any] = torch.compile(model) if options.compile else model
+    amp_dtype, scaler = precision(device, hp)
+    net: Callable[..., Any] = torch.compile(ddp) if options.compile else ddp
+    eval_net = None if ddp is model else (torch.compile(model) if options.compile else model)
     return _Loop(spec, data, device, on_progress, should_stop, model, net, strategy,
                  BatchSource(data, device, options.workers), gen, optimizer, scheduler, scaler,
-                 amp_dtype, steps, options.checkpointer)
+                 amp_dtype, steps, options.checkpointer, group, eval_net)
 
 
 def train(
@@ -379,6 +356,9 @@ def train(
             break
     assert loop.best is not None  # epochs >= 1 by the schema
     loop.model.load_state_dict(loop.best["state"])
+    if not loop.group.is_main:  # rank 0 alone evaluates the best model and reports it
+        return TrainResult(loop.model, dict(loop.best["metrics"]), loop.history,
+                           int(loop.best["epoch"]), resumed_from_epoch=resumed)
     val = loop.data.indices("val")
     evaluation = loop.collect(val)
     samples = np.asarray(data.x[val[:SAMPLES]])

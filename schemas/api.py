@@ -22,6 +22,14 @@ class Page(BaseModel, Generic[T]):
     total: int
 
 
+class CursorPage(Page[T], Generic[T]):
+    """A page of a listing that also pages by cursor: pass ``next`` back as ``cursor``
+    for the page after this one (``None`` on the last page). Unlike ``offset``, a cursor
+    neither repeats nor skips an item when newer ones are added meanwhile."""
+
+    next: str | None = None
+
+
 class ErrorItem(Strict):
     field: str
     message: str
@@ -37,7 +45,7 @@ class ErrorBody(Strict):
     error: ErrorInfo
 
 
-class TaskPage(Page[TaskRecord]):
+class TaskPage(CursorPage[TaskRecord]):
     """A concrete page type: OpenAPI component names cannot carry ``[...]``."""
 
 

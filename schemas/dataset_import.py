@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.api import Page
+from schemas.api import CursorPage, Page
 from schemas.common import Identifier, Strict
 from schemas.dataset import AnnotationType, Case, DatasetSummary, SkippedCase
 from schemas.tasks import Modality
@@ -89,7 +89,7 @@ class ImportReport(Strict):
     elapsed_s: float = 0.0
 
 
-class DatasetPage(Page[DatasetSummary]):
+class DatasetPage(CursorPage[DatasetSummary]):
     """Concrete page types: OpenAPI component names cannot carry ``[...]``."""
 
 

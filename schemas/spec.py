@@ -8,7 +8,7 @@ from pydantic import Field
 
 from schemas.common import Identifier, Strict, ZooId
 from schemas.dataset import AnnotationType
-from schemas.tasks import Flow, Hyperparameters, Modality, Resources, TaskType
+from schemas.tasks import Flow, Hyperparameters, Modality, TaskType
 
 LabelMode = Literal["single_label", "multi_label", "boxes", "masks"]
 Builder = Literal["timm", "torchvision_detection", "timm_unet", "torchvision_segmentation"]
@@ -59,6 +59,16 @@ class Lineage(Strict):
     base_weights_sha256: str
 
 
+class Placement(Strict):
+    """The resources a task was placed with (handlers/enrich/placement.py)."""
+
+    gpus: int = Field(1, ge=0, le=64)
+    """Training processes: GPUs on a GPU pool, gloo processes on a CPU pool; 0 or 1 is
+    one process, N > 1 is DDP over N. (A spec from before pools says the request's.)"""
+    gpu_memory_gb: float | None = None
+    """The memory the request asked each GPU to have, if it asked."""
+
+
 class TrainingSpec(Strict):
     task_id: Identifier
     tenant: Identifier
@@ -72,7 +82,11 @@ class TrainingSpec(Strict):
     preprocessing: Preprocessing
     model: ModelSpec
     hyperparameters: Hyperparameters
-    resources: Resources
+    resources: Placement
+    pool: Identifier | None = None
+    """The runner pool it is dispatched to (``dispatch.<pool>.<task_id>``); ``None`` in a
+    spec written before pools (the dispatcher then sends it to the first pool of its
+    catalog)."""
     preset: Identifier | None = None
     lineage: Lineage | None = None
     class_map: dict[str, str | None] = Field(default_factory=dict)

@@ -100,7 +100,20 @@ Tuning = Annotated[AutoTuning | ManualTuning, Field(discriminator="mode")]
 
 
 class Resources(Strict):
-    gpus: int = Field(1, ge=0, le=8)
+    """What a task needs of its runner; the enrich handler places it on a runner pool
+    (handlers/enrich/placement.py) and rejects what no pool can satisfy.
+
+    ``gpus`` absent: any pool, as the pool runs one task (one GPU of a GPU pool, one
+    process of a CPU pool); the first pool of the catalog is taken. ``gpus: 0``: a CPU
+    pool. ``gpus: N``: a pool with N GPUs per runner (or a CPU pool that takes GPU
+    requests as N gloo processes, such as the embedded stack's); N > 1 trains with DDP.
+    """
+
+    gpus: int | None = Field(None, ge=0, le=8)
+    gpu_memory_gb: float | None = Field(None, gt=0, le=1024)
+    """Memory each GPU must have at least (``gpu-80g`` rather than ``gpu``)."""
+    pool: Identifier | None = None
+    """Ask for one pool by name; it must still satisfy ``gpus`` and ``gpu_memory_gb``."""
 
 
 class TaskRequest(Strict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -29,32 +30,41 @@ from schemas.events import (
     TaskRejectedEvent,
     TaskRequestedEvent,
 )
+from schemas.pools import DEFAULT_POOLS, RunnerPool
 from schemas.spec import TrainingSpec
 
 if TYPE_CHECKING:
-    from infra.bus.subscriber import Delivery
+    from infra.bus.subscriber import Delivery, SharedReads
+    from schemas.dataset import DatasetSummary
+
+    DatasetReads = SharedReads[str, DatasetSummary | None]
 
 SOURCE = "radtrain/handlers"
 
 
 async def handle_requested(event: TaskRequestedEvent, delivery: Delivery, *, datasets: DatasetRepo,
                            tasks: TaskRepo, store: ObjectStore,
-                           weights: WeightsIndex) -> list[Envelope]:
-    """``[TaskReadyEvent]`` with the resolved spec, or ``[TaskRejectedEvent]`` with every reason."""
-    del delivery  # settled by the subscriber from what this returns or raises
+                           weights: WeightsIndex,
+                           pools: Sequence[RunnerPool] = DEFAULT_POOLS,
+                           dataset_reads: DatasetReads | None = None) -> list[Envelope]:
+    """``[TaskReadyEvent]`` with the resolved spec, or ``[TaskRejectedEvent]`` with every reason.
+
+    ``dataset_reads``: requests handled side by side read one dataset once
+    (infra/bus/subscriber.py :class:`SharedReads`, never an older read than their own)."""
     if event.subject != event.data.task_id:
         raise PoisonMessage("invalid_event",
                             f"task.requested for {event.subject!r} carries task "
                             f"{event.data.task_id!r}: not a consistent task.requested")
     cmd = event.data
     try:
-        dataset = await datasets.get(cmd.dataset_id)
+        dataset = await (dataset_reads.get(cmd.dataset_id, delivery) if dataset_reads
+                         else datasets.get(cmd.dataset_id))
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
     base = await load_base_task(tasks, store, cmd.base_task_id) \
         if cmd.flow == "retrain" and cmd.base_task_id else None
     try:
-        spec = await asyncio.to_thread(enrich, cmd, dataset, weights, base)
+        spec = await asyncio.to_thread(enrich, cmd, dataset, weights, base, pools)
     except Rejected as rej:
         return [TaskRejectedEvent(source=SOURCE, subject=cmd.task_id,
                                   traceparent=event.traceparent, **event.carry(),

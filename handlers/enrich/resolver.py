@@ -10,6 +10,7 @@ them, so a user fixes it in one round trip.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import ClassVar
@@ -23,9 +24,11 @@ from handlers.enrich.checks import (
     snapshot,
 )
 from handlers.enrich.contracts import BaseTask, Rejected, WeightsIndex
+from handlers.enrich.placement import Placed, place
 from schemas.common import ErrorDetail
 from schemas.dataset import DatasetSummary
 from schemas.flows import FlowRule
+from schemas.pools import DEFAULT_POOLS, RunnerPool
 from schemas.spec import LabelMode, Lineage, ModelSpec, Preprocessing, TrainingSpec
 from schemas.tasks import Flow, Hyperparameters, TaskRequested, TaskType
 
@@ -60,7 +63,8 @@ class Resolver(ABC):
     flow: ClassVar[Flow]
 
     def __init__(self, cmd: TaskRequested, ds: DatasetSummary | None, weights: WeightsIndex,
-                 base: BaseTask | None = None) -> None:
+                 base: BaseTask | None = None,
+                 pools: Sequence[RunnerPool] = DEFAULT_POOLS) -> None:
         self.cmd = cmd
         self.ds = found(cmd, ds)
         """The dataset, or ``None`` when it is missing or another tenant's."""
@@ -68,6 +72,7 @@ class Resolver(ABC):
         self.base = base
         self.rule: FlowRule = get_flow(self.flow)
         self.errors: list[ErrorDetail] = []
+        self.pools = pools
 
     def check(self, errors: list[ErrorDetail]) -> None:
         """Record problems and go on: the request is rejected with all of them at the end."""
@@ -76,10 +81,13 @@ class Resolver(ABC):
     def resolve(self) -> TrainingSpec:
         self.check(request_field_errors(self.cmd, self.rule, takers()))
         self.check(dataset_errors(self.cmd, self.ds))
+        placed = place(self.cmd.resources, self.pools)
+        if isinstance(placed, ErrorDetail):
+            self.check([placed])
         draft = self.draft()
-        if self.errors or draft is None or self.ds is None:
+        if self.errors or draft is None or self.ds is None or not isinstance(placed, Placed):
             raise Rejected(self.errors)
-        return self.build(draft, self.ds)
+        return self.build(draft, self.ds, placed)
 
     @abstractmethod
     def draft(self) -> Draft | None:
@@ -89,12 +97,13 @@ class Resolver(ABC):
         allowed after at least one error was recorded.
         """
 
-    def build(self, d: Draft, ds: DatasetSummary) -> TrainingSpec:
+    def build(self, d: Draft, ds: DatasetSummary, placed: Placed) -> TrainingSpec:
         cmd = self.cmd
         return TrainingSpec(
             task_id=cmd.task_id, tenant=cmd.tenant, name=cmd.name, description=cmd.description,
             flow=self.flow, task_type=d.task_type, dataset=snapshot(ds), classes=list(d.classes),
             label_mode=d.label_mode, preprocessing=d.preprocessing, model=d.model,
-            hyperparameters=d.hyperparameters, resources=cmd.resources, preset=d.preset,
+            hyperparameters=d.hyperparameters, resources=placed.resources,
+            pool=placed.pool.name, preset=d.preset,
             class_map=d.class_map, metrics=list(d.metrics), lineage=d.lineage,
             reasons=d.reasons)

@@ -109,6 +109,14 @@ def _credentials(settings: Settings, identity: str) -> dict[str, Any]:
     return {}
 
 
+def uses_local_identity(settings: Settings, identity: str = "services") -> bool:
+    """True when no credential is configured and the local stack's seed file of
+    ``identity`` would be used: this process runs as that local-stack identity."""
+    explicit = (settings.nats_creds, settings.nats_nkey_seed, settings.nats_user)
+    return (all(x is None for x in explicit) and not _url_has_credentials(settings.nats_url)
+            and local_seed_path(settings, identity).exists())
+
+
 def _tls(settings: Settings) -> ssl.SSLContext | None:
     ca, cert, key = settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key
     if ca is None and cert is None and key is None:
@@ -143,7 +151,9 @@ def connect_options(settings: Settings, *, identity: Identity | None = None) -> 
     opts.update(_credentials(settings, who))
     tls = _tls(settings)
     if tls is not None:
-        opts["tls"] = tls
+        # TLS before the server's INFO: otherwise a man in the middle answering "no TLS"
+        # would receive CONNECT (the password, or a signature of its nonce) in clear.
+        opts.update(tls=tls, tls_handshake_first=True)
     prefix = inbox_prefix_for(who)
     if prefix != DEFAULT_INBOX_PREFIX:
         opts["inbox_prefix"] = prefix

@@ -130,8 +130,11 @@ def message_context(data: bytes) -> tuple[str | None, str | None]:
 
 
 def event_name(subject: str) -> str:
-    """``tasks.ready.<id>`` -> ``ready``; ``webhooks.jobs.<t>.<w>`` -> ``jobs``: few labels."""
+    """``tasks.ready.<id>`` -> ``ready``; ``webhooks.jobs.<t>.<w>`` -> ``jobs``: few labels.
+    ``dispatch.<pool>.<id>`` (a runner pool's copy of a ``task.ready``) -> ``ready``."""
     parts = subject.split(".")
+    if parts[0] == "dispatch":
+        return "ready"
     return parts[1] if len(parts) > 2 else subject
 
 

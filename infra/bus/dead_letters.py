@@ -19,7 +19,14 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from infra.bus.topology import DLQ_STREAM, ENRICH, RUNNER, TASKS_STREAM
+from infra.bus.topology import (
+    DISPATCH_STREAM,
+    DISPATCHER,
+    DLQ_STREAM,
+    ENRICH,
+    TASKS_STREAM,
+    is_runner_consumer,
+)
 from schemas.cloudevents import event_bytes, event_dict
 from schemas.common import is_identifier
 from schemas.events import parse_event
@@ -43,9 +50,18 @@ MSG_ID = "Nats-Msg-Id"
 Kind = Literal["max_deliveries", "terminated"]
 MAX_HEADER_CHARS = 1000
 
-TASK_OWNERS = frozenset({ENRICH, RUNNER})
-"""Consumers that move a task forward: their dead letter fails the task, and redriving
-one for a finished task changes nothing (forward-only state, the runner's fence)."""
+TASK_OWNERS = frozenset({ENRICH, DISPATCHER})
+"""Consumers that move a task forward (with every ``runner-<pool>``: :func:`owns_task`):
+their dead letter fails the task, and redriving one for a finished task changes
+nothing (forward-only state, the runner's fence)."""
+TASK_STREAMS = frozenset({TASKS_STREAM, DISPATCH_STREAM})
+"""Where a task owner's messages are: ``TASKS``, and ``DISPATCH`` for the runners."""
+
+
+def owns_task(consumer: str, stream: str) -> bool:
+    """Does a dead letter of ``consumer`` on ``stream`` leave its task stuck (so it fails
+    the task, and a redrive re-opens it)?"""
+    return stream in TASK_STREAMS and (consumer in TASK_OWNERS or is_runner_consumer(consumer))
 TERMINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
 
 
@@ -122,9 +138,10 @@ def header_value(text: str) -> str:
 
 
 def task_of(subject: str, data: bytes | None) -> str | None:
-    """``tasks.<event>.<id>`` names it; other messages (webhook jobs) carry it in JSON."""
+    """``tasks.<event>.<id>`` and ``dispatch.<pool>.<id>`` name it; other messages
+    (webhook jobs) carry it in JSON."""
     parts = subject.split(".")
-    if parts[0] == "tasks" and len(parts) == 3 and is_identifier(parts[2]):
+    if parts[0] in ("tasks", "dispatch") and len(parts) == 3 and is_identifier(parts[2]):
         return parts[2]
     try:
         doc = json.loads(data or b"")

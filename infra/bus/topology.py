@@ -50,16 +50,28 @@ KV_ADMISSIONS = "admissions"
 """task id -> who admitted it (tenant, body sha256, ingress): one owner per task id."""
 KV_RUNS = "runs"
 """task id -> RunLedger: the attempt that owns the task, numbered per task."""
+KV_LISTINGS = "listings"
+"""Numbered per-tenant lists of tasks and datasets (infra/kv/listing.py)."""
+KV_RUNNERS = "runners"
+"""runner id -> RunnerHeartbeat (pool, devices, current task); TTL: a few heartbeats."""
+DISPATCH_STREAM = "DISPATCH"
+"""``dispatch.<pool>.<task_id>``: each ``task.ready`` routed to its runner pool
+(handlers/dispatch.py); work-queue retention, one consumer ``runner-<pool>`` per pool."""
 """Dataset import jobs: ``imports.jobs.<tenant>.<import_id>``."""
 
 ENRICH = "enrich"
-RUNNER = "runner"
+DISPATCHER = "dispatch"
+RUNNER_PREFIX = "runner-"
+"""Runners of pool ``p`` share the durable ``runner-p`` on ``DISPATCH`` (KEDA scales on
+its lag). The single ``runner`` consumer on ``TASKS`` of earlier versions is gone:
+``infra apply`` deletes it (:data:`OBSOLETE_CONSUMERS`)."""
 PROJECTOR = "projector"
 WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook-deliveries"
 DLQ_FORWARDER = "dlq-forwarder"
 DATASET_IMPORT = "dataset-import"
 ADMISSION = "admission"
+TASK_INDEX = "task-index"
 
 CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
                                     DLQ_FORWARDER: ADVISORIES_STREAM,
@@ -67,10 +79,28 @@ CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
                                     ADMISSION: INBOUND_STREAM}
 """The stream of each durable consumer that is not on ``TASKS``."""
 
+OBSOLETE_CONSUMERS: dict[str, tuple[str, ...]] = {TASKS_STREAM: ("runner",)}
+"""Consumers radtrain no longer defines, deleted by ``infra apply``: the ``runner``
+consumer on ``TASKS`` would otherwise keep every ``task.ready`` pending for ever."""
+
+
+def runner_consumer(pool: str) -> str:
+    """The durable all runners of ``pool`` share: ``runner-<pool>``."""
+    return f"{RUNNER_PREFIX}{pool}"
+
+
+def is_runner_consumer(durable: str) -> bool:
+    return durable.startswith(RUNNER_PREFIX)
+
+
+def dispatch_subject(pool: str, task_id: str) -> str:
+    return f"dispatch.{pool}.{task_id}"
+
+
 ADVISORY_SUBJECTS = [
     f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.*"
     for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")
-    for stream in (TASKS_STREAM, WEBHOOKS_STREAM, INBOUND_STREAM)
+    for stream in (TASKS_STREAM, WEBHOOKS_STREAM, INBOUND_STREAM, DISPATCH_STREAM)
 ]
 """Advisories are fire-and-forget on core NATS: a stream keeps them while the
 dead-letter forwarder is down, so no dead letter is missed."""
@@ -81,24 +111,29 @@ process bound to the consumer reads the same schedule from the server."""
 
 RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
     ENRICH: (2.0, 5.0, 15.0, 30.0),
-    RUNNER: (30.0, 60.0),
+    DISPATCHER: (1.0, 2.0, 5.0, 15.0, 30.0),
+    RUNNER_PREFIX: (30.0, 60.0),
     PROJECTOR: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0, 60.0),
     WEBHOOKS: (2.0, 5.0, 15.0, 30.0, 60.0, 60.0, 60.0),
     WEBHOOK_DELIVERIES: (5.0, 30.0, 60.0),
     DLQ_FORWARDER: (1.0, 5.0, 15.0, 30.0, 60.0),
     DATASET_IMPORT: (10.0, 30.0),
     ADMISSION: (2.0, 5.0, 15.0, 30.0),
+    TASK_INDEX: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0, 60.0),
 }
 """Delay before delivery n+1 after delivery n failed (an unexpected error); the last
 entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
 
 
 def stream_of(durable: str) -> str:
+    if is_runner_consumer(durable):
+        return DISPATCH_STREAM
     return CONSUMER_STREAMS.get(durable, TASKS_STREAM)
 
 
 def retry_metadata(durable: str, settings: Settings) -> dict[str, str]:
-    delays = (round(d * settings.retry_delay_scale, 3) for d in RETRY_DELAYS_S[durable])
+    key = RUNNER_PREFIX if is_runner_consumer(durable) else durable
+    delays = (round(d * settings.retry_delay_scale, 3) for d in RETRY_DELAYS_S[key])
     return {RETRY_METADATA_KEY: " ".join(f"{d:g}" for d in delays)}
 
 
@@ -110,6 +145,10 @@ def parse_retry_metadata(metadata: dict[str, str] | None) -> tuple[float, ...]:
     except ValueError:
         return ()
 
+INDEXED_SUBJECTS = [f"tasks.{event}.*" for event in (
+    "requested", "ready", "rejected", "started", "completed", "failed", "cancelled", "redriven")]
+"""The events that move a task from one state to another (the task-index consumer)."""
+
 STATUS_SUBJECTS = [
     "tasks.rejected.*",
     "tasks.started.*",
@@ -118,7 +157,7 @@ STATUS_SUBJECTS = [
     "tasks.cancelled.*",
 ]
 
-Action = Literal["created", "updated", "unchanged"]
+Action = Literal["created", "updated", "unchanged", "deleted"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +212,13 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             **{**common, "retention": RetentionPolicy.WORK_QUEUE},
         ),
         StreamConfig(
+            # A task.ready per pool; removed once a runner acked it (or dead-lettered).
+            name=DISPATCH_STREAM,
+            description="task.ready routed to its runner pool: dispatch.<pool>.<task_id>.",
+            subjects=["dispatch.>"],
+            **{**common, "retention": RetentionPolicy.WORK_QUEUE},
+        ),
+        StreamConfig(
             # What upstream systems published, as they published it: kept (limits
             # retention) so that a refused or dead-lettered event can be inspected.
             name=INBOUND_STREAM,
@@ -205,7 +251,14 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
         "ack_policy": AckPolicy.EXPLICIT,
         "deliver_policy": DeliverPolicy.ALL,
     }
-    runner_wait = settings.ack_wait_s
+    runners = {runner_consumer(p.name): ConsumerConfig(
+        durable_name=runner_consumer(p.name),
+        filter_subject=dispatch_subject(p.name, "*"),
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.runner_max_deliver,
+        max_ack_pending=64,
+        **explicit,
+    ) for p in settings.runner_pools}
     return {
         ENRICH: ConsumerConfig(
             durable_name=ENRICH,
@@ -215,14 +268,15 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=256,
             **explicit,
         ),
-        RUNNER: ConsumerConfig(
-            durable_name=RUNNER,
+        DISPATCHER: ConsumerConfig(
+            durable_name=DISPATCHER,
             filter_subject="tasks.ready.*",
-            ack_wait=runner_wait,
-            max_deliver=settings.runner_max_deliver,
-            max_ack_pending=64,
+            ack_wait=30.0,
+            max_deliver=5,
+            max_ack_pending=256,
             **explicit,
         ),
+        **runners,
         PROJECTOR: ConsumerConfig(
             durable_name=PROJECTOR,
             filter_subject="tasks.>",
@@ -277,14 +331,27 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=256,
             **explicit,
         ),
+        TASK_INDEX: ConsumerConfig(
+            # Keeps the per-tenant task lists (infra/kv/listing.py) on the events that
+            # change a task's state; progress and cancel requests change no list.
+            durable_name=TASK_INDEX,
+            filter_subjects=INDEXED_SUBJECTS,
+            ack_wait=30.0,
+            max_deliver=10,
+            max_ack_pending=1024,
+            **explicit,
+        ),
     }
 
 
 def kv_configs(settings: Settings) -> list[KeyValueConfig]:
     common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": settings.stream_replicas}
     return [
-        KeyValueConfig(bucket=KV_TASKS, history=5, description="task id -> TaskRecord", **common),
-        KeyValueConfig(bucket=KV_DATASETS, history=5, description="dataset summaries", **common),
+        # direct: listings read a page of records in one batched direct get.
+        KeyValueConfig(bucket=KV_TASKS, history=5, direct=True,
+                       description="task id -> TaskRecord", **common),
+        KeyValueConfig(bucket=KV_DATASETS, history=5, direct=True,
+                       description="dataset summaries", **common),
         KeyValueConfig(bucket=KV_WEBHOOKS, history=1, description="subscriptions", **common),
         KeyValueConfig(bucket=KV_APIKEYS, history=1, description="key id -> hashed API key",
                        **common),
@@ -309,6 +376,11 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=KV_RUNS, history=5,
                        description="task id -> RunLedger (owning attempt, per-task numbering)",
                        **common),
+        KeyValueConfig(bucket=KV_LISTINGS, history=1, direct=True,
+                       description="per-tenant numbered lists of tasks and datasets", **common),
+        KeyValueConfig(bucket=KV_RUNNERS, history=1,
+                       description="runner id -> RunnerHeartbeat (live pool members)",
+                       ttl=3 * settings.runner_heartbeat_s, **common),
     ]
 
 
@@ -368,10 +440,26 @@ async def _apply_kv(js: JetStreamContext, cfg: KeyValueConfig) -> Change:
         return Change("kv", cfg.bucket, "created")
 
 
+async def _delete_obsolete(js: JetStreamContext) -> list[Change]:
+    gone = []
+    for stream, names in OBSOLETE_CONSUMERS.items():
+        for name in names:
+            try:
+                await js.delete_consumer(stream, name)
+            except NotFoundError:
+                continue
+            gone.append(Change("consumer", name, "deleted"))
+    return gone
+
+
 async def apply(js: JetStreamContext, settings: Settings) -> list[Change]:
+    """Create what is missing, update what drifted, delete :data:`OBSOLETE_CONSUMERS`.
+    A pool removed from ``runner_pools`` keeps its ``runner-<pool>`` consumer (and
+    whatever waits on it) until an operator deletes it."""
     changes = [await _apply_stream(js, cfg) for cfg in stream_configs(settings)]
     for ccfg in consumer_configs(settings).values():
         changes.append(await _apply_consumer(js, ccfg))
+    changes.extend(await _delete_obsolete(js))
     for kcfg in kv_configs(settings):
         changes.append(await _apply_kv(js, kcfg))
     return changes
@@ -381,6 +469,8 @@ async def connect(settings: Settings, name: str) -> tuple[NATS, JetStreamContext
     """Connect with reconnects forever: a NATS restart must not kill a service.
 
     Credentials and TLS come from the settings (:func:`infra.bus.connection.connect_options`).
+    A node that stops answering (hung, frozen, cut off) is left for another node of
+    the cluster after about 8 s of unanswered pings, not nats-py's default 6 minutes.
     """
     from infra.bus.connection import connect_options
 
@@ -390,6 +480,8 @@ async def connect(settings: Settings, name: str) -> tuple[NATS, JetStreamContext
         max_reconnect_attempts=-1,
         reconnect_time_wait=1.0,
         connect_timeout=5.0,
+        ping_interval=2,
+        max_outstanding_pings=3,
     )
     return nc, nc.jetstream()
 

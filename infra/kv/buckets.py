@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Self
+
+from nats.js import JetStreamContext
 
 from infra.bus.topology import KV_DATASETS, KV_DELIVERIES, KV_RUNS, KV_TASKS, KV_WEBHOOKS
-from infra.kv.repository import Bucket, BucketRepo
+from infra.kv.listing import DATASETS, ListingIndex
+from infra.kv.repository import Bucket, BucketRepo, KVRepository
 from infra.security.signing import new_secret
 from schemas.dataset import DatasetSummary
 from schemas.record import TaskRecord
@@ -75,12 +79,26 @@ class RunRepo(BucketRepo[RunLedger]):
 
 
 class DatasetRepo(BucketRepo[DatasetSummary]):
+    """Dataset id → summary; each tenant's datasets are also listed, newest first, in KV
+    ``listings`` (infra/kv/listing.py), so a page costs O(limit) whatever their number."""
+
     BUCKET = Bucket(KV_DATASETS, DatasetSummary)
+
+    def __init__(self, kv: KVRepository[DatasetSummary],
+                 lists: ListingIndex | None = None) -> None:
+        super().__init__(kv)
+        self.lists = lists
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, seal_key: bytes | None = None) -> Self:
+        return cls(await cls.BUCKET.open(js, seal_key), await ListingIndex.open(js, DATASETS))
 
     async def get(self, dataset_id: str) -> DatasetSummary | None:
         return await self.kv.get(dataset_id)
 
     async def put(self, summary: DatasetSummary) -> None:
+        if self.lists is not None:  # listed first (idempotent): a summary is never unlisted
+            await self.lists.add(summary.tenant, summary.id)
         await self.kv.put(summary.id, summary)
 
     async def list(self, tenant: str | None = None) -> list[DatasetSummary]:
@@ -90,7 +108,7 @@ class DatasetRepo(BucketRepo[DatasetSummary]):
 
 
 class WebhookRepo(BucketRepo[WebhookSubscription]):
-    BUCKET = Bucket(KV_WEBHOOKS, WebhookSubscription)
+    BUCKET = Bucket(KV_WEBHOOKS, WebhookSubscription, sealed=True)
 
     @staticmethod
     def key(tenant: str, webhook_id: str) -> str:

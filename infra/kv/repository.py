@@ -26,6 +26,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from infra.errors import KVConflict
+from infra.security.sealing import PREFIX as SEAL_PREFIX
+from infra.security.sealing import Sealer, SealError
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,38 @@ M = TypeVar("M", bound=BaseModel)
 class KVRepository(Generic[M]):
     """Keys to ``M`` in one bucket. Keys are NATS subject tokens: ``[-/_=.a-zA-Z0-9]+``."""
 
-    def __init__(self, kv: KeyValue, model: type[M], bucket: str = "") -> None:
+    def __init__(self, kv: KeyValue, model: type[M], bucket: str = "",
+                 sealer: Sealer | None = None) -> None:
         self._kv = kv
         self.model = model
         self.bucket = bucket
+        self._sealer = sealer
+        """Secret buckets: records are HMAC-sealed and a record that does not verify
+        reads as absent (infra/security/sealing.py)."""
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, model: type[M]) -> KVRepository[M]:
-        return cls(await js.key_value(bucket), model, bucket)
+    async def open(cls, js: JetStreamContext, bucket: str, model: type[M],
+                   sealer: Sealer | None = None) -> KVRepository[M]:
+        return cls(await js.key_value(bucket), model, bucket, sealer)
 
-    def _encode(self, value: M) -> bytes:
-        return value.model_dump_json().encode()
+    def _encode(self, key: str, value: M) -> bytes:
+        data = value.model_dump_json().encode()
+        return self._sealer.seal(key, data) if self._sealer else data
+
+    def _decode(self, key: str, raw: bytes) -> M | None:
+        """The model; ``None`` (logged) for a record whose seal does not verify."""
+        if self._sealer is not None:
+            try:
+                raw = self._sealer.open(key, raw)
+            except SealError as exc:
+                log.error("KV %s: ignoring record %s: %s (forged, or written without the "
+                          "services' seal key)", self.bucket, key, exc)
+                return None
+        elif raw.startswith(SEAL_PREFIX):
+            log.error("KV %s: record %s is sealed but this process has no seal key "
+                      "(RADTRAIN_SECRETS_SEAL_KEY)", self.bucket, key)
+            return None
+        return self.model.model_validate_json(raw)
 
     async def get_entry(self, key: str) -> tuple[M, int] | None:
         """The value and its revision; ``None`` if absent or deleted.
@@ -58,7 +81,8 @@ class KVRepository(Generic[M]):
             return None
         if not entry.value:
             return None
-        return self.model.model_validate_json(entry.value), entry.revision or 0
+        value = self._decode(key, entry.value)
+        return None if value is None else (value, entry.revision or 0)
 
     async def get(self, key: str) -> M | None:
         found = await self.get_entry(key)
@@ -66,12 +90,12 @@ class KVRepository(Generic[M]):
 
     async def put(self, key: str, value: M) -> int:
         """Write unconditionally; the new revision."""
-        return await self._kv.put(key, self._encode(value))
+        return await self._kv.put(key, self._encode(key, value))
 
     async def create(self, key: str, value: M) -> int | None:
         """Write only if the key is absent (first writer wins): the revision, else ``None``."""
         try:
-            return await self._kv.create(key, self._encode(value))
+            return await self._kv.create(key, self._encode(key, value))
         except KeyWrongLastSequenceError:
             return None
 
@@ -80,8 +104,8 @@ class KVRepository(Generic[M]):
         revision, or ``None`` when another writer got there first."""
         try:
             if revision:
-                return await self._kv.update(key, self._encode(value), last=revision)
-            return await self._kv.create(key, self._encode(value))
+                return await self._kv.update(key, self._encode(key, value), last=revision)
+            return await self._kv.create(key, self._encode(key, value))
         except KeyWrongLastSequenceError:
             return None
 
@@ -121,7 +145,9 @@ class KVRepository(Generic[M]):
         found: dict[str, M] = {}
         for key, data in (await watch_latest(self._kv, pattern, timeout_s)).items():
             try:
-                found[key] = self.model.model_validate_json(data)
+                value = self._decode(key, data)
+                if value is not None:
+                    found[key] = value
             except ValidationError as exc:  # not the value itself: it may hold a secret
                 log.warning("KV %s: skipping malformed value of %s: %s", self.bucket, key,
                             [f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
@@ -140,8 +166,13 @@ class Bucket(Generic[M]):
     name: str
     model: type[M]
 
-    async def open(self, js: JetStreamContext) -> KVRepository[M]:
-        return await KVRepository.open(js, self.name, self.model)
+    sealed: bool = False
+    """A secret bucket: its records are sealed when the services hold a seal key."""
+
+    async def open(self, js: JetStreamContext, seal_key: bytes | None = None
+                   ) -> KVRepository[M]:
+        sealer = Sealer(seal_key, self.name) if self.sealed and seal_key else None
+        return await KVRepository.open(js, self.name, self.model, sealer)
 
 
 class BucketRepo(Generic[M]):
@@ -153,8 +184,9 @@ class BucketRepo(Generic[M]):
         self.kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> Self:
-        return cls(await cls.BUCKET.open(js))
+    async def open(cls, js: JetStreamContext, *, seal_key: bytes | None = None) -> Self:
+        """``seal_key``: the services' key for the secret buckets (ignored by the others)."""
+        return cls(await cls.BUCKET.open(js, seal_key))
 
 
 async def watch_latest(kv: KeyValue, pattern: str = ">", timeout_s: float = 5.0, *,

@@ -42,6 +42,13 @@ def _run(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def _seal() -> bytes | None:
+    """The services' seal key for the secret buckets (the local stack's, or the setting)."""
+    from infra.security.sealing import load_seal_key
+
+    return load_seal_key(Settings())
+
+
 def _tenant(tenant: str | None) -> str:
     value = tenant or Settings().default_tenant
     if not is_identifier(value):
@@ -56,7 +63,7 @@ def create(tenant: TenantOpt = None,
     from gateway.tenancy import ApiKeyRepo
 
     async def work(js: JetStreamContext) -> None:
-        issued = await (await ApiKeyRepo.open(js)).create(_tenant(tenant), name)
+        issued = await (await ApiKeyRepo.open(js, seal_key=_seal())).create(_tenant(tenant), name)
         console.print(f"key id {issued.record.id} for tenant {issued.record.tenant}:")
         print(issued.key)
 
@@ -69,7 +76,7 @@ def list_keys(tenant: TenantOpt = None) -> None:
     from gateway.tenancy import ApiKeyRepo
 
     async def work(js: JetStreamContext) -> None:
-        records = await (await ApiKeyRepo.open(js)).list(tenant)
+        records = await (await ApiKeyRepo.open(js, seal_key=_seal())).list(tenant)
         table = Table("id", "tenant", "name", "created", "revoked")
         for r in records:
             table.add_row(r.id, r.tenant, r.name, r.created_at.isoformat(timespec="seconds"),
@@ -85,7 +92,7 @@ def revoke(key_id: str) -> None:
     from gateway.tenancy import ApiKeyRepo
 
     async def work(js: JetStreamContext) -> None:
-        record = await (await ApiKeyRepo.open(js)).revoke(key_id)
+        record = await (await ApiKeyRepo.open(js, seal_key=_seal())).revoke(key_id)
         if record is None:
             console.print(f"[red]no key {key_id!r}[/]")
             raise typer.Exit(1)
@@ -104,7 +111,8 @@ def event_secret(
     from gateway.tenancy import TenantRepo
 
     async def work(js: JetStreamContext) -> None:
-        secret = await (await TenantRepo.open(js)).rotate_inbound(_tenant(tenant), overlap_s)
+        repo = await TenantRepo.open(js, seal_key=_seal())
+        secret = await repo.rotate_inbound(_tenant(tenant), overlap_s)
         console.print(f"inbound event secret for tenant {_tenant(tenant)}:")
         print(secret)
 

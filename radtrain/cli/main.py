@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -61,15 +61,24 @@ def schemas_export(out_dir: Path) -> None:
         console.print(str(path))
 
 
+CLUSTER_HELP = ("Clustered topology on loopback: three NATS nodes (R3), SeaweedFS as S3, "
+                "two gateways, two handlers processes and --runners runners.")
+
+
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="Gateway port (0: any free port).")] = 8080,
     nats_port: Annotated[int, typer.Option(help="nats-server port (0: any).")] = 4222,
+    cluster: Annotated[bool, typer.Option("--cluster", help=CLUSTER_HELP)] = False,
+    runners: Annotated[int, typer.Option(min=1, max=8, help="Runners (--cluster).")] = 2,
 ) -> None:
     """Start NATS, apply the streams, and run gateway, handlers and one runner until Ctrl-C."""
+    settings = Settings(gateway_port=port, nats_port=nats_port)
+    if cluster:
+        _up_cluster(settings, runners)
+        return
     from radtrain.stack import start_stack
 
-    settings = Settings(gateway_port=port, nats_port=nats_port)
     stack = start_stack(settings)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -91,6 +100,34 @@ def up(
     finally:
         console.print("stopping ...")
         stack.stop()
+
+
+def _up_cluster(settings: Settings, runners: int) -> None:
+    """``radtrain up --cluster``: like ``up``, every process named, until Ctrl-C."""
+    from radtrain.cluster import start_cluster
+
+    cluster = start_cluster(settings, runners=runners)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    s = cluster.settings
+    console.print(f"API key (tenant {s.default_tenant}): [bold]{cluster.api_key}[/]")
+    console.print(f"radtrain cluster is up: gateways {', '.join(cluster.gateway_urls)}\n"
+                  f"  NATS {s.nats_url} (JetStream R{s.stream_replicas}, nodes "
+                  f"{', '.join(n.name for n in cluster.nats.nodes)}), S3 {s.s3_endpoint_url} "
+                  f"bucket {s.s3_bucket}\n  processes {', '.join(cluster.services)}")
+    _print_upstream_help(s)
+    console.print(f"logs in {s.data_dir / 'logs'}; Ctrl-C stops everything")
+    try:
+        while not stop["now"]:
+            dead = cluster.dead_services()
+            if dead:
+                console.print(f"[red]{dead[0]} exited[/]:\n{cluster.log_tail(dead[0])}")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        console.print("stopping ...")
+        cluster.stop()
 
 
 def _print_upstream_help(settings: Settings) -> None:
@@ -118,6 +155,7 @@ def demo(
     flow: Annotated[str, typer.Option(
         help="general (head CT), specialized (pneumothorax preset on chest DX) or retrain "
              "(general, then a retrain of it on new data).")] = "general",
+    cluster: Annotated[bool, typer.Option("--cluster", help=CLUSTER_HELP)] = False,
 ) -> None:
     """Synthetic DICOM dataset → task over HTTP → progress → metrics and artifacts."""
     from radtrain.cli.demo import FLOWS, run_flow
@@ -128,11 +166,19 @@ def demo(
         raise typer.Exit(2)
 
     started = time.monotonic()
-    stack = None
+    stack: Any = None
     settings = Settings()
     secret = settings.api_key.get_secret_value() if settings.api_key else None
     token = api_key or secret
-    if url is None:
+    if url is None and cluster:
+        from radtrain.cluster import start_cluster
+
+        stack = start_cluster(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
+        settings, url, token = stack.settings, stack.gateway_urls[-1], stack.api_key
+        console.print(f"cluster up: gateways {', '.join(stack.gateway_urls)}, "
+                      f"NATS {settings.nats_url} (R{settings.stream_replicas}), "
+                      f"S3 {settings.s3_endpoint_url}; the task goes through {url}")
+    elif url is None:
         stack = start_stack(settings.model_copy(update={"gateway_port": 0, "nats_port": 0}))
         settings, url, token = stack.settings, stack.gateway_url, stack.api_key
         console.print(f"embedded stack up: gateway {url}, NATS {mask_url(settings.nats_url)}")

@@ -7,7 +7,8 @@ handlers; these are the operator's verbs over it.
 Redrive: a letter of a consumer that moves its task forward (enrich, runner)
 has failed its task, and a failed task's state holds; publishing the letter
 again would change nothing. :class:`Redriver` re-opens such a task instead, as
-a new generation (radtrain/oncall/reopen.py): the task goes back to
+a new generation (radtrain/oncall/reopen.py; a runner's letter, on ``DISPATCH``, re-opens
+with its ``task.ready`` on ``TASKS``, which the dispatcher routes again): the task goes back to
 ``requested``/``ready``, its record lists the redrive and the dead letter, and
 the letter's event runs again. A task that completed, was cancelled or
 rejected, or is running, is skipped unless forced; other letters (projector,
@@ -16,6 +17,7 @@ webhooks, ...) are published again as they are.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,17 +27,19 @@ from infra.bus.dead_letters import (
     H_SEQ,
     H_STREAM,
     H_SUBJECT,
-    TASK_OWNERS,
+    MSG_ID,
+    REDRIVE_OF,
     StoredDeadLetter,
     dlq_subject,
     finished,
+    owns_task,
 )
 from infra.bus.stream_read import get_seq, scan
 from infra.bus.topology import DLQ_STREAM, TASKS_STREAM
 from infra.kv import TaskRepo
 from radtrain.oncall.reopen import publish_reopening, reopening
 from schemas.cloudevents import event_bytes
-from schemas.events import Envelope, parse_event
+from schemas.events import Envelope, encode_event, parse_event
 from schemas.record import TaskRecord
 
 
@@ -83,7 +87,7 @@ def judge(letter: StoredDeadLetter, event: Envelope | None, record: TaskRecord |
 
     ``ended`` is the terminal event the stream holds for the record's generation (the
     KV record may lag it)."""
-    owner = letter.consumer in TASK_OWNERS and letter.get(H_STREAM) == TASKS_STREAM
+    owner = owns_task(letter.consumer, letter.get(H_STREAM))
     if not owner or not letter.task_id:
         return "republished", ""
     task = f"task {letter.task_id}"
@@ -127,6 +131,8 @@ class Redriver:
         event = _event_of(letter)
         found = await self.tasks.get(letter.task_id) if letter.task_id else None
         record = found[0] if found else None
+        if record is not None and event is not None and _interrupted(record, event, letter):
+            return await self._finish_reopening(letter, record, event)
         ended = await finished(self.js, letter.task_id, generation=(
             record.generation if record else 1)) if letter.task_id else None
         action, why = judge(letter, event, record, ended, force=self.force)
@@ -139,7 +145,8 @@ class Redriver:
         plan = reopening(record, event, by=self.by, reason=self.reason or
                          f"redrive of dead letter {letter.seq}", dead_letter_seq=letter.seq)
         done = await publish_reopening(self.js, plan, original_seq=int(letter.get(H_SEQ) or 0),
-                                       dead_letter_seq=letter.seq)
+                                       dead_letter_seq=letter.seq,
+                                       original_stream=letter.get(H_STREAM) or TASKS_STREAM)
         await self.js.delete_msg(DLQ_STREAM, letter.seq)
         self.reopened[letter.task_id] = done.generation
         return Redriven(letter.seq, "reopened", (
@@ -147,6 +154,33 @@ class Redriver:
             f"({plan.redriven.data.from_state} -> {plan.redriven.data.to_state}): "
             f"task.redriven TASKS #{done.redriven_seq}, task.{event.name} TASKS "
             f"#{done.event_seq}"), done.generation)
+
+
+    async def _finish_reopening(self, letter: StoredDeadLetter, record: TaskRecord,
+                                event: Envelope) -> Redriven:
+        """An earlier redrive of this very letter published ``task.redriven`` and then
+        failed (NATS error, Ctrl-C) before the event: publish the event of that generation
+        now. Its msg id names the generation, so if it did get through this is a no-op."""
+        again = event.model_copy(update={"id": str(uuid.uuid4()),
+                                         "taskgeneration": record.generation})
+        ack = await self.js.publish(again.nats_subject, encode_event(again), timeout=10.0,
+                                    headers={MSG_ID: again.msg_id,
+                                             REDRIVE_OF: f"{DLQ_STREAM}:{letter.seq}"})
+        await self.js.delete_msg(DLQ_STREAM, letter.seq)
+        self.reopened[letter.task_id] = record.generation
+        return Redriven(letter.seq, "reopened", (
+            f"task {letter.task_id}: finished the interrupted re-open as generation "
+            f"{record.generation}: task.{event.name} TASKS #{ack.seq}"
+            f"{' (already there)' if ack.duplicate else ''}"), record.generation)
+
+
+def _interrupted(record: TaskRecord, event: Envelope, letter: StoredDeadLetter) -> bool:
+    """The record's last re-open came from this letter, one generation after it, and the
+    task still waits in the state that re-open set: its event may never have been sent."""
+    last = record.redrives[-1] if record.redrives else None
+    return (last is not None and last.dead_letter_seq == letter.seq
+            and event.taskgeneration == record.generation - 1
+            and record.state == last.to_state == event.name)
 
 
 def _event_of(letter: StoredDeadLetter) -> Envelope | None:

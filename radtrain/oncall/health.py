@@ -16,9 +16,15 @@ from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from infra.bus.stream_read import next_msg
-from infra.bus.topology import ADVISORIES_STREAM, DLQ_STREAM, TASKS_STREAM, WEBHOOKS_STREAM
+from infra.bus.topology import (
+    ADVISORIES_STREAM,
+    DISPATCH_STREAM,
+    DLQ_STREAM,
+    TASKS_STREAM,
+    WEBHOOKS_STREAM,
+)
 
-STREAMS = (TASKS_STREAM, WEBHOOKS_STREAM, DLQ_STREAM, ADVISORIES_STREAM)
+STREAMS = (TASKS_STREAM, DISPATCH_STREAM, WEBHOOKS_STREAM, DLQ_STREAM, ADVISORIES_STREAM)
 OLD_UNACKED_S = 15 * 60.0
 
 

@@ -92,14 +92,15 @@ def reopening(record: TaskRecord, event: Envelope, *, by: str, reason: str = "",
 
 async def publish_reopening(js: JetStreamContext, plan: Reopening, *,
                             original_seq: int | None = None,
-                            dead_letter_seq: int | None = None) -> Reopened:
+                            dead_letter_seq: int | None = None,
+                            original_stream: str = TASKS_STREAM) -> Reopened:
     """``task.redriven`` first (the projector opens the generation), then the event,
     with headers naming what it copies."""
     first = await js.publish(plan.redriven.nats_subject, encode_event(plan.redriven),
                              headers={MSG_ID: plan.redriven.msg_id}, timeout=10.0)
     headers = {MSG_ID: plan.event.msg_id}
     if original_seq is not None:
-        headers[REPLAY_OF] = f"{TASKS_STREAM}:{original_seq}"
+        headers[REPLAY_OF] = f"{original_stream}:{original_seq}"
     if dead_letter_seq is not None:
         headers[REDRIVE_OF] = f"{DLQ_STREAM}:{dead_letter_seq}"
     second = await js.publish(plan.event.nats_subject, encode_event(plan.event),

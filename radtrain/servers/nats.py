@@ -159,6 +159,10 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._proc.poll() is None
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end (after a signal sent elsewhere): its exit code."""
+        return self._proc.wait(timeout)
+
     def log_tail(self, max_bytes: int = 4000) -> str:
         """The last ``max_bytes`` this process wrote (not earlier runs in the same file)."""
         try:
@@ -270,7 +274,10 @@ class NatsTLS:
 def _tls_lines(tls: NatsTLS) -> list[str]:
     if tls.verify and tls.ca is None:
         raise ValueError("NatsTLS(verify=True) needs the CA that signs client certificates")
-    lines = ["tls {", f"  cert_file: {_q(tls.cert)}", f"  key_file: {_q(tls.key)}"]
+    # handshake_first: TLS before INFO, so no client ever talks in clear (the clients
+    # of infra/bus/connection.py insist on it whenever TLS is configured).
+    lines = ["tls {", f"  cert_file: {_q(tls.cert)}", f"  key_file: {_q(tls.key)}",
+             "  handshake_first: true"]
     if tls.ca is not None:
         lines.append(f"  ca_file: {_q(tls.ca)}")
     if tls.verify:
@@ -290,6 +297,8 @@ def write_nats_config(
     *,
     auth_file: Path | None = None,
     tls: NatsTLS | None = None,
+    server_name: str | None = None,
+    extra: Sequence[str] = (),
 ) -> Path:
     """Write the server config; ``sync_interval: always`` fsyncs every JetStream write.
 
@@ -297,7 +306,9 @@ def write_nats_config(
     which matters for a single embedded server with no replicas. ``auth_file``
     (the ``accounts`` block of radtrain/servers/nats_auth.py) is included, not
     copied, so re-rendering it and ``nats_auth.reload_nats`` change users without
-    a restart. The server writes its pid to ``<dir>/nats-server.pid``.
+    a restart. The server writes its pid to ``<dir>/nats-server.pid``. A cluster
+    node has a ``server_name`` and its ``cluster`` block in ``extra``
+    (radtrain/servers/nats_cluster.py); the file is 0600 since route passwords are in it.
     """
     dir = Path(dir).resolve()
     dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +317,8 @@ def write_nats_config(
         f"listen: {LOOPBACK}:{port}",
         f"pid_file: {_q(dir / NATS_PID)}",
     ]
+    if server_name is not None:
+        lines.append(f"server_name: {json.dumps(server_name)}")
     if http_port is not None:
         lines.append(f"http: {LOOPBACK}:{http_port}")
     lines += ["jetstream {", f"  store_dir: {json.dumps(str(dir))}"]
@@ -314,21 +327,26 @@ def write_nats_config(
     lines.append("}")
     if tls is not None:
         lines += _tls_lines(tls)
+    lines += extra
     if auth_file is not None:
         # nats-server resolves includes relative to the including file.
         lines.append(f"include {_q(os.path.relpath(Path(auth_file).resolve(), dir))}")
     path = dir / NATS_CONFIG
+    path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def _nats_ready(port: int) -> Callable[[ManagedProcess], bool]:
+def _nats_ready(port: int, tls_first: bool = False) -> Callable[[ManagedProcess], bool]:
     def check(proc: ManagedProcess) -> bool:
         # The log line proves it is *our* server on that port, not another one.
         if "Server is ready" not in proc.log_tail(64_000):
             return False
         try:
             with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
+                if tls_first:  # it says nothing before a TLS handshake: listening is enough
+                    return True
                 s.settimeout(1.0)
                 return s.recv(4).startswith(b"INFO")
         except OSError:
@@ -366,7 +384,7 @@ def start_nats(
             "nats-server",
             [binary, "-c", conf],
             log_path=data_dir / NATS_LOG,
-            ready_check=_nats_ready(chosen[0]),
+            ready_check=_nats_ready(chosen[0], tls_first=tls is not None),
         )
 
     proc = _start_with_port_retry(start, auto_ports=port == 0, timeout_s=timeout_s)

@@ -69,6 +69,9 @@ __all__ = [
 
 Role = Literal["services", "oncall", "upstream"]
 SECRET_BUCKETS = (KV_APIKEYS, KV_TENANTS, KV_WEBHOOKS)
+ROUTE_USER = "route"
+ROUTE_SECRET = "route.secret"
+"""Password of the cluster routes (radtrain/servers/nats_cluster.py), beside the seeds."""
 MAIN_ACCOUNT = "RADTRAIN"
 UPSTREAM_ACCOUNT = "UPSTREAM"
 STREAM_ADMIN = ("$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
@@ -263,6 +266,18 @@ class NatsAuthDir:
         folder = self.dir / "upstream" if role == "upstream" else self.dir
         return folder / f"{name}.nk"
 
+    @property
+    def cluster_dir(self) -> Path:
+        """Node folders of a local cluster (``cluster/n1`` ...), which include ``auth.conf``."""
+        return self.dir / "cluster"
+
+    def route_credentials(self) -> tuple[str, str]:
+        """User and password the cluster nodes present to each other (made once, 0600)."""
+        path = self.dir / ROUTE_SECRET
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(24).encode() + b"\n")
+        return ROUTE_USER, path.read_text(encoding="utf-8").strip()
+
     def users(self) -> list[NatsUser]:
         if not self.registry_path.exists():
             return []
@@ -316,11 +331,14 @@ class NatsAuthDir:
     def apply(self, *, timeout_s: float = 10.0) -> bool:
         """Render ``auth.conf`` and reload the server running from this folder.
 
-        True when a running server applied it; False when none runs (it will
-        read the file when it starts).
+        True when a running server (or cluster node) applied it; False when none
+        runs (it will read the file when it starts).
         """
         self.render()
-        return reload_nats(self.dir, timeout_s=timeout_s)
+        applied = reload_nats(self.dir, timeout_s=timeout_s)
+        for node in sorted(p for p in self.cluster_dir.glob("*") if p.is_dir()):
+            applied = reload_nats(node, timeout_s=timeout_s) or applied
+        return applied
 
 
 def _now() -> str:

@@ -215,6 +215,7 @@ def test_metrics_on_every_process(stack: Stack) -> None:
         in handlers
     assert 'radtrain_consumer_lag{consumer="projector"}' in handlers
     runner = _scrape(f"http://{host}:{stack.settings.runner_metrics_port}/metrics")
-    assert 'radtrain_events_handled_total{consumer="runner",outcome="ack",type="ready"}' in runner
+    assert 'radtrain_events_handled_total{consumer="runner-cpu",outcome="ack",type="ready"}' \
+        in runner
     images = re.search(r"^radtrain_runner_images_per_second (\S+)$", runner, re.M)
     assert images is not None and float(images.group(1)) > 0

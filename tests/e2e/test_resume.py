@@ -35,6 +35,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -43,7 +44,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 
 from infra.bus.dead_letters import REPLAY_OF
-from infra.bus.topology import RUNNER, TASKS_STREAM, connect
+from infra.bus.topology import DISPATCH_STREAM, TASKS_STREAM, connect, runner_consumer
 from infra.kv import RunRepo
 from infra.settings import Settings
 from infra.store import LocalStore
@@ -202,12 +203,13 @@ def run_ledger(stack: Stack, task_id: str) -> RunLedger | None:
 
 
 def publish_ready_again(stack: Stack, task_id: str, headers: dict[str, str]) -> int:
-    """The task's task.ready, published again as-is under other headers (msg id): its seq."""
+    """The task's task.ready, published again as-is under other headers (msg id) on the
+    pool's queue, as a copy that came after the dispatcher's duplicate window: its seq."""
     async def send() -> int:
         nc, js = await connect(stack.settings, "fault-again")
         try:
             raw = await js.get_last_msg(TASKS_STREAM, f"tasks.ready.{task_id}")
-            ack = await js.publish(f"tasks.ready.{task_id}", raw.data or b"", headers=headers)
+            ack = await js.publish(f"dispatch.cpu.{task_id}", raw.data or b"", headers=headers)
             assert not ack.duplicate
             return int(ack.seq)
         finally:
@@ -216,10 +218,12 @@ def publish_ready_again(stack: Stack, task_id: str, headers: dict[str, str]) -> 
 
 
 def ready_seq(stack: Stack, task_id: str) -> int:
+    """The DISPATCH sequence of the task's first copy on its pool's queue (the runner's
+    ownership check names it)."""
     async def read() -> int:
         nc, js = await connect(stack.settings, "fault-seq")
         try:
-            first = await js.get_msg(TASKS_STREAM, seq=1, subject=f"tasks.ready.{task_id}",
+            first = await js.get_msg(DISPATCH_STREAM, seq=1, subject=f"dispatch.cpu.{task_id}",
                                      next=True)
             return int(first.seq or 0)
         finally:
@@ -238,7 +242,8 @@ def ack_pending(stack: Stack) -> int:
     async def read() -> int:
         nc, js = await connect(stack.settings, "fault-consumer")
         try:
-            return int((await js.consumer_info(TASKS_STREAM, RUNNER)).num_ack_pending)
+            info = await js.consumer_info(DISPATCH_STREAM, runner_consumer("cpu"))
+            return int(info.num_ack_pending)
         finally:
             await nc.close()
     return asyncio.run(read())
@@ -450,3 +455,55 @@ def test_cancel_before_any_runner_skips_the_task(stack: Stack, dataset_id: str,
     events = history(stack, task_id)
     assert not named(events, "started")
     assert named(events, "cancelled")[0].data.last_checkpoint_epoch is None
+
+
+def _rank_pids(pid: int) -> list[int]:
+    """The runner's child processes (its training ranks), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_kill_9_of_a_two_process_runner_then_another_finishes_from_the_checkpoint(
+        stack: Stack, dataset_id: str, runners: Runners) -> None:
+    """``resources.gpus: 2`` on the CPU pool: two gloo ranks under the runner. kill -9 of
+    the runner takes its ranks with it; the next runner resumes over two ranks."""
+    first = runners.start("runner-ddp-a")
+    body = {"name": "ddp", "flow": "general", "task_type": "classification",
+            "dataset_id": dataset_id, "resources": {"gpus": 2},
+            "model": {"mode": "manual", "network": "mobilenetv3_small_100", "pretrained": False},
+            "tuning": {"mode": "manual", "hyperparameters": {
+                "epochs": 6, "image_size": 64, "batch_size": 4, "seed": 1,
+                "augmentation": "none"}}}
+    _, accepted, _ = call("POST", f"{stack.gateway_url}/v1/tasks", body, token=stack.api_key)
+    task_id = str(accepted["task_id"])
+    killed_at = wait_for(lambda: checkpoint_epoch(stack, task_id), 180, "a checkpoint")
+    ranks = _rank_pids(first.pid)
+    assert len(ranks) >= 2, ranks  # two ranks (and the spawn resource tracker)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: all(_gone(p) for p in ranks) or None, 20, "the ranks to exit")
+    runners.start("runner-ddp-b")
+    final = wait_for(lambda: (r := record(stack, task_id))["state"] in FINAL and r, 240, "end")
+    assert final["state"] == "completed", final
+    events = history(stack, task_id)
+    assert len(named(events, "completed")) == 1
+    started = named(events, "started")
+    assert [s.data.attempt for s in started] == [1, 2]
+    resumed = started[-1].data.resumed_from_epoch
+    assert resumed is not None and resumed >= killed_at >= 1
+    csv_key = next(a["key"] for a in final["artifacts"] if a["name"] == "history.csv")
+    rows = list(csv.DictReader(io.StringIO(LocalStore(stack.settings.store_dir)
+                                           .get_bytes(csv_key).decode())))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert "2 ranks on cpu" in runners.log("runner-ddp-b")
+    print(f"two ranks: kill -9 of the runner after checkpoint epoch {killed_at}; "
+          f"{len(ranks)} children exited; resumed_from_epoch {resumed}; completed once")

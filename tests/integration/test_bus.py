@@ -11,11 +11,21 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
+from nats.js.api import RawStreamMsg, StorageType
+from nats.js.errors import NotFoundError
 
 from handlers.app import run as run_handlers
 from infra.bus import dead_letters as dlq
-from infra.bus.topology import ENRICH, RUNNER, TASKS_STREAM, apply, connect, consumer_configs
+from infra.bus.topology import (
+    DISPATCH_STREAM,
+    DISPATCHER,
+    ENRICH,
+    TASKS_STREAM,
+    apply,
+    connect,
+    consumer_configs,
+    runner_consumer,
+)
 from infra.kv import DatasetRepo, TaskRepo
 from infra.settings import Settings
 from radtrain.oncall.dead_letter_ops import list_dead_letters
@@ -49,13 +59,15 @@ async def test_apply_twice_changes_nothing(settings: Settings) -> None:
         await apply(js, settings)
         second = await apply(js, settings)
         assert {c.action for c in second} == {"unchanged"}
-        assert {c.name for c in second} >= {"TASKS", "DLQ", "enrich", "runner", "projector",
-                                            "tasks", "datasets", "webhooks"}
+        assert {c.name for c in second} >= {"TASKS", "DLQ", "DISPATCH", "enrich", "dispatch",
+                                            "runner-cpu", "projector", "tasks", "datasets",
+                                            "webhooks", "runners"}
         info = await js.stream_info(TASKS_STREAM)
         assert info.config.storage == StorageType.FILE
         assert info.config.duplicate_window is not None and info.config.duplicate_window >= 120
-        runner = await js.consumer_info(TASKS_STREAM, "runner")
-        assert runner.config.max_deliver == consumer_configs(settings)["runner"].max_deliver
+        runner = await js.consumer_info(DISPATCH_STREAM, "runner-cpu")
+        assert runner.config.max_deliver == consumer_configs(settings)["runner-cpu"].max_deliver
+        assert runner.config.filter_subject == "dispatch.cpu.*"
     finally:
         await nc.close()
 
@@ -152,19 +164,16 @@ async def test_malformed_upstream_event_is_dead_lettered_and_fails_its_task(
         await nc.close()
 
 
-async def test_malformed_ready_on_the_runner_is_dead_lettered_and_fails_its_task(
+async def test_malformed_ready_is_dead_lettered_by_the_dispatcher_and_fails_its_task(
         settings: Settings, handlers: None) -> None:
-    """The same policy on the runner's consumer: a DLQ copy and a task.failed, once."""
-    from runner.app import run as run_runner  # torch: imported by this test only
-
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_runner(settings.model_copy(update={"device": "cpu"}), stop))
+    """The same policy on the dispatcher (every task.ready goes through it first): a DLQ
+    copy and a task.failed, once; nothing reaches a runner pool."""
     nc, js = await connect(settings, "test-client")
     try:
         task_id = uuid.uuid4().hex
         ack = await js.publish(f"tasks.ready.{task_id}", json.dumps(
             {"type": "radtrain.task.ready.v1", "subject": task_id, "data": {}}).encode())
-        letter = await _dead_letter(js, RUNNER, task_id)
+        letter = await _dead_letter(js, DISPATCHER, task_id)
         assert letter.get(dlq.H_REASON) == "terminated" and letter.get(dlq.H_DELIVERIES) == "1"
         assert letter.get(dlq.H_SEQ) == str(ack.seq)
         assert letter.get(dlq.H_ERROR).startswith(f"invalid_event: tasks.ready.{task_id}")
@@ -177,9 +186,51 @@ async def test_malformed_ready_on_the_runner_is_dead_lettered_and_fails_its_task
         info = await js.stream_info(TASKS_STREAM, subjects_filter=f"tasks.failed.{task_id}")
         # The projector dead-lettered it too: the task.failed is published once.
         assert info.state.subjects == {f"tasks.failed.{task_id}": 1}
-        state = await js.consumer_info(TASKS_STREAM, RUNNER)
+        dispatched = await js.stream_info(DISPATCH_STREAM, subjects_filter=f"dispatch.*.{task_id}")
+        assert not dispatched.state.subjects, dispatched.state.subjects
+    finally:
+        await nc.close()
+
+
+async def test_malformed_dispatch_on_a_runner_is_dead_lettered_and_fails_its_task(
+        settings: Settings, handlers: None) -> None:
+    """A runner pool's consumer (on DISPATCH) dead-letters what it cannot read, and the
+    forwarder fails the task its subject names."""
+    from runner.app import run as run_runner  # torch: imported by this test only
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_runner(settings.model_copy(update={"device": "cpu"}), stop))
+    nc, js = await connect(settings, "test-client")
+    try:
+        task_id = uuid.uuid4().hex
+        await js.publish(f"dispatch.cpu.{task_id}", json.dumps(
+            {"type": "radtrain.task.ready.v1", "subject": task_id, "data": {}}).encode())
+        # The runner fails the task itself (a term on a work-queue stream removes the
+        # message, so the dead letter cannot name it: see handlers/dead_letter_forwarder.py).
+        raw = await wait_for_last(js, f"tasks.failed.{task_id}")
+        failed = parse_event(raw.data or b"")
+        assert isinstance(failed, TaskFailedEvent) and failed.data.code == "invalid_event"
+        assert f"runner-cpu could not read dispatch.cpu.{task_id}" in failed.data.message
+        async def letter() -> list[dlq.StoredDeadLetter]:
+            return [x for x in await list_dead_letters(js, runner_consumer("cpu"))
+                    if x.get(dlq.H_ERROR).startswith(f"invalid_event: dispatch.cpu.{task_id}")]
+
+        await wait_for(letter, 20, f"the runner-cpu dead letter of {task_id}")
+        state = await js.consumer_info(DISPATCH_STREAM, runner_consumer("cpu"))
         assert state.num_ack_pending == 0, state
     finally:
         stop.set()
         await asyncio.wait_for(runner, 15)
         await nc.close()
+
+
+async def wait_for_last(js: JetStreamContext, subject: str,
+                        timeout_s: float = 20.0) -> RawStreamMsg:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await js.get_last_msg(TASKS_STREAM, subject)
+        except NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)

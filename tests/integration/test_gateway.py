@@ -83,7 +83,7 @@ async def test_unknown_task_and_bad_paging(client: TestClient) -> None:
     assert "limit" in err["message"]
     resp = await client.get("/v1/tasks?limit=5")
     page = await resp.json()
-    assert set(page) == {"items", "total"} and len(page["items"]) <= 5
+    assert set(page) == {"items", "total", "next"} and len(page["items"]) <= 5
 
 
 async def test_health_and_readiness(client: TestClient) -> None:

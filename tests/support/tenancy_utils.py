@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.tenancy import ApiKeyRepo, TenantRepo
 from infra.bus.topology import apply, connect
+from infra.security.sealing import load_seal_key
 from infra.settings import Settings
 
 
@@ -25,7 +26,8 @@ async def apply_streams(settings: Settings) -> None:
 async def issue_key(settings: Settings, tenant: str, name: str = "test") -> str:
     nc, js = await connect(settings, "test-keys")
     try:
-        return (await (await ApiKeyRepo.open(js)).create(tenant, name)).key
+        repo = await ApiKeyRepo.open(js, seal_key=load_seal_key(settings))
+        return (await repo.create(tenant, name)).key
     finally:
         await nc.close()
 
@@ -33,7 +35,8 @@ async def issue_key(settings: Settings, tenant: str, name: str = "test") -> str:
 async def inbound_secret(settings: Settings, tenant: str, overlap_s: float = 0.0) -> str:
     nc, js = await connect(settings, "test-secrets")
     try:
-        return await (await TenantRepo.open(js)).rotate_inbound(tenant, overlap_s)
+        repo = await TenantRepo.open(js, seal_key=load_seal_key(settings))
+        return await repo.rotate_inbound(tenant, overlap_s)
     finally:
         await nc.close()
 

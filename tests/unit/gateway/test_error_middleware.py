@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nats.errors
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -29,6 +30,18 @@ async def test_transient_error_is_503_with_retry_after() -> None:
         assert body["error"]["code"] == "kv_unavailable"
     finally:
         await client.close()
+
+
+async def test_bus_timeout_outside_a_route_step_is_503() -> None:
+    """E.g. the API-key lookup while its KV stream elects a leader (cluster faults)."""
+    for exc in (nats.errors.TimeoutError(), nats.errors.NoRespondersError(), TimeoutError()):
+        client = await _client(exc)
+        try:
+            resp = await client.get("/x")
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"]["code"] == "unavailable"
+        finally:
+            await client.close()
 
 
 async def test_unexpected_error_stays_500() -> None:

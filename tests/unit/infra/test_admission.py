@@ -67,7 +67,7 @@ def test_the_same_request_has_one_digest_through_every_ingress() -> None:
     http = TaskRequested(**TaskRequest.model_validate(BODY).model_dump(), task_id="t1",
                          tenant="acme", idempotency_key="k1")
     # Signed POST /v1/events, structured: tenant and task id in data, defaults spelled out.
-    spelled = {**BODY, "tuning": {"mode": "auto"}, "resources": {"gpus": 1},
+    spelled = {**BODY, "tuning": {"mode": "auto"}, "resources": {"gpus": None},
                "description": "", "task_id": "t2", "tenant": "acme"}
     structured = inbound_event(_cloudevent("t2", spelled), "acme")
     # Binary mode (ce-* headers, data in the body), tenant injected from the identity.

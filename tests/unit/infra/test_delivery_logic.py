@@ -16,8 +16,9 @@ from infra.bus.topology import (
     ENRICH,
     PROJECTOR,
     RETRY_DELAYS_S,
-    RUNNER,
+    RUNNER_PREFIX,
     consumer_configs,
+    is_runner_consumer,
     parse_retry_metadata,
     retry_metadata,
 )
@@ -60,8 +61,9 @@ def test_every_consumer_has_max_deliver_and_a_schedule_and_no_server_backoff() -
         assert cfg.max_deliver is not None and cfg.max_deliver != 0, name
         assert cfg.backoff == [], name  # the server would distort nak delays with it
         delays = parse_retry_metadata(cfg.metadata)
-        assert delays == tuple(round(d * 0.1, 3) for d in RETRY_DELAYS_S[name]), name
-        if name == RUNNER:
+        key = RUNNER_PREFIX if is_runner_consumer(name) else name
+        assert delays == tuple(round(d * 0.1, 3) for d in RETRY_DELAYS_S[key]), name
+        if is_runner_consumer(name):
             # The runner's failure budget is the runs ledger's (runner_max_failures, counted
             # per task); max_deliver is only a backstop well above it, so that graceful
             # preemptions (SIGTERM, which cost no failure) never exhaust the deliveries.
@@ -114,12 +116,21 @@ def test_dead_letter_names_its_original_and_keeps_its_bytes() -> None:
     assert "no error recorded" in gone.headers[dlq.H_ERROR]
 
 
+def _runner_max(n: int) -> dlq.Advisory:
+    """A runner pool's consumer ran out of deliveries on ``DISPATCH``."""
+    return dlq.Advisory("max_deliveries", "DISPATCH", "runner-cpu", 7, n)
+
+
 def test_dead_letters_of_task_owners_fail_the_task_others_do_not() -> None:
-    letter = dlq.build_dead_letter(_max(RUNNER, n=3), _original(), "unexpected: oom")
-    event = failure_event(_max(RUNNER, n=3), letter, "unexpected: oom")
+    original = _original(subject=f"dispatch.cpu.{TASK}")
+    letter = dlq.build_dead_letter(_runner_max(3), original, "unexpected: oom")
+    assert letter.subject == f"dlq.runner-cpu.{TASK}" and letter.headers[dlq.H_TASK] == TASK
+    event = failure_event(_runner_max(3), letter, "unexpected: oom")
     assert event is not None and event.msg_id == f"{TASK}:failed"
     assert event.data.code == "dead_letter" and not event.data.retryable
-    assert "runner gave up after 3 deliveries: unexpected: oom" == event.data.message
+    assert "runner-cpu gave up after 3 deliveries: unexpected: oom" == event.data.message
+    assert dlq.owns_task("runner-gpu", "DISPATCH") and dlq.owns_task("dispatch", "TASKS")
+    assert not dlq.owns_task("runner-cpu", "WEBHOOKS") and not dlq.owns_task("webhooks", "TASKS")
     projector = _max(PROJECTOR)
     assert failure_event(projector, dlq.build_dead_letter(projector, _original(), ""), "") is None
 
@@ -205,15 +216,15 @@ def test_request_digest_ignores_spelling_not_content() -> None:
 
 def test_health_assessment_points_at_what_needs_a_person() -> None:
     health = Health(streams=[StreamHealth("DLQ", 2, 100, 1, 2)], consumers=[
-        ConsumerHealth("TASKS", RUNNER, pending=3, ack_pending=0, redelivered=0, waiting=0,
-                       max_deliver=3, oldest_unacked_seq=5, oldest_unacked_age_s=3600.0),
+        ConsumerHealth("DISPATCH", "runner-cpu", pending=3, ack_pending=0, redelivered=0,
+                       waiting=0, max_deliver=3, oldest_unacked_seq=5, oldest_unacked_age_s=3600.0),
         ConsumerHealth("TASKS", ENRICH, pending=0, ack_pending=1, redelivered=1, waiting=1,
                        max_deliver=5)], missing=["WEBHOOKS"])
     problems = assess(health)
     assert problems[0].startswith("stream WEBHOOKS missing")
     assert any("2 dead letter" in p for p in problems)
-    assert any(p.startswith("runner: oldest unacked") and "60 min" in p for p in problems)
-    assert any(p.startswith("runner: 3 message(s) waiting") for p in problems)
+    assert any(p.startswith("runner-cpu: oldest unacked") and "60 min" in p for p in problems)
+    assert any(p.startswith("runner-cpu: 3 message(s) waiting") for p in problems)
     assert any(p.startswith("enrich: 1 message(s) being redelivered") for p in problems)
     assert assess(Health(streams=[StreamHealth("DLQ", 0, 0, 0, 0)])) == []
     assert health.as_dict()["dlq_size"] == 2

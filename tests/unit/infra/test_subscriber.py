@@ -120,6 +120,22 @@ async def test_no_failure_for_a_task_the_stream_already_finished() -> None:
     assert outcome == "dead_letter" and js.on("tasks.failed.") == []
 
 
+async def test_a_bad_message_of_a_reopened_task_fails_that_generation() -> None:
+    """Generation 1 completed, on-call re-opened the task: an unreadable generation-2
+    message must fail generation 2, not hide behind generation 1's end."""
+    js = FakeJetStream()
+    js.holds(_completed())
+    sub = Subscriber("projector", event_decoder(), Recorder())
+    msg = FakeMsg(f"tasks.progress.{TASK}", b'{"taskgeneration": 2, "data": {}}',
+                  timeline=js.timeline)
+    outcome, _ = await _handle(sub, msg, js)
+    assert outcome == "dead_letter"
+    [failed] = js.on("tasks.failed.")
+    assert failed.msg_id == f"{TASK}:failed:g2"
+    event = failed.event()
+    assert event.taskgeneration == 2
+
+
 async def test_a_malformed_terminal_event_does_not_count_as_the_end() -> None:
     js = FakeJetStream()
     await js.publish(f"tasks.completed.{TASK}", b"{broken")  # the bad message itself

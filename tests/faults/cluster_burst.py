@@ -1,0 +1,136 @@
+"""Clients of the cluster fault tests: submissions through several gateways, each
+retried with its own Idempotency-Key on 503 and connection errors (on the next
+gateway), and what the stream and KV say about the tasks afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from nats.js import JetStreamContext
+
+from infra.kv import TaskRepo
+from tests.faults.helpers import GOOD_BODY, per_task, subject_counts, wait_for
+
+Body = Callable[[int], dict[str, Any]]
+
+
+def rejected_body(i: int) -> dict[str, Any]:
+    """A task enrich rejects at once (no such dataset): many of them finish fast."""
+    return {**GOOD_BODY, "name": f"burst {i}", "dataset_id": f"no-such-dataset-{i % 7}"}
+
+
+class Burst:
+    """``n`` clients' submissions; client ``i`` starts on gateway ``i % len(urls)``."""
+
+    def __init__(self, urls: list[str], api_key: str, tag: str) -> None:
+        self.urls, self.api_key, self.tag = urls, api_key, tag
+        self.accepted: dict[str, str] = {}
+        """Idempotency-Key -> the task id of its 202."""
+        self.answers: defaultdict[str, set[str]] = defaultdict(set)
+        self.statuses: Counter[int | str] = Counter()
+        self.accept_times: list[float] = []
+        self._counted = asyncio.Event()
+        self._wanted = 0
+
+    def key(self, i: int) -> str:
+        return f"{self.tag}-{i}"
+
+    async def reached(self, n: int) -> None:
+        """Wait until ``n`` submissions were accepted."""
+        self._wanted = n
+        if len(self.accepted) < n:
+            await self._counted.wait()
+
+    async def post(self, session: aiohttp.ClientSession, url: str, key: str,
+                   body: dict[str, Any]) -> str | None:
+        """One attempt: the task id of a 202, None on 503 or a connection error."""
+        try:
+            async with session.post(f"{url}/v1/tasks", json=body,
+                                    headers={"Idempotency-Key": key}) as resp:
+                self.statuses[resp.status] += 1
+                if resp.status == 202:
+                    return str((await resp.json())["task_id"])
+                assert resp.status == 503, (resp.status, await resp.text())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.statuses[type(exc).__name__] += 1
+        return None
+
+    async def submit(self, session: aiohttp.ClientSession, i: int, body: dict[str, Any],
+                     deadline: float) -> None:
+        gateway, key = i, self.key(i)
+        while time.monotonic() < deadline:
+            task_id = await self.post(session, self.urls[gateway % len(self.urls)], key, body)
+            if task_id is not None:
+                self.answers[key].add(task_id)
+                self.accepted[key] = task_id
+                self.accept_times.append(time.monotonic())
+                if self._wanted and len(self.accepted) >= self._wanted:
+                    self._counted.set()
+                return
+            gateway += 1  # retry on the next gateway, same key
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{key} never accepted; answers {dict(self.statuses)}")
+
+    def session(self, limit: int = 100) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            connector=aiohttp.TCPConnector(limit=limit),
+            timeout=aiohttp.ClientTimeout(total=15))
+
+    async def run(self, n: int, body: Body, *, concurrency: int, budget_s: float,
+                  fault: Awaitable[Any] | None = None, spread_s: float = 0.0) -> None:
+        """Submit ``n`` tasks; with ``spread_s`` client ``i`` starts ``i * spread_s / n`` late."""
+        sem = asyncio.Semaphore(concurrency)
+        deadline = time.monotonic() + budget_s
+        async with self.session() as session:
+            async def one(i: int) -> None:
+                await asyncio.sleep(i * spread_s / n)
+                async with sem:
+                    await self.submit(session, i, body(i), deadline)
+
+            jobs: list[Awaitable[Any]] = [one(i) for i in range(n)]
+            await asyncio.gather(*jobs, *([fault] if fault is not None else []))
+
+    def longest_pause(self, after: float) -> float:
+        """The longest wait between two 202s (or from ``after`` to the next one)."""
+        times = sorted(t for t in self.accept_times if t >= after)
+        gaps = [b - a for a, b in zip([after, *times], times, strict=False)]
+        return max(gaps, default=0.0)
+
+    def unexpected(self) -> list[int | str]:
+        """Answers other than 202, 503 and connection errors."""
+        return [s for s in self.statuses if isinstance(s, int) and s not in (202, 503)]
+
+
+async def requested_ids(js: JetStreamContext) -> set[str]:
+    return set(per_task(await subject_counts(js, "tasks.requested.>"), "requested"))
+
+
+async def check_exactly_once(js: JetStreamContext, tasks: set[str], terminal: str,
+                             timeout_s: float = 120.0) -> dict[str, int]:
+    """Every task: one task.requested and one ``terminal`` event in the stream, none of
+    another outcome, and its KV record in that state. Returns the stream's counts."""
+    async def outcomes() -> dict[str, int] | None:
+        counts = await subject_counts(js)
+        return counts if tasks <= set(per_task(counts, terminal)) else None
+
+    counts = await wait_for(outcomes, timeout_s, f"every task's task.{terminal}",
+                            interval_s=1.0)
+    requested, ended = per_task(counts, "requested"), per_task(counts, terminal)
+    assert {t: requested.get(t) for t in tasks} == dict.fromkeys(tasks, 1)
+    assert {t: ended.get(t) for t in tasks} == dict.fromkeys(tasks, 1)
+    others = {"ready", "rejected", "completed", "failed", "cancelled"} - {terminal}
+    assert not [t for o in others for t in per_task(counts, o) if t in tasks]
+    repo = await TaskRepo.open(js)
+
+    async def projected() -> bool:
+        records = await asyncio.gather(*(repo.get(t) for t in tasks))
+        return all(r is not None and r[0].state == terminal for r in records)
+
+    await wait_for(projected, 60, f"every KV record {terminal}", interval_s=1.0)
+    return counts

@@ -1,0 +1,19 @@
+"""Smoke test of ``python -m bench.bench_enrich``: every path runs and the ratios print."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import bench_enrich
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def test_bench_enrich_reports_every_path_and_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    report = bench_enrich.main(["--events", "30", "--tasks", "30", "--concurrency", "4"])
+    paths = [r["path"] for r in report["results"]]
+    assert paths == ["e2e rejected (POST → KV)", "  of which gateway POST → 202",
+                     "raw (one by one)", "raw (batch)", "enrich (handlers' subscriber)"]
+    assert all(r["rate"] > 0 and r["count"] == 30 for r in report["results"])
+    assert {"enrich / raw (batch)", "e2e rejected / raw (batch)"} <= report["ratios"].keys()
+    assert "ratios" in capsys.readouterr().out

@@ -1,0 +1,146 @@
+"""Numbered per-tenant lists (infra/kv/listing.py) over the in-memory KeyValue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from infra.bus.topology import KV_LISTINGS
+from infra.kv.listing import TASKS, Cursor, ListingIndex, Marker
+from schemas.record import STATE_RANK
+from tests.support.fake_kv import FakeJetStream
+
+
+@pytest.fixture
+async def index() -> ListingIndex:
+    return await ListingIndex.open(cast(Any, FakeJetStream(KV_LISTINGS)), TASKS)
+
+
+async def enter(index: ListingIndex, task_id: str, state: str, generation: int = 1,
+                tenant: str = "acme") -> None:
+    await index.converge(tenant, task_id, state, (generation, STATE_RANK[state]))
+
+
+async def every_page(index: ListingIndex, tenant: str, state: str | None = None,
+                     limit: int = 3) -> list[str]:
+    ids: list[str] = []
+    page = await index.page(tenant, state=state, limit=limit)
+    ids += page.ids
+    while page.next is not None:
+        page = await index.page(tenant, state=state, limit=limit,
+                                cursor=Cursor.decode(page.next.encode()))
+        ids += page.ids
+    return ids
+
+
+def test_cursor_round_trips_and_refuses_what_it_did_not_write() -> None:
+    for cursor in (Cursor(None, 7), Cursor("running", 1)):
+        assert Cursor.decode(cursor.encode()) == cursor
+    for token in ("", "nope", "djE6LTow", Cursor(None, 3).encode() + "x"):
+        with pytest.raises(ValueError):
+            Cursor.decode(token)
+
+
+async def test_add_is_idempotent_and_pages_are_newest_first(index: ListingIndex) -> None:
+    for i in range(10):
+        await index.add("acme", f"t{i}")
+        await index.add("acme", f"t{i}")  # a redelivery
+    page = await index.page("acme", limit=4)
+    assert page.ids == ["t9", "t8", "t7", "t6"] and page.total == 10
+    assert (await index.page("acme", limit=4, offset=8)).ids == ["t1", "t0"]
+    assert (await index.page("acme", limit=4, offset=10)).ids == []
+    assert await every_page(index, "acme") == [f"t{i}" for i in reversed(range(10))]
+    assert (await index.page("other", limit=4)).ids == []
+
+
+async def test_cursor_pages_are_exact_while_items_are_added(index: ListingIndex) -> None:
+    for i in range(7):
+        await index.add("acme", f"t{i}")
+    page = await index.page("acme", limit=3)
+    seen = list(page.ids)
+    n = 7
+    while page.next is not None:
+        await index.add("acme", f"t{n}")  # newer than everything paged so far
+        n += 1
+        page = await index.page("acme", limit=3, cursor=page.next)
+        seen += page.ids
+    assert seen == [f"t{i}" for i in reversed(range(7))]
+
+
+async def test_state_lists_follow_transitions(index: ListingIndex) -> None:
+    for i in range(6):
+        await enter(index, f"t{i}", "requested")
+    for i in range(4):
+        await enter(index, f"t{i}", "ready")
+    await enter(index, "t4", "rejected")
+    for i in range(3):
+        await enter(index, f"t{i}", "running")
+    await enter(index, "t0", "completed")
+    await enter(index, "t0", "completed")  # a replay changes nothing
+    expect = {"requested": ["t5"], "ready": ["t3"], "rejected": ["t4"],
+              "running": ["t2", "t1"], "completed": ["t0"], "failed": []}
+    for state, ids in expect.items():
+        page = await index.page("acme", state=state, limit=10)
+        assert (page.ids, page.total) == (ids, len(ids)), state
+        assert await every_page(index, "acme", state, limit=1) == ids, state
+    assert (await index.page("acme", limit=10)).total == 6
+
+
+async def test_an_older_state_never_replaces_a_newer_one(index: ListingIndex) -> None:
+    await enter(index, "t1", "running")
+    await enter(index, "t1", "ready")  # a late, slow writer
+    assert (await index.page("acme", state="running")).ids == ["t1"]
+    assert (await index.page("acme", state="ready")).ids == []
+
+
+async def test_a_redrive_moves_the_task_back(index: ListingIndex) -> None:
+    await enter(index, "t1", "failed")
+    await enter(index, "t1", "ready", generation=2)
+    assert (await index.page("acme", state="failed")).total == 0
+    assert (await index.page("acme", state="ready")).ids == ["t1"]
+    await enter(index, "t1", "failed", generation=2)
+    page = await index.page("acme", state="failed")
+    assert (page.ids, page.total) == (["t1"], 1)
+
+
+async def test_concurrent_writers_take_distinct_positions(index: ListingIndex) -> None:
+    await asyncio.gather(*(enter(index, f"t{i}", "requested") for i in range(40)))
+    await asyncio.gather(*(enter(index, f"t{i}", "ready") for i in range(0, 40, 2)))
+    ids = await every_page(index, "acme", limit=7)
+    assert sorted(ids) == sorted(f"t{i}" for i in range(40)) and len(ids) == 40
+    assert (await index.page("acme")).total == 40
+    ready = await every_page(index, "acme", "ready", limit=7)
+    assert sorted(ready) == sorted(f"t{i}" for i in range(0, 40, 2))
+    assert (await index.page("acme", state="requested")).total == 20
+
+
+async def test_the_same_task_from_two_writers_is_listed_once(index: ListingIndex) -> None:
+    await asyncio.gather(*(enter(index, "t1", "requested") for _ in range(4)))
+    await asyncio.gather(*(enter(index, "t1", "running") for _ in range(4)))
+    assert await every_page(index, "acme") == ["t1"]
+    assert await every_page(index, "acme", "running") == ["t1"]
+    assert (await index.page("acme", state="running")).total == 1
+    assert (await index.page("acme", state="requested")).total == 0
+    assert (await index.page("acme")).total == 1
+
+
+async def test_a_writer_killed_half_way_is_repaired_by_the_retry(
+        index: ListingIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    await enter(index, "t1", "requested")
+    real_leave = index._leave
+
+    async def killed(*args: Any) -> None:
+        raise ConnectionError("killed after taking a position in 'ready'")
+
+    monkeypatch.setattr(index, "_leave", killed)
+    with pytest.raises(ConnectionError):
+        await enter(index, "t1", "ready")
+    monkeypatch.setattr(index, "_leave", real_leave)
+    await enter(index, "t1", "ready")  # the redelivery
+    assert (await index.page("acme", state="ready")).ids == ["t1"]
+    assert (await index.page("acme", state="ready")).total == 1
+    assert (await index.page("acme", state="requested")).total == 0
+    marker = await index.markers.get("mt.t1")
+    assert isinstance(marker, Marker) and marker.sp == 1 and marker.pending is None
