@@ -5,7 +5,12 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv run up test test-fast lint bench clean
+# The browser tests (tests/browser) drive Debian's chromium through Playwright's
+# executable_path; no browser is ever downloaded. Another binary: CHROMIUM=/path.
+CHROMIUM ?= $(shell command -v chromium 2>/dev/null || echo /usr/bin/chromium)
+export RADTRAIN_TEST_CHROMIUM := $(CHROMIUM)
+
+.PHONY: venv run up test test-fast test-browser browser lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +21,29 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: venv
-	$(VENV)/bin/radtrain demo
+	$(VENV)/bin/radtrain demo --keep-up
 
 up: venv
 	$(VENV)/bin/radtrain up
 
-test: venv
+test: venv browser
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The web console in headless Chromium alone (tests/browser, about 3 minutes).
+test-browser: venv browser
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/browser
+
+# Installs Debian's chromium when it is missing (as root; otherwise says what to install).
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "the browser tests need chromium: sudo apt-get install -y chromium" \
+	         "(or CHROMIUM=/path/to/chromium make test)" >&2; exit 1; \
+	  fi; \
+	fi
 
 # The unit tier alone: no servers, under a minute (DESIGN.md §13).
 test-fast: venv

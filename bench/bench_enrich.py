@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import tempfile
@@ -44,6 +45,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from bench.bench_submit import BODY
+from bench.cpu import CpuMeter, ceiling_per_s
 from infra.bus.subscriber import Subscriber, run_subscriber
 from infra.bus.topology import ENRICH, KV_TASKS, connect, consumer_configs
 from infra.settings import Settings
@@ -183,8 +185,20 @@ async def bench_enrich(js: JetStreamContext, sub: Subscriber[Any], n: int) -> Ra
 # --- end to end: POST → KV rejected ---------------------------------------------------
 
 
-async def bench_e2e(stack: Stack, n: int, concurrency: int) -> list[Rate]:
-    """The e2e rate, and the gateway's own rate over the same POSTs (its 202s)."""
+def stack_meter(stack: Stack) -> CpuMeter:
+    """The processes of the e2e path: the gateway, the handlers, nats-server, this client."""
+    pids = {name: proc.pid for name, proc in stack.procs.items()}
+    if stack.nats is not None:
+        pids["nats-server"] = stack.nats.pid
+    return CpuMeter(pids | {"bench client": os.getpid()})
+
+
+async def bench_e2e(stack: Stack, n: int, concurrency: int,
+                    cpu: dict[str, float] | None = None) -> list[Rate]:
+    """The e2e rate, and the gateway's own rate over the same POSTs (its 202s); ``cpu``
+    receives each process's CPU milliseconds per task over the run."""
+    meter = stack_meter(stack)
+    meter.begin()
     nc, _ = await connect(stack.settings, "bench-e2e")
     rejected_at: dict[str, float] = {}
     posted: dict[str, float] = {}
@@ -221,6 +235,8 @@ async def bench_e2e(stack: Stack, n: int, concurrency: int) -> list[Rate]:
     finally:
         await kv_sub.unsubscribe()
         await nc.close()
+    if cpu is not None:
+        cpu.update(meter.per_item_ms(n))
     latencies = sorted(rejected_at[t] - posted[t] for t in posted)
     seconds = max(rejected_at[t] for t in posted) - started
     return [Rate("e2e rejected (POST → KV)", n, seconds, statistics.median(latencies) * 1000,
@@ -237,7 +253,8 @@ def stop_service(stack: Stack, name: str) -> None:
     proc.wait(30)
 
 
-def run(args: argparse.Namespace, data: Path) -> list[Rate]:
+def run(args: argparse.Namespace, data: Path,
+        cpu: dict[str, float] | None = None) -> list[Rate]:
     settings = Settings(data_dir=data, store_dir=data / "store", cache_dir=data / "cache",
                         work_dir=data / "work", gateway_port=0, nats_port=0,
                         rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000,
@@ -247,7 +264,7 @@ def run(args: argparse.Namespace, data: Path) -> list[Rate]:
     try:
         asyncio.run(bench_e2e(stack, min(100, args.tasks), min(16, args.concurrency)))  # warm-up
         for _ in range(args.rounds):
-            results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency))
+            results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency, cpu))
         stop_service(stack, "handlers")
 
         async def in_process() -> list[Rate]:
@@ -291,11 +308,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=1, help="repeat each measure")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
+    cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="radtrain-bench-") as tmp:
-        results = run(args, Path(tmp))
+        results = run(args, Path(tmp), cpu)
     report = {"events": args.events, "tasks": args.tasks, "concurrency": args.concurrency,
               "results": [asdict(r) | {"rate": r.rate} for r in results],
-              "ratios": ratios(results)}
+              "ratios": ratios(results),
+              "e2e_cpu_ms_per_task": cpu, "e2e_cpu_ceiling_per_s": ceiling_per_s(cpu)}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -314,6 +333,11 @@ def _print(report: dict[str, Any]) -> None:
     print("ratios (best of each; DESIGN.md §12 bound: raw consume → publish, same server):")
     for name, value in report["ratios"].items():
         print(f"  {name:<40}{value:>6.2f}")
+    cpu = report["e2e_cpu_ms_per_task"]
+    if cpu:  # what bounds the e2e path, whatever else shares the machine
+        print("e2e CPU ms per task: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+        print(f"  ceiling on {os.cpu_count()} cores at that cost: "
+              f"{report['e2e_cpu_ceiling_per_s']:.0f} tasks/s")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -20,9 +21,10 @@ from aiohttp import web
 
 from gateway.app_keys import STORE, TASKS
 from gateway.auth import tenant_of
-from gateway.errors import ApiError
+from gateway.errors import ApiError, store_unavailable
 from infra.store import ObjectNotFound, StoreUnavailable
 from schemas.common import is_identifier
+from schemas.record import TaskRecord
 
 log = logging.getLogger("radtrain.gateway")
 routes = web.RouteTableDef()
@@ -48,7 +50,7 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
         except ObjectNotFound:
             raise not_found from None
         except StoreUnavailable as exc:
-            raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+            raise store_unavailable(exc) from exc
         stored = await asyncio.to_thread(_sha256, path)
         if stored != artifact.sha256:
             log.error("task %s: %s at %s has sha256 %s, the task recorded %s", task_id, name,
@@ -56,6 +58,32 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
             raise ApiError(503, "artifact_mismatch", f"the stored bytes of {name!r} do not "
                            "match the recorded sha256; retry later or ask an operator")
         return await _stream(request, path, name, artifact.sha256)
+
+
+def public_record(record: TaskRecord) -> TaskRecord:
+    """The record as clients see it: an artifact's ``uri`` that is a path on the server
+    (the local store's file://) becomes the gateway's download route (issue 17)."""
+    if not any(a.uri.startswith("file:") for a in record.artifacts):
+        return record
+    artifacts = [a if not a.uri.startswith("file:") else a.model_copy(update={
+        "uri": f"/v1/tasks/{record.task_id}/artifacts/{a.name}"}) for a in record.artifacts]
+    return record.model_copy(update={"artifacts": artifacts})
+
+
+def public_event(data: bytes) -> bytes:
+    """A ``task.completed`` envelope as clients see it: artifact URIs that are paths on the
+    server (file://) become the gateway's download routes; anything else is unchanged."""
+    if b"file:" not in data:
+        return data
+    try:
+        envelope = json.loads(data)
+        task_id = envelope["data"]["task_id"]
+        for art in envelope["data"]["artifacts"]:
+            if str(art.get("uri", "")).startswith("file:"):
+                art["uri"] = f"/v1/tasks/{task_id}/artifacts/{art['name']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return data
+    return json.dumps(envelope, separators=(",", ":")).encode()
 
 
 def _sha256(path: Path) -> str:

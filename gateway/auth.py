@@ -8,12 +8,14 @@ tenant answer 404, exactly like missing ones, so ids cannot be probed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
 
 from gateway.app_keys import API_KEY_ID, LIMITER, TENANT
 from gateway.errors import ApiError
+from gateway.limits import limit_unauthenticated, refund_unauthenticated
 from gateway.ratelimit import retry_after_header
 from gateway.tenancy import ApiKeyRepo
 from schemas.tenancy import ApiKeyRecord
@@ -38,19 +40,55 @@ class KeyCache:
     def __init__(self, repo: ApiKeyRepo, ttl_s: float, max_entries: int = 10_000) -> None:
         self._repo, self._ttl, self._max = repo, ttl_s, max_entries
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
+        self._inflight: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        """One KV read per key at a time: a burst on a cold key (a client's first 64
+        concurrent requests, or all of them when its entry expires) shares it."""
+
+    def looking_up(self, token: str) -> bool:
+        """Whether a KV read of ``token`` is under way (a request can join it)."""
+        return token in self._inflight
+
+    def cached(self, token: str) -> ApiKeyRecord | None:
+        """The record of a key looked up less than ``ttl_s`` ago; no KV read."""
+        hit = self._cache.get(token)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        return None
 
     async def authenticate(self, token: str) -> ApiKeyRecord | None:
         now = time.monotonic()
-        hit = self._cache.get(token)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        record = await self._repo.authenticate(token)
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        pending = self._inflight.get(token)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and task is not None and not task.cancelling():
+                    return await self.authenticate(token)  # its leader went away: read again
+                raise
+        lookup: asyncio.Future[ApiKeyRecord | None] = asyncio.get_running_loop().create_future()
+        lookup.add_done_callback(lambda f: f.cancelled() or f.exception())  # read: no warning
+        self._inflight[token] = lookup
+        try:
+            record = await self._repo.authenticate(token)
+        except asyncio.CancelledError:
+            lookup.cancel()
+            raise
+        except BaseException as exc:
+            lookup.set_exception(exc)
+            raise
+        finally:
+            del self._inflight[token]
         if record is not None and self._ttl > 0:
             if len(self._cache) >= self._max:
                 self._cache.clear()
             self._cache[token] = (now, record)
         else:
             self._cache.pop(token, None)
+        lookup.set_result(record)
         return record
 
 
@@ -58,11 +96,16 @@ KEYS = web.AppKey("key_cache", KeyCache)
 
 
 def bearer_token(request: web.Request) -> str:
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("missing bearer API key: send 'Authorization: Bearer <key>'")
+    return token
+
+
+def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer API key: send 'Authorization: Bearer <key>'")
-    return token.strip()
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 @web.middleware
@@ -70,7 +113,15 @@ async def auth_middleware(request: web.Request, handler):  # type: ignore[no-unt
     """Resolve the key to a tenant and spend one token of its rate limit."""
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    record = await request.app[KEYS].authenticate(bearer_token(request))
+    keys, token = request.app[KEYS], _bearer(request)
+    record = keys.cached(token) if token else None
+    if record is None and token is not None and keys.looking_up(token):
+        record = await keys.authenticate(token)  # joins the read under way: paid for once
+    elif record is None:  # not a key this gateway knows: the address pays, before any KV read
+        limit_unauthenticated(request)
+        record = await keys.authenticate(bearer_token(request))
+        if record is not None:
+            refund_unauthenticated(request)
     if record is None:
         raise Unauthorized("invalid or revoked API key")
     wait = request.app[LIMITER].take(record.id)

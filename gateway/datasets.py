@@ -17,6 +17,7 @@ it to the full report.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from gateway.app_keys import CONNECTED, IDEMPOTENCY, JS, STORE
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.datasets_openapi import register_operations
-from gateway.errors import ApiError
+from gateway.errors import ApiError, store_unavailable
 from gateway.idempotency import (
     StoredResponse,
     body_digest,
@@ -41,7 +42,9 @@ from gateway.idempotency import (
 )
 from gateway.observe import traceparent_of
 from gateway.paging import cursor_param
-from gateway.previews import ManifestMismatch, case_preview, load_manifest, preview_key
+from gateway.previews import PREVIEWER, ManifestMismatch, load_manifest, preview_key, snap_size
+from gateway.ratelimit import retry_after_header
+from imaging.budget import DecodeBusy
 from imaging.preview import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WINDOW_NAMES
 from imaging.reader import CaseReadError
 from infra.bus.topology import KV_DATASETS
@@ -73,6 +76,7 @@ from schemas.tasks import Modality
 
 R = TypeVar("R", bound=BucketRepo[Any])
 routes = web.RouteTableDef()
+log = logging.getLogger("radtrain.gateway")
 register_operations()
 
 IMPORTS_PATH = "/v1/datasets/imports"
@@ -113,8 +117,10 @@ async def _bucket(request: web.Request, repo_type: type[R]) -> R:
                 try:
                     state.repos[repo_type] = await repo_type.open(request.app[JS])
                 except Exception as exc:
+                    log.warning("KV %s unavailable: %r", repo_type.BUCKET.name, exc)
                     raise ApiError(503, "unavailable", f"KV '{repo_type.BUCKET.name}' "
-                                   f"unavailable: {exc!r}") from exc
+                                   "unavailable, retry later",
+                                   headers={"Retry-After": "1"}) from exc
     return cast(R, state.repos[repo_type])
 
 
@@ -149,9 +155,11 @@ async def _manifest(request: web.Request, summary: DatasetSummary
     except ObjectNotFound:
         raise ApiError(404, "not_found", f"dataset {summary.id!r} has no manifest") from None
     except ManifestMismatch as exc:
-        raise ApiError(500, "manifest_corrupt", str(exc)) from exc
+        log.error("dataset %s: %s", summary.id, exc)
+        raise ApiError(500, "manifest_corrupt", f"the manifest snapshot of dataset "
+                       f"{summary.id!r} does not match its recorded sha256") from exc
     except StoreError as exc:
-        raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+        raise store_unavailable(exc) from exc
     entry = (manifest, {c.case_id: c for c in manifest.cases})
     cache[summary.manifest_key] = entry
     while len(cache) > MANIFEST_CACHE:
@@ -295,7 +303,7 @@ async def _report(request: web.Request, status: ImportStatus) -> ImportReport:
         raise ApiError(500, "report_missing", f"import {status.import_id}: its report "
                        f"{status.report_key} is gone from the store") from None
     except StoreError as exc:
-        raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+        raise store_unavailable(exc) from exc
     return ImportReport.model_validate_json(data)
 
 
@@ -338,6 +346,7 @@ async def preview(request: web.Request) -> web.Response:
     size = int_param(request, "size", DEFAULT_SIZE, MAX_SIZE)
     if size < MIN_SIZE:
         raise ApiError(400, "invalid_query", f"size must be between {MIN_SIZE} and {MAX_SIZE}")
+    size = snap_size(size)  # issue 17: a fixed list of sizes, so a bounded cache
     manifest, by_id = await _manifest(request, await _summary(request))
     case_id = request.match_info["case_id"]
     case = by_id.get(case_id)
@@ -345,17 +354,21 @@ async def preview(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"case {case_id!r} not found in {manifest.id!r}")
     key = preview_key(manifest.id, case, manifest.classes, window, size)
     etag = '"' + key.rsplit("/", 1)[-1].removesuffix(".png") + '"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400",
+               "X-Preview-Size": str(size)}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     async with _state(request.app).previews:
         try:
-            png, hit = await asyncio.to_thread(case_preview, request.app[STORE], manifest, case,
-                                               window=window, size=size)
+            png, hit = await request.app[PREVIEWER].render(request.app[STORE], manifest, case,
+                                                           window=window, size=size)
         except CaseReadError as exc:
             raise ApiError(422, "case_unreadable", exc.message) from exc
+        except DecodeBusy as exc:
+            raise ApiError(503, "decoding_busy", "image decoding is at capacity; retry later",
+                           headers={"Retry-After": retry_after_header(exc.wait_s)}) from exc
         except StoreError as exc:
-            raise ApiError(503, "unavailable", f"object store unavailable: {exc}") from exc
+            raise store_unavailable(exc) from exc
     headers["X-Preview-Cache"] = "hit" if hit else "miss"
     return web.Response(body=png, content_type="image/png", headers=headers)
 

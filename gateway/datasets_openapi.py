@@ -52,10 +52,11 @@ DATASET_OPERATIONS = [
            Param("label", "query", {"type": "string"}, False, "only cases with this class"))),
     Op("get", "/v1/datasets/{dataset_id}/cases/{case_id}/preview.png", "previewCase",
        "A case rendered to PNG: windowed, MONOCHROME1 inverted, boxes and mask drawn",
-       "datasets", {200: {"type": "string", "format": "binary"}}, (400, *AUTHED, 404, 503),
+       "datasets", {200: {"type": "string", "format": "binary"}}, (400, *AUTHED, 404, 422, 503),
        params=(DATASET, _id("case_id", "case"),
-               _enum("window", WINDOW_NAMES, "auto: the file's own window, else brain (CT) "
-                     "or min-max"),
+               _enum("window", WINDOW_NAMES, "auto: the file's own VOI LUT or window (with "
+                     "its VOI LUT function), else the CT body region's first window "
+                     "(soft tissue when unknown), else min-max"),
                Param("size", "query", {"type": "integer", "minimum": MIN_SIZE,
                                        "maximum": MAX_SIZE, "default": DEFAULT_SIZE})),
        ok_type="image/png"),

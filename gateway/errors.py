@@ -1,8 +1,16 @@
-"""JSON error bodies for every failure: ``{"error": {"code", "message", "details"}}``."""
+"""JSON error bodies for every failure: ``{"error": {"code", "message", "details"}}``.
+
+Nothing internal leaves in a body (issue 17): the routes write messages for the
+client, and :func:`redact` is the net under them all, applied to every message
+and detail: exception reprs become their class name, internal URIs (``nats://``,
+``s3://``, ``file://`` ...), credentials in URLs, IP addresses and absolute server
+paths become placeholders. The details stay in the gateway's log.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import nats.errors
 from aiohttp import web
@@ -26,11 +34,41 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+_REPR = re.compile(r"\b([A-Z]\w*(?:Error|Exception|Timeout|Refused|Warning|Exit))"
+                   r"\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)")
+_INTERNAL_URI = re.compile(r"\b(?:file|nats|tls|wss?|s3|s3a|gs|redis|postgres(?:ql)?)://"
+                           r"[^\s'\"<>)]*", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"(\b[a-z][\w+.-]*://)[^/\s:@'\"]+(?::[^/\s@'\"]*)?@", re.IGNORECASE)
+_IP = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?(?![\w.])|\[[0-9a-f:]+\](?::\d+)?",
+                 re.IGNORECASE)
+_SERVER_PATH = re.compile(r"(?<![\w/.:-])/(?:tmp|var|home|root|usr|opt|srv|data|private|work|"
+                          r"mnt|run|etc|proc|Users)(?:/[^\s'\"),;]*)?")
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.DOTALL)
+
+
+def redact(text: str) -> str:
+    """``text`` without internals: reprs, internal URIs, credentials, addresses, paths."""
+    text = _TRACEBACK.sub("(details in the gateway log)", text)
+    text = _REPR.sub(lambda m: m.group(1), text)
+    text = _INTERNAL_URI.sub("<internal>", text)
+    text = _CREDENTIALS.sub(lambda m: f"{m.group(1)}<redacted>@", text)
+    text = _IP.sub("<host>", text)
+    return _SERVER_PATH.sub("<path>", text)
+
+
 def error_response(status: int, code: str, message: str,
                    details: list[ErrorItem] | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
-    body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or []))
+    items = [d.model_copy(update={"message": redact(d.message)}) for d in details or []]
+    body = ErrorBody(error=ErrorInfo(code=code, message=redact(message), details=items))
     return web.json_response(body.model_dump(), status=status, headers=headers)
+
+
+def store_unavailable(exc: BaseException) -> ApiError:
+    """503 for a store error: the detail (bucket, endpoint, key) goes to the log only."""
+    log.warning("object store unavailable: %s", exc)
+    return ApiError(503, "unavailable", "object store unavailable, retry later",
+                    headers={"Retry-After": "1"})
 
 
 def from_validation(exc: ValidationError) -> ApiError:
@@ -57,12 +95,12 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except TransientError as exc:  # e.g. KV compare-and-set contention: the client retries
         log.warning("transient error on %s %s: %s %s", request.method, request.path,
                     exc.code, exc.message)
-        return error_response(503, exc.code, f"temporarily unavailable: {exc.message}",
+        return error_response(503, exc.code, "temporarily unavailable; retry later",
                               headers={"Retry-After": str(max(1, round(exc.delay_s)))})
     except (nats.errors.Error, TimeoutError) as exc:  # e.g. a KV read (API key) while its
         # stream elects a leader or the node is unreachable: the client retries
         log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)
-        return error_response(503, "unavailable", f"event bus unavailable, retry later: {exc!r}",
+        return error_response(503, "unavailable", "event bus unavailable, retry later",
                               headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:

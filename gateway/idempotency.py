@@ -5,11 +5,15 @@ sha256 of the canonical request body and the response. ``kv.create`` is atomic,
 so among concurrent requests exactly one claims the key; the others find its
 record.
 
-- same body, answered before → the stored response, ``Idempotent-Replayed: true``;
-- same body, still pending (in flight, or a gateway died between claim and
-  answer) → publish again unless the stream already has it (the msg id makes
-  a concurrent double publish harmless), then answer;
+- same body → the stored response, ``Idempotent-Replayed: true``, after
+  publishing again what the stream lacks (the first request may be in flight,
+  or its gateway died between claim and publish; the msg id makes a concurrent
+  double publish harmless);
 - different body → 409: the key is bound to the first request.
+
+The record is created with its answer already in it (a 202 names only the task
+id), so a new key costs one round trip (``kv.create``), not read + create +
+complete.
 
 The retention window is ``settings.idempotency_ttl_s`` (24 h by default): the
 bucket's TTL drops old keys, and a record older than the window counts as
@@ -51,7 +55,7 @@ class IdempotencyRecord(BaseModel):
     body_sha256: str
     created_at: datetime
     response: StoredResponse | None = None
-    """``None`` while the first request has not answered yet."""
+    """The answer, stored with the claim (``None`` only in records of older gateways)."""
 
 
 def request_key(request: web.Request) -> str | None:
@@ -88,15 +92,21 @@ class IdempotencyStore(BucketRepo[IdempotencyRecord]):
     BUCKET = Bucket(KV_IDEMPOTENCY, IdempotencyRecord)
 
     async def claim(self, tenant: str, key: str, task_id: str, digest: str, *,
-                    ttl_s: float | None = None, now: datetime | None = None
-                    ) -> tuple[IdempotencyRecord, int, bool]:
-        """The record for this key and its revision; ``True`` when this call created it.
+                    answer: StoredResponse | None = None, ttl_s: float | None = None,
+                    now: datetime | None = None) -> tuple[IdempotencyRecord, int, bool]:
+        """The record for this key and its revision; ``True`` when this call created it
+        (with ``answer`` in it).
 
-        A record older than ``ttl_s`` is replaced (compare-and-set, so among concurrent
-        requests one replaces it) by a fresh one naming ``task_id``."""
+        Create first: a new key, the common case, costs one round trip. A record older
+        than ``ttl_s`` is replaced (compare-and-set, so among concurrent requests one
+        replaces it) by a fresh one naming ``task_id``."""
         now = now or datetime.now(UTC)
-        fresh = IdempotencyRecord(task_id=task_id, body_sha256=digest, created_at=now)
+        fresh = IdempotencyRecord(task_id=task_id, body_sha256=digest, created_at=now,
+                                  response=answer)
         k = kv_key(tenant, key)
+        revision = await self.kv.create(k, fresh)
+        if revision is not None:
+            return fresh, revision, True
         for _ in range(3):  # the key may expire (or be replaced) between two calls
             found = await self.kv.get_entry(k)
             if found is not None and not expired(found[0], now, ttl_s):
@@ -105,11 +115,6 @@ class IdempotencyStore(BucketRepo[IdempotencyRecord]):
             if revision is not None:
                 return fresh, revision, True
         raise KVConflict(self.kv.bucket, k, 3)
-
-    async def complete(self, tenant: str, key: str, record: IdempotencyRecord,
-                       revision: int) -> None:
-        """Store the answer; if a concurrent request stored it first, theirs stands."""
-        await self.kv.compare_and_set(kv_key(tenant, key), record, revision)
 
 
 def respond(stored: StoredResponse, replayed: bool) -> web.Response:
@@ -126,26 +131,19 @@ async def submit_keyed(
     publish: Callable[[str, bool], Awaitable[None]],
 ) -> web.Response:
     """One key → one id → one answer. ``fresh_id`` is the id a new (or expired) key gets;
-    ``publish(id, won)`` is called unless the answer is stored, ``won`` when this request
-    claimed the key (a loser publishes only if its winner did not: the callee decides)."""
+    ``publish(id, won)`` is always called, ``won`` when this request claimed the key (a
+    replay publishes only what the stream lacks: the callee decides)."""
     try:
-        record, revision, won = await store.claim(tenant, key, fresh_id, digest, ttl_s=ttl_s)
+        record, _, won = await store.claim(tenant, key, fresh_id, digest, ttl_s=ttl_s,
+                                           answer=answer(fresh_id))
         if record.body_sha256 != digest:
             raise ApiError(409, "idempotency_key_reused",
                            f"{HEADER} {key!r} was already used with a different request body "
                            f"(task {record.task_id}); send a new key for a new task")
-        if record.response is not None:
-            return respond(record.response, replayed=True)
         await publish(record.task_id, won)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
-    stored = answer(record.task_id)
-    try:
-        await store.complete(tenant, key, record.model_copy(update={"response": stored}),
-                             revision)
-    except (nats.errors.Error, TimeoutError):
-        pass  # published and answered; a retry finds the event in the stream
-    return respond(stored, replayed=not won)
+    return respond(record.response or answer(record.task_id), replayed=not won)
 
 
 async def submit_once(

@@ -30,6 +30,7 @@ from schemas.api import (
 from schemas.common import ID_PATTERN
 from schemas.events import TaskRequestedEvent
 from schemas.record import TaskRecord
+from schemas.search_state import SearchView
 from schemas.tasks import TaskRequest
 from schemas.webhooks import DeliveryPage, Webhook, WebhookCreate, WebhookPage, WebhookSecret
 
@@ -46,7 +47,8 @@ ERRORS: dict[int, str] = {
     413: "Request body over the size limit.",
     415: "Content-Type is not JSON.",
     422: "The body does not match the contract; details name each field.",
-    429: "Rate limit of the API key; see Retry-After.",
+    429: "A rate limit (the API key's, or the client address's before a key is known) or "
+         "the cap on open event streams; see Retry-After.",
     503: "The event bus or the store is unavailable; retry later.",
 }
 
@@ -110,7 +112,12 @@ OPERATIONS: list[Op] = [
     Op("get", "/v1/tasks", "listTasks", "List the tenant's tasks, newest first", "tasks",
        {200: TaskPage}, (400, *AUTHED), params=(*PAGING, CURSOR, Param("state", "query", {
            "type": "string", "enum": ["requested", "ready", "rejected", "running",
-                                      "completed", "failed", "cancelled"]}))),
+                                      "completed", "failed", "cancelled"]}),
+           Param("parent", "query", {"type": "string"}, False,
+                 "Only the trials of this search (issue 18), in trial order."))),
+    Op("get", "/v1/tasks/{task_id}/search", "getSearch",
+       "A hyperparameter search: its status, best trial and every trial", "tasks",
+       {200: SearchView}, (*AUTHED, 404, 503), params=(_id("task_id", "task"),)),
     Op("get", "/v1/tasks/{task_id}", "getTask", "A task's record", "tasks",
        {200: TaskRecord}, (*AUTHED, 404), params=(_id("task_id", "task"),)),
     Op("get", "/v1/tasks/{task_id}/artifacts/{name}", "getArtifact",
@@ -255,7 +262,8 @@ def docs_html(doc: dict[str, Any]) -> str:
             "table{border-collapse:collapse}</style></head><body>"
             f"<h1>{html.escape(doc['info']['title'])} API</h1>"
             f"<p>{html.escape(doc['info']['description'])}</p>"
-            "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
+            "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1). "
+            "In a browser: the <a href='/console/'>web console</a>.</p>"
             "<table><tr><th>method</th><th>path</th><th>summary</th><th>parameters</th>"
             "<th>body</th><th>responses</th><th>auth</th></tr>" + "".join(rows) +
             "</table></body></html>")

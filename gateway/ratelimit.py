@@ -33,6 +33,12 @@ class RateLimiter:
         self._store(key, tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def refund(self, key: str) -> None:
+        """Give back the token of a request that turned out to be legitimate."""
+        found = self._buckets.get(key)
+        if found is not None:
+            self._buckets[key] = (min(self.burst, found[0] + 1.0), found[1])
+
     def _store(self, key: str, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > self._max_keys:  # forget the least recently used
@@ -42,3 +48,4 @@ class RateLimiter:
 def retry_after_header(wait_s: float) -> str:
     """Retry-After takes whole seconds; round up so an obedient client succeeds."""
     return str(max(1, math.ceil(wait_s)))
+

@@ -27,14 +27,17 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from gateway.app_keys import API_KEY_ID, JS, STORE
+from gateway.artifacts import public_event
 from gateway.body import require_json
 from gateway.errors import ApiError, from_validation
+from gateway.limits import stream_slot
 from gateway.tasks import task_record_for
 from infra.bus.dead_letters import finished, generation_of
 from infra.bus.publish import publish_event
 from infra.bus.topology import TASKS_STREAM
 from schemas.api import ArtifactLink, ArtifactPage, CancelAccepted, CancelRequest
 from schemas.events import TaskCancelRequested, TaskCancelRequestedEvent
+from schemas.record import TaskRecord
 
 routes = web.RouteTableDef()
 FINAL_EVENTS = ("completed", "failed", "cancelled", "rejected")
@@ -73,7 +76,8 @@ async def cancel_task(request: web.Request) -> web.Response:
     try:
         await publish_event(request.app[JS], event)
     except (nats.errors.Error, TimeoutError) as exc:
-        raise ApiError(503, "unavailable", f"event bus unavailable, retry later: {exc!r}") from exc
+        raise ApiError(503, "unavailable", "event bus unavailable, retry later",
+                       headers={"Retry-After": "1"}) from exc
     accepted = CancelAccepted(task_id=record.task_id, state=record.state)
     return web.json_response(text=accepted.model_dump_json(), status=202)
 
@@ -85,6 +89,8 @@ async def list_artifacts(request: web.Request) -> web.Response:
     items = []
     for art in record.artifacts:
         url = await asyncio.to_thread(store.presign, art.key, PRESIGN_S)
+        if not url.startswith(("https://", "http://")):  # a local store's file:// path is
+            url = f"/v1/tasks/{record.task_id}/artifacts/{art.name}"  # the server's own
         items.append(ArtifactLink(name=art.name, key=art.key, sha256=art.sha256, size=art.size,
                                   url=url,
                                   href=f"/v1/tasks/{record.task_id}/artifacts/{art.name}"))
@@ -107,6 +113,12 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     """The task's history, then live events, as ``text/event-stream``."""
     record = await task_record_for(request)
     after = _start_after(request)
+    with stream_slot(request):  # issue 17: capped per API key and in total (429)
+        return await _stream_events(request, record, after)
+
+
+async def _stream_events(request: web.Request, record: TaskRecord,
+                         after: int | None) -> web.StreamResponse:
     config = ConsumerConfig(inactive_threshold=60.0)
     if after is None:
         config.deliver_policy = DeliverPolicy.ALL
@@ -139,7 +151,8 @@ async def _pump(sub: JetStreamContext.PushSubscription, resp: web.StreamResponse
             continue
         name = msg.subject.split(".")[1]
         seq = msg.metadata.sequence.stream
-        await resp.write(f"id: {seq}\nevent: {name}\ndata: ".encode() + msg.data + b"\n\n")
+        data = public_event(msg.data) if name == "completed" else msg.data  # issue 17
+        await resp.write(f"id: {seq}\nevent: {name}\ndata: ".encode() + data + b"\n\n")
         if name in FINAL_EVENTS and generation_of(msg.headers, msg.data) >= generation:
             await resp.write_eof()
             return

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASK_LISTS, TASKS
+from gateway.artifacts import public_record
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
@@ -62,12 +63,12 @@ def refusal(admission: Admission, task_id: str) -> ApiError | None:
 
 
 async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
-                            ingress: Ingress) -> Admission:
+                            ingress: Ingress, *, minted: bool = False) -> Admission:
     """Admission, then ``tasks.requested.<id>``: 409 when refused, 503 when NATS is not
     there (nothing refused is published; a retry publishes only what the stream lacks)."""
     js = request.app[JS]
     try:
-        admission = await admit(request.app[ADMISSIONS], js, event, ingress)
+        admission = await admit(request.app[ADMISSIONS], js, event, ingress, minted=minted)
         problem = refusal(admission, event.data.task_id)
         if problem is not None:
             raise problem
@@ -88,12 +89,12 @@ async def submit_task(request: web.Request) -> web.Response:
         raise unavailable(ConnectionError("not connected to NATS"))
 
     async def publish(task_id: str, won: bool = True) -> None:
-        del won  # admission tells a first request from a retry by itself
+        """``won``: this request drew ``task_id`` (a replay's id is judged by admission)."""
         task_id_var.set(task_id)  # this request's context only: tags its log lines
         await admit_and_publish(request, TaskRequestedEvent(
             source="radtrain/gateway", subject=task_id, traceparent=traceparent_of(request),
             data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
-                               idempotency_key=key)), "http")
+                               idempotency_key=key)), "http", minted=won)
 
     if key is None:
         task_id = new_task_id()
@@ -134,7 +135,7 @@ async def task_record_for(request: web.Request) -> TaskRecord:
 
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
-    record = await task_record_for(request)
+    record = public_record(await task_record_for(request))  # no server paths (issue 17)
     return web.json_response(text=record.model_dump_json())
 
 
@@ -147,6 +148,12 @@ async def list_tasks(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in STATE_RANK:
         raise ApiError(400, "invalid_query", f"state must be one of {sorted(STATE_RANK)}")
+    parent = request.query.get("parent")
+    if parent is not None:  # issue 18: a search's trials, in trial order
+        from gateway.search import children_page  # gateway/search.py imports this module
+        if not is_identifier(parent):
+            raise ApiError(400, "invalid_query", "parent must be a task id")
+        return await children_page(request, parent, limit, offset)
     cursor = cursor_param(request, state, offset)
     tenant = tenant_of(request)
     try:
@@ -157,7 +164,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise unavailable(exc) from exc
     # The lists follow the records a moment later: show each task as it is now.
     records = [r for r in found if r.tenant == tenant and (state is None or r.state == state)]
-    body = TaskPage(items=records, total=page.total,
+    body = TaskPage(items=[public_record(r) for r in records], total=page.total,
                     next=page.next.encode() if page.next else None)
     return web.json_response(text=body.model_dump_json())
 
@@ -172,6 +179,10 @@ async def _records(request: web.Request, task_ids: list[str]) -> list[TaskRecord
     repo = request.app[TASKS]
     found = await asyncio.gather(*(repo.get(task_id) for task_id in task_ids))
     return [f[0] for f in found if f is not None]
+
+
+records_of = _records
+"""The records of some task ids, for the other route modules (gateway/search.py)."""
 
 
 @routes.get("/healthz")

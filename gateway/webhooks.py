@@ -8,17 +8,22 @@ once, at creation or rotation; receivers verify with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import nats.errors
 from aiohttp import web
+from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from gateway.app_keys import DELIVERIES, SETTINGS, WEBHOOK_SUBS
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
 from gateway.errors import ApiError
+from infra.bus.topology import KV_WEBHOOK_BREAKERS
+from infra.kv import KVRepository
 from infra.security.address_guard import BlockedAddress, check_url, literal_ip, resolve_checked
 from infra.security.signing import new_secret
 from schemas.api import ErrorItem
@@ -26,6 +31,8 @@ from schemas.common import is_identifier
 from schemas.tenancy import SigningSecret
 from schemas.webhooks import (
     DeliveryPage,
+    EndpointBreaker,
+    Webhook,
     WebhookCreate,
     WebhookPage,
     WebhookSecret,
@@ -36,6 +43,23 @@ MAX_PER_TENANT = 100
 MAX_PAGE = 500
 
 routes = web.RouteTableDef()
+BREAKERS = web.AppKey("webhook_breakers", KVRepository[EndpointBreaker])
+"""Each subscription's circuit breaker, written by the deliverer (handlers/deliverer.py)."""
+
+
+async def open_breakers(js: JetStreamContext) -> KVRepository[EndpointBreaker]:
+    return await KVRepository.open(js, KV_WEBHOOK_BREAKERS, EndpointBreaker)
+
+
+async def _public(request: web.Request, sub: WebhookSubscription) -> Webhook:
+    """The subscription as clients see it, with its circuit breaker's state (closed when
+    it never failed; also when KV cannot say right now: the listing still answers)."""
+    breaker = None
+    try:
+        breaker = await request.app[BREAKERS].get(f"{sub.tenant}.{sub.id}")
+    except (nats.errors.Error, TimeoutError):
+        pass
+    return sub.public(breaker)
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
@@ -92,13 +116,14 @@ async def list_webhooks(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 50, MAX_PAGE)
     offset = int_param(request, "offset", 0, 10**9)
     subs = await request.app[WEBHOOK_SUBS].list(tenant_of(request))
-    return _json(WebhookPage(items=[s.public() for s in subs[offset:offset + limit]],
-                             total=len(subs)))
+    page = subs[offset:offset + limit]
+    items = list(await asyncio.gather(*(_public(request, s) for s in page)))
+    return _json(WebhookPage(items=items, total=len(subs)))
 
 
 @routes.get("/v1/webhooks/{webhook_id}")
 async def get_webhook(request: web.Request) -> web.Response:
-    return _json((await _subscription(request)).public())
+    return _json(await _public(request, await _subscription(request)))
 
 
 @routes.delete("/v1/webhooks/{webhook_id}")
@@ -106,6 +131,8 @@ async def delete_webhook(request: web.Request) -> web.Response:
     """Pending retries stop at their next attempt: they re-read the subscription."""
     sub = await _subscription(request)
     await request.app[WEBHOOK_SUBS].delete(sub.tenant, sub.id)
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        await request.app[BREAKERS].delete(f"{sub.tenant}.{sub.id}")
     return web.Response(status=204)
 
 
@@ -117,7 +144,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         sub.tenant, sub.id, request.app[SETTINGS].webhook_secret_overlap_s)
     if rotated is None:
         raise ApiError(404, "not_found", f"webhook {sub.id!r} not found")
-    return _json(WebhookSecret(webhook=rotated[0].public(), secret=rotated[1]))
+    return _json(WebhookSecret(webhook=await _public(request, rotated[0]), secret=rotated[1]))
 
 
 @routes.get("/v1/webhooks/{webhook_id}/deliveries")

@@ -20,11 +20,13 @@ from nats.js import JetStreamContext
 from handlers.datasets_import.job import handle_import_job
 from handlers.dead_letter_forwarder import on_advisory
 from handlers.deliverer import WebhookContext, on_delivery_job, on_status_event, open_webhooks
+from handlers.delivery_pool import run_fair_deliveries
 from handlers.dispatch import handle_ready as dispatch_ready
 from handlers.enrich import WeightsIndex
 from handlers.enrich.handler import handle_requested
 from handlers.inbound import decode_inbound, handle_inbound
 from handlers.projector import RecordCache, handle_event
+from handlers.search.handler import SearchRepo, handle_search_event, search_lane
 from handlers.task_index import handle_event as index_event
 from handlers.weights_index import StoreWeightsIndex
 from infra.admission import AdmissionRepo
@@ -44,6 +46,7 @@ from infra.bus.topology import (
     DLQ_FORWARDER,
     ENRICH,
     PROJECTOR,
+    SEARCH,
     TASK_INDEX,
     WEBHOOK_DELIVERIES,
     WEBHOOKS,
@@ -55,6 +58,7 @@ from infra.dataset_imports import ImportRepo
 from infra.kv import DatasetRepo, TaskRepo
 from infra.kv.listing import TASKS as TASK_LISTS
 from infra.kv.listing import ListingIndex
+from infra.kv.ready import open_when_ready
 from infra.settings import Settings
 from infra.store import ObjectStore, open_store
 from infra.telemetry.health import Readiness, serve_health
@@ -69,7 +73,8 @@ log = logging.getLogger("radtrain.handlers")
 def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
                 store: ObjectStore, weights: WeightsIndex, hooks: WebhookContext,
                 imports: ImportRepo, admissions: AdmissionRepo, settings: Settings,
-                index: ListingIndex | None = None) -> dict[str, Subscriber[Any]]:
+                index: ListingIndex | None = None,
+                searches: SearchRepo | None = None) -> dict[str, Subscriber[Any]]:
     """The table: durable consumer → how its messages decode, and the bound handler
     (``index`` omitted: no task-index consumer, for benches of single consumers)."""
     table: list[Subscriber[Any]] = [
@@ -104,6 +109,10 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
         # which tasks of one tenant side by side would contend for.
         table.append(Subscriber(TASK_INDEX, event_decoder(), partial(
             index_event, tasks=tasks, index=index), lane=one_lane))
+    if searches is not None:  # issue 18: hyperparameter search parents and their trials
+        table.append(Subscriber(SEARCH, event_decoder(), partial(
+            handle_search_event, js=js, searches=searches, store=store, admissions=admissions),
+            lane=search_lane))
     return {sub.durable: sub for sub in table}
 
 
@@ -116,15 +125,20 @@ async def run(settings: Settings, stop: asyncio.Event,
         await wait_for_streams(js)
         hooks = await open_webhooks(settings, js)
         store = open_store(settings)
-        table = subscribers(js=js, datasets=await DatasetRepo.open(js),
-                            tasks=await TaskRepo.open(js), store=store,
+        table = subscribers(js=js, datasets=await open_when_ready(DatasetRepo.open, js),
+                            tasks=await open_when_ready(TaskRepo.open, js), store=store,
                             weights=StoreWeightsIndex(store), hooks=hooks,
-                            imports=await ImportRepo.open(js),
-                            admissions=await AdmissionRepo.open(js), settings=settings,
-                            index=await ListingIndex.open(js, TASK_LISTS))
+                            imports=await open_when_ready(ImportRepo.open, js),
+                            admissions=await open_when_ready(AdmissionRepo.open, js),
+                            settings=settings, index=await open_when_ready(
+                                partial(ListingIndex.open, kind=TASK_LISTS), js),
+                            searches=await open_when_ready(SearchRepo.open, js))
         log.info("handlers consuming %s", ", ".join(table))
         ready.consumers = [(stream_of(name), name) for name in table]
-        loops = [asyncio.create_task(run_subscriber(js, sub, stop)) for sub in table.values()]
+        loops = [asyncio.create_task(
+            # issue 17: webhook jobs start fairly across tenants and endpoints
+            run_fair_deliveries(js, sub, stop, settings) if name == WEBHOOK_DELIVERIES
+            else run_subscriber(js, sub, stop)) for name, sub in table.items()]
         ready.bound = True
         try:
             await asyncio.gather(*loops)

@@ -23,6 +23,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from handlers.webhook_fairness import BreakerPolicy, admit, changed, claim_probe
+from handlers.webhook_fairness import record as breaker_after
 from handlers.webhooks import (
     RetryPolicy,
     delivery_id,
@@ -31,9 +33,10 @@ from handlers.webhooks import (
     subscribers,
     webhook_event_type,
 )
-from infra.bus.topology import TASKS_STREAM
+from infra.bus.topology import KV_WEBHOOK_BREAKERS, TASKS_STREAM
 from infra.errors import TransientError
-from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
+from infra.kv import DeliveryRepo, KVRepository, TaskRepo, WebhookRepo
+from infra.kv.ready import open_when_ready
 from infra.security.address_guard import BlockedAddress, GuardedResolver, check_url
 from infra.security.sealing import load_seal_key
 from infra.settings import Settings
@@ -50,6 +53,7 @@ from schemas.webhooks import (
     Delivery,
     DeliveryAttempt,
     DeliveryState,
+    EndpointBreaker,
     WebhookEventType,
     WebhookJob,
     WebhookSubscription,
@@ -69,21 +73,41 @@ class WebhookContext:
     deliveries: DeliveryRepo
     session: aiohttp.ClientSession
     policy: RetryPolicy
+    breakers: KVRepository[EndpointBreaker]
+    breaker_policy: BreakerPolicy
 
     async def close(self) -> None:
         await self.session.close()
+        if self.subs.cache is not None:
+            await self.subs.cache.close()
 
 
 async def open_webhooks(settings: Settings, js: JetStreamContext) -> WebhookContext:
     """One HTTP session whose resolver refuses non-public addresses (unless allowed)."""
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(settings.webhooks_allow_private),
-                                     use_dns_cache=False, limit=64)
+                                     use_dns_cache=False, limit=settings.webhook_workers)
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
     return WebhookContext(
-        settings=settings, subs=await WebhookRepo.open(js, seal_key=load_seal_key(settings)),
+        settings=settings,
+        subs=(await WebhookRepo.open(js, seal_key=load_seal_key(settings))).cached(
+            settings.webhook_list_cache_s),
         deliveries=await DeliveryRepo.open(js), session=session,
         policy=RetryPolicy(settings.webhook_retry_base_s, settings.webhook_retry_max_delay_s,
-                           settings.webhook_retry_window_s))
+                           settings.webhook_retry_window_s),
+        breakers=await open_when_ready(open_breakers, js),
+        breaker_policy=breaker_policy(settings))
+
+
+async def open_breakers(js: JetStreamContext) -> KVRepository[EndpointBreaker]:
+    """KV ``webhook_breakers``: ``<tenant>.<webhook id>`` -> its circuit breaker."""
+    return await KVRepository.open(js, KV_WEBHOOK_BREAKERS, EndpointBreaker)
+
+
+def breaker_policy(settings: Settings) -> BreakerPolicy:
+    return BreakerPolicy(failures=settings.webhook_breaker_failures,
+                         period_s=settings.webhook_breaker_period_s,
+                         cooldown_s=settings.webhook_breaker_cooldown_s,
+                         probe_timeout_s=settings.webhook_timeout_s + 30.0)
 
 
 async def _tenant_of(js: JetStreamContext, tasks: TaskRepo, event: Event) -> str:
@@ -193,7 +217,10 @@ async def on_delivery_job(job: WebhookJob, delivery: bus.Delivery, *,
     if sub is None:
         await _record(ctx, job, None, "failed")
         return []
+    if not await _gate(ctx, job):
+        return []  # held back by an open circuit until its retry window closed
     outcome = await send(ctx, sub, job)
+    await _breaker_outcome(ctx, job, outcome)
     attempts = len(found[0].attempts) + 1 if found else 1
     now = datetime.now(UTC)
     delay = None if outcome.ok else ctx.policy.next_delay(attempts, job.first_at, now)
@@ -210,6 +237,57 @@ async def on_delivery_job(job: WebhookJob, delivery: bus.Delivery, *,
                  job.delivery_id, sub.url, outcome.error, attempts, delay)
         raise TransientError("webhook_failed", outcome.error or "failed", delay_s=delay)
     return []
+
+
+def _breaker_key(job: WebhookJob) -> str:
+    return f"{job.tenant}.{job.webhook_id}"
+
+
+async def _gate(ctx: WebhookContext, job: WebhookJob) -> bool:
+    """``True``: send. Otherwise put the job back until its endpoint's circuit lets a probe through.
+
+    A job held back by an open circuit spends no attempt; one whose retry window
+    has closed meanwhile is given up (marked failed, acked) like any other."""
+    now = datetime.now(UTC)
+    try:
+        breaker = await ctx.breakers.get(_breaker_key(job))
+        gate = admit(breaker, now, ctx.breaker_policy)
+        if gate.gate == "probe":
+            claimed = await ctx.breakers.update(
+                _breaker_key(job), lambda b: claim_probe(b, now, ctx.breaker_policy))
+            if claimed is not None:
+                log.info("webhook %s: circuit half-open, probing with %s", job.webhook_id,
+                         job.delivery_id)
+                return True
+            breaker = await ctx.breakers.get(_breaker_key(job))
+            gate = admit(breaker, now, ctx.breaker_policy)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransientError("kv_unavailable", str(exc)) from exc
+    if gate.gate != "wait":
+        return True
+    if now > job.first_at + timedelta(seconds=ctx.policy.window_s):
+        WEBHOOK_ATTEMPTS.labels("gave_up").inc()
+        await _record(ctx, job, None, "failed")
+        return False
+    raise TransientError("circuit_open", f"webhook {job.webhook_id}: circuit open",
+                         delay_s=gate.wait_s)
+
+
+async def _breaker_outcome(ctx: WebhookContext, job: WebhookJob, outcome: Outcome) -> None:
+    now = datetime.now(UTC)
+
+    def change(before: EndpointBreaker | None) -> EndpointBreaker | None:
+        after = breaker_after(before, outcome.ok, now, ctx.breaker_policy, outcome.error)
+        return after if changed(before, after) else None
+
+    try:
+        after = await ctx.breakers.update(_breaker_key(job), change)
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("webhook %s: breaker not updated: %r", job.webhook_id, exc)
+        return
+    if after is not None and after.state == "open" and after.since == now:
+        log.warning("webhook %s: circuit open after %d failures (%s); probe at %s",
+                    job.webhook_id, after.failures, outcome.error, after.probe_at)
 
 
 async def _record(ctx: WebhookContext, job: WebhookJob, attempt: DeliveryAttempt | None,

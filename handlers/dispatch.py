@@ -65,6 +65,9 @@ async def handle_ready(event: TaskReadyEvent, delivery: Delivery, *, js: JetStre
                        pools: Sequence[RunnerPool]) -> list[Envelope]:
     """Copy the message onto ``dispatch.<pool>.<task_id>``; ``[task.failed]`` for a pool
     that is gone. Publishes the copy itself: it is not a task event."""
+    if event.data.search is not None:  # issue 18: a search parent; its trials run instead
+        log.info("task %s is a search: its trials are dispatched, not itself", event.task_id)
+        return []
     pool = pool_of(event, pools)
     if pool is None:
         log.warning("task %s: pool %r is not configured", event.task_id, event.data.pool)

@@ -62,7 +62,7 @@ def _new_record(event: TaskRequestedEvent | TaskReadyEvent) -> TaskRecord:
         req = event.data
         return TaskRecord(task_id=req.task_id, tenant=req.tenant, name=req.name,
                           flow=req.flow, task_type=req.task_type, dataset_id=req.dataset_id,
-                          **common)
+                          parent_task_id=req.parent_task_id, **common)
     spec = event.data
     return TaskRecord(task_id=spec.task_id, tenant=spec.tenant, name=spec.name,
                       flow=spec.flow, task_type=spec.task_type,

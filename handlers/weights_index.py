@@ -10,6 +10,7 @@ from pathlib import Path
 from handlers.catalog.zoo import (
     UnknownZooEntry,
     ZooEntry,
+    catalog,
     get_entry,
     mirror_key,
     weights_key,
@@ -85,6 +86,20 @@ class StoreWeightsIndex:
         if self._store.exists(key):
             return WeightsRef(key=key, sha256=self._digest(entry.weights_id, key))
         return self._from_hf_cache(entry)
+
+    def available(self) -> set[str]:
+        """Weights ids :meth:`find` resolves offline: the mirror's files (one listing, not
+        one lookup per entry) and the timm repos in the local hub cache. Auto-select ranks
+        every entry and takes the best of these (handlers/enrich/general.py)."""
+        prefix = "zoo/weights/"
+        ids = {k.removeprefix(prefix).removesuffix(".safetensors")
+               for k in self._store.list(prefix) if k.endswith(".safetensors")}
+        cache = self._hf_cache or hf_hub_cache()
+        if cache.is_dir():
+            repos = {p.name.removeprefix("models--").replace("--", "/")
+                     for p in cache.glob("models--timm--*")}
+            ids |= {e.weights_id for e in catalog().entries if e.hf_hub_id in repos}
+        return ids
 
     def _digest(self, weights_id: str, key: str) -> str:
         try:

@@ -17,6 +17,7 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imaging.budget import DecodeBudget, default_budget
 from imaging.palette import class_colour
 from imaging.reader import (
     MAX_IMAGE_BYTES,
@@ -25,12 +26,14 @@ from imaging.reader import (
     read_header,
     read_image,
 )
+from imaging.series import body_region
 from imaging.transforms import ImageArray, intensity_channels, minmax, to_uint8
-from imaging.windows import WINDOW_PRESETS
+from imaging.windows import REGION_WINDOWS, WINDOW_PRESETS, auto_pixels
 from schemas.dataset import Box
 from schemas.spec import Window
 
-WindowName = Literal["auto", "brain", "subdural", "bone", "lung", "mediastinal", "pe"]
+WindowName = Literal["auto", "brain", "subdural", "bone", "lung", "mediastinal", "pe", "abdomen",
+                     "liver"]
 WINDOW_NAMES: tuple[str, ...] = get_args(WindowName)
 WINDOWS: dict[str, tuple[float, float]] = {
     name: (w.center, w.width) for name, w in WINDOW_PRESETS.items()}
@@ -48,8 +51,11 @@ def choose_window(name: str, image: ImageArray,
                   header: ImageHeader | None) -> tuple[float, float] | None:
     """(center, width) to apply, or None for the image's own min-max range.
 
-    ``auto``: the DICOM's WindowCenter/Width if it has them, else the brain
-    window for CT, else min-max. A named preset applies as asked.
+    ``auto``: the DICOM's WindowCenter/Width if it has them (``render_files`` applies
+    the file's whole VOI transform first, see ``imaging.windows.auto_pixels``), else for
+    CT the first window of its body region, or the soft-tissue window when the body part
+    is unknown (never the brain window by default), else min-max. A named preset applies
+    as asked.
     """
     if name != "auto":
         return WINDOWS[name]
@@ -57,7 +63,9 @@ def choose_window(name: str, image: ImageArray,
             and header.window_width is not None and header.window_width > 0:
         return header.window_center, header.window_width
     if image.modality.upper() == "CT":
-        return WINDOWS["brain"]
+        region = body_region(header.geometry) if header and header.geometry else None
+        first = REGION_WINDOWS[region][0] if region else WINDOW_PRESETS["abdomen"]
+        return first.center, first.width
     return None
 
 
@@ -71,13 +79,16 @@ def display_pixels(image: ImageArray, window: tuple[float, float] | None) -> np.
 
 def render_preview(image: ImageArray, *, window: str = "auto", size: int = DEFAULT_SIZE,
                    header: ImageHeader | None = None, boxes: Sequence[Box] = (),
-                   mask: np.ndarray | None = None, classes: Sequence[str] = ()) -> bytes:
-    """PNG bytes, the longest side ``size`` pixels, overlays drawn in class colours."""
+                   mask: np.ndarray | None = None, classes: Sequence[str] = (),
+                   display: np.ndarray | None = None) -> bytes:
+    """PNG bytes, the longest side ``size`` pixels, overlays drawn in class colours;
+    ``display`` ([0, 1] pixels) replaces the windowing when given."""
     if window not in WINDOW_NAMES:
         raise ValueError(f"unknown window {window!r}; one of {', '.join(WINDOW_NAMES)}")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be between {MIN_SIZE} and {MAX_SIZE}")
-    pixels = display_pixels(image, choose_window(window, image, header))
+    pixels = (to_uint8(display) if display is not None
+              else display_pixels(image, choose_window(window, image, header)))
     h, w = pixels.shape[:2]
     scale = size / max(h, w)
     out_w, out_h = max(1, round(w * scale)), max(1, round(h * scale))
@@ -128,9 +139,22 @@ def _draw_boxes(im: Image.Image, boxes: Sequence[Box], classes: Sequence[str],
 def render_files(image_path: Path, *, window: str = "auto", size: int = DEFAULT_SIZE,
                  mask_path: Path | None = None, boxes: Sequence[Box] = (),
                  classes: Sequence[str] = (), max_bytes: int = MAX_IMAGE_BYTES,
-                 source: str | None = None) -> bytes:
-    """Read an image (and its mask) from disk and render it; errors are CaseReadError."""
-    image = read_image(image_path, max_bytes=max_bytes, source=source)
+                 source: str | None = None, budget: DecodeBudget | None = None) -> bytes:
+    """Read an image (and its mask) from disk and render it; errors are CaseReadError.
+
+    The decode's memory reservation (imaging/budget.py) is held until the PNG is
+    made: the estimate counts the windowing and resizing too."""
+    budget = budget or default_budget()
+    with budget.scope():
+        return _render_files(image_path, window=window, size=size, mask_path=mask_path,
+                             boxes=boxes, classes=classes, max_bytes=max_bytes, source=source,
+                             budget=budget)
+
+
+def _render_files(image_path: Path, *, window: str, size: int, mask_path: Path | None,
+                  boxes: Sequence[Box], classes: Sequence[str], max_bytes: int,
+                  source: str | None, budget: DecodeBudget) -> bytes:
+    image = read_image(image_path, max_bytes=max_bytes, source=source, budget=budget)
     try:  # only for the file's own window: a header quirk must not block the preview
         header: ImageHeader | None = read_header(image_path, max_bytes=max_bytes, source=source)
     except CaseReadError:
@@ -148,5 +172,6 @@ def render_files(image_path: Path, *, window: str = "auto", size: int = DEFAULT_
         except Exception as exc:
             raise CaseReadError(source or mask_path.name,
                                 f"mask is not a readable image ({exc})") from exc
+    display = auto_pixels(image_path, image) if window == "auto" else None
     return render_preview(image, window=window, size=size, header=header, boxes=boxes,
-                          mask=mask, classes=classes)
+                          mask=mask, classes=classes, display=display)

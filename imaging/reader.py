@@ -17,9 +17,19 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataelem import RawDataElement
-from pydicom.pixels import apply_color_lut, apply_rescale
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from imaging.budget import (
+    DecodeBudget,
+    DecodeBusy,
+    OverBudget,
+    decode_estimate,
+    default_budget,
+    deflated_header,
+    is_deflated,
+)
+from imaging.series import SliceGeometry, geometry_of
 from imaging.transforms import ImageArray
 
 MAX_IMAGE_BYTES = 512 * 1024 * 1024
@@ -46,17 +56,23 @@ class CaseReadError(ValueError):
         self.kind = kind
 
 def read_image(
-    path: Path, *, max_bytes: int = MAX_IMAGE_BYTES, source: str | None = None
+    path: Path, *, max_bytes: int = MAX_IMAGE_BYTES, source: str | None = None,
+    budget: DecodeBudget | None = None,
 ) -> ImageArray:
     """Decode one DICOM, PNG or JPEG file to physical units (HU for CT).
 
-    The format is sniffed from the bytes, not trusted from the name.
+    The format is sniffed from the bytes, not trusted from the name. The memory
+    the decode will need is estimated from the header and reserved from
+    ``budget`` (default: the process's, imaging/budget.py) before any decoding:
+    an image over the per-request limit is a ``too_large`` CaseReadError, a full
+    process budget raises ``DecodeBusy`` after its wait.
     """
     name = source or path.name
-    _size, head = _open_checked(path, name, max_bytes)
+    size, head = _open_checked(path, name, max_bytes)
+    budget = budget or default_budget()
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
-        return _read_pillow(path, name, max_bytes)
-    return _read_dicom(path, name, max_bytes, preamble=head[128:132] == b"DICM")
+        return _read_pillow(path, name, max_bytes, budget, size)
+    return _read_dicom(path, name, max_bytes, budget, size, preamble=head[128:132] == b"DICM")
 
 
 def _open_checked(path: Path, name: str, max_bytes: int) -> tuple[int, bytes]:
@@ -75,33 +91,72 @@ def _open_checked(path: Path, name: str, max_bytes: int) -> tuple[int, bytes]:
     return size, head
 
 
-def _read_dicom(path: Path, name: str, max_bytes: int, *, preamble: bool) -> ImageArray:
+def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, size: int, *,
+                preamble: bool) -> ImageArray:
     """pydicom with ``force`` (preamble-less files exist); modality LUT applied.
 
+    The header is read first (pixels deferred; for a deflated file, only a bounded
+    prefix is inflated) and the decode's memory reserved; only then the pixels.
     Any exception from the parser or a decoder becomes a CaseReadError: the
     input is untrusted, so no failure mode of a third-party decoder may escape.
     """
     try:
-        ds = pydicom.dcmread(path, force=True)
-        if not any(tag in ds for tag in _PIXEL_TAGS):
-            raise _no_pixels(name, preamble or len(ds) > 2)
-        _check_declared_size(ds, name, max_bytes)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        modality = str(ds.get("Modality", "") or "OT")
-        arr = np.asarray(ds.pixel_array)
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            arr = apply_rescale(arr, ds)
-        elif photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, ds)
-    except CaseReadError:
+        deflated = is_deflated(path)
+        if deflated:
+            ds, pixel_tag = deflated_header(path)
+        else:
+            ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)
+            pixel_tag = next((t for t in _PIXEL_TAGS if t in ds), None)
+        if pixel_tag is None:
+            raise _no_pixels(name, preamble or deflated or len(ds) > 2)
+        dims = _check_declared_size(ds, name, max_bytes)
+        with budget.reserve(_estimate(dims, size)):
+            if deflated:
+                ds = pydicom.dcmread(path, force=True)
+            return _decode_dicom(ds, name)
+    except (CaseReadError, DecodeBusy):
         raise
+    except OverBudget as exc:
+        raise CaseReadError(name, str(exc), "too_large") from None
     except Exception as exc:
         kind = "truncated" if _looks_truncated(exc) else "unreadable"
         raise CaseReadError(name, f"not a decodable DICOM image ({_why(exc)})", kind) from exc
+
+
+def _estimate(dims: Dims, file_bytes: int) -> int:
+    rows, cols, frames, samples, bits = dims
+    return decode_estimate(rows, cols, frames=frames, samples=samples, bits=bits,
+                           file_bytes=file_bytes)
+
+
+def _decode_dicom(ds: pydicom.Dataset, name: str) -> ImageArray:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    modality = str(ds.get("Modality", "") or "OT")
+    arr = np.asarray(ds.pixel_array)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        arr = _rescale(arr, ds)
+    elif photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
     if arr.ndim >= 3 and arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
         photometric = "RGB"  # pydicom converts YBR to RGB by default
         arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
     return _checked(arr, name, modality.strip(), photometric)
+
+
+def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """The modality LUT or rescale in float32, in place: pydicom's ``apply_rescale``
+    makes a float64 array (twice the memory the budget counts)."""
+    if ds.get("ModalityLUTSequence"):
+        return apply_modality_lut(arr, ds)
+    slope, intercept = _tag(ds, 0x00281053), _tag(ds, 0x00281052)
+    if slope is None and intercept is None:
+        return arr
+    out = arr.astype(np.float32)
+    if slope is not None and float(slope) != 1.0:
+        out *= np.float32(float(slope))
+    if intercept is not None and float(intercept) != 0.0:
+        out += np.float32(float(intercept))
+    return out
 
 
 Dims = tuple[int, int, int, int, int]
@@ -144,24 +199,35 @@ def _no_pixels(name: str, dicom: bool) -> CaseReadError:
     return CaseReadError(name, "not a DICOM, PNG or JPEG image", "not_image")
 
 
-def _read_pillow(path: Path, name: str, max_bytes: int) -> ImageArray:
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _read_pillow(path: Path, name: str, max_bytes: int, budget: DecodeBudget,
+                 size: int) -> ImageArray:
     """PNG/JPEG: 8/16-bit grayscale stays one plane, anything else becomes RGB."""
     try:
         with Image.open(path) as im:
             if im.size[0] * im.size[1] * 4 > max_bytes:
                 raise CaseReadError(name, f"{im.size[0]}x{im.size[1]} image is too large",
                                     "too_large")
-            im.load()
-            if im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-                gray = im.convert("L") if im.mode in ("1", "LA") else im
-                arr, photometric = np.asarray(gray), "MONOCHROME2"
-            else:
-                arr, photometric = np.asarray(im.convert("RGB")), "RGB"
-    except CaseReadError:
+            gray = im.mode in _GRAY_MODES
+            # Pillow holds up to 4 bytes a pixel, then its conversion: two arrays' worth.
+            needed = decode_estimate(im.size[1], im.size[0], samples=1 if gray else 3,
+                                     bits=64 if gray else 16, file_bytes=size)
+            with budget.reserve(needed):
+                im.load()
+                if gray:
+                    plane = im.convert("L") if im.mode in ("1", "LA") else im
+                    arr, photometric = np.asarray(plane), "MONOCHROME2"
+                else:
+                    arr, photometric = np.asarray(im.convert("RGB")), "RGB"
+                return _checked(arr, name, "OT", photometric)
+    except (CaseReadError, DecodeBusy):
         raise
+    except OverBudget as exc:
+        raise CaseReadError(name, str(exc), "too_large") from None
     except Exception as exc:
         raise CaseReadError(name, f"not a readable PNG/JPEG image ({_why(exc)})") from exc
-    return _checked(arr, name, "OT", photometric)
 
 
 def _checked(arr: np.ndarray, name: str, modality: str, photometric: str) -> ImageArray:
@@ -212,31 +278,42 @@ class ImageHeader:
     """Encapsulated pixel data: only a decode can prove it intact."""
     window_center: float | None = None
     window_width: float | None = None
+    geometry: SliceGeometry | None = None
+    """Study/series UIDs, position, orientation, body part (imaging.series); DICOM only."""
 
 
 def read_header(
-    path: Path, *, max_bytes: int = MAX_IMAGE_BYTES, source: str | None = None
+    path: Path, *, max_bytes: int = MAX_IMAGE_BYTES, source: str | None = None,
+    budget: DecodeBudget | None = None,
 ) -> ImageHeader:
     """Sizes, modality and patient of one image, checked without decoding pixels.
 
     Everything that can be known from the header is refused here, with the same
     ``CaseReadError`` kinds as ``read_image``: not an image, no pixel data, a
     declared size over ``max_bytes``, and native (uncompressed) pixel data that
-    is shorter than the header promises or than the file holds (truncation).
+    is shorter than the header promises or than the file holds (truncation), and
+    an image whose decoding would need more memory than ``budget`` allows one image.
     """
     name = source or path.name
     size, head = _open_checked(path, name, max_bytes)
+    budget = budget or default_budget()
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _pillow_header(path, name, max_bytes, "png" if head[:1] == b"\x89" else "jpeg")
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)
-        tag = next((t for t in _PIXEL_TAGS if t in ds), None)
+        if is_deflated(path):  # pydicom would inflate the pixels to read the header
+            ds, tag = deflated_header(path)
+        else:
+            ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)
+            tag = next((t for t in _PIXEL_TAGS if t in ds), None)
         if tag is None:
             raise _no_pixels(name, head[128:132] == b"DICM" or len(ds) > 2)
         dims = _check_declared_size(ds, name, max_bytes)
+        budget.check(_estimate(dims, size))
         return _dicom_header(ds, tag, dims, name, size)
     except CaseReadError:
         raise
+    except OverBudget as exc:
+        raise CaseReadError(name, str(exc), "too_large") from None
     except Exception as exc:
         raise CaseReadError(name, f"not a readable DICOM header ({_why(exc)})") from exc
 
@@ -269,7 +346,7 @@ def _dicom_header(ds: pydicom.Dataset, tag: str, dims: Dims, name: str,
         modality=str(_tag(ds, 0x00080060, "")).strip().upper(), photometric=photometric,
         patient_id=patient or None, transfer_syntax=str(syntax) if syntax else None,
         compressed=compressed, window_center=_first_number(_tag(ds, 0x00281050)),
-        window_width=_first_number(_tag(ds, 0x00281051)),
+        window_width=_first_number(_tag(ds, 0x00281051)), geometry=geometry_of(ds),
     )
 
 

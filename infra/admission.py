@@ -128,9 +128,12 @@ async def requested_in_stream(js: JetStreamContext, task_id: str) -> RawStreamMs
 
 
 async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedEvent,
-                ingress: Ingress) -> Admission:
+                ingress: Ingress, *, minted: bool = False) -> Admission:
     """Admit ``event``'s task id for its (authenticated) tenant; see the module's table.
 
+    ``minted``: the caller drew the id itself (a random 128-bit id, ``POST /v1/tasks``),
+    so a first claim cannot name a task the stream already holds and the stream is not
+    asked (one round trip fewer on the submit path); a retry of that id still is.
     NATS errors propagate (the gateway answers 503, the NATS ingress naks).
     """
     task_id, tenant = event.data.task_id, event.data.tenant
@@ -140,6 +143,8 @@ async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedE
     outcome, record = await repo.claim(task_id, fresh)
     if outcome in ("conflict", "unavailable"):
         return Admission(outcome, record, publish=False)
+    if minted and outcome == "admitted":
+        return Admission(outcome, record, publish=True)
     prior = await requested_in_stream(js, task_id)
     if prior is None:
         return Admission(outcome, record, publish=True)

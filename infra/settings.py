@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     runner_heartbeat_s: float = Field(5.0, gt=0)
     """How often a runner rewrites its record in KV ``runners`` (TTL: 3 heartbeats)."""
 
+    # --- issue 15: held-out metrics with confidence intervals (runner/confidence.py) ---
+    eval_bootstrap_resamples: int = Field(2000, ge=0, le=100_000)
+    """Bootstrap resamples of the 95 % intervals when a task does not say (0: none)."""
+
     # --- embedded stack ---------------------------------------------------
     data_dir: Path = Path(".radtrain")
     nats_port: int = Field(4222, ge=0, le=65535)
@@ -120,6 +124,32 @@ class Settings(BaseSettings):
     inbound_tolerance_s: float = Field(300.0, gt=0)
     """Incoming signed events older or newer than this are refused (and replay ids kept 2x)."""
 
+    # --- issue 17: resource limits (README "Limits") -------------------------
+    unauth_rate_per_s: float = Field(5.0, gt=0)
+    """Requests per second per client address whose key is not already known to this
+    gateway (none, malformed, revoked, or not yet looked up): limited before any KV read."""
+    unauth_burst: int = Field(20, ge=1)
+    sse_max_per_key: int = Field(8, ge=1)
+    """Open ``GET /v1/tasks/{id}/events`` streams per API key (per gateway process)."""
+    sse_max_total: int = Field(1000, ge=1)
+    """Open event streams of all keys together (per gateway process)."""
+    decode_budget_request_bytes: int = Field(1 << 30, ge=1 << 20)
+    """Estimated peak memory of decoding one image (every intermediate array: decoded,
+    rescaled, windowed, resized), from its header before any decoding; over it: refused."""
+    decode_budget_process_bytes: int = Field(2 << 30, ge=1 << 20)
+    """All decodes in flight in one process together; a decode waits for room."""
+    decode_budget_wait_s: float = Field(10.0, ge=0)
+    """How long a decode waits for room in the process budget before a 503."""
+    decode_workers: int = Field(2, ge=1, le=64)
+    """Threads of the gateway's decoding pool (previews): never the event loop."""
+    preview_cache_entries: int = Field(4096, ge=1)
+    """Rendered previews kept in the store by one gateway; the least recently used go."""
+    preview_cache_bytes: int = Field(256 << 20, ge=1 << 16)
+    import_max_object_bytes: int = Field(1 << 30, ge=1)
+    """One object of an import source larger than this fails the import before any copy."""
+    import_max_total_bytes: int = Field(50 << 30, ge=1)
+    """All objects of an import source together; checked from the listing, before copying."""
+
     # --- outgoing webhooks ------------------------------------------------
     webhooks_allow_private: bool = False
     """Allow loopback/private/link-local targets: only for tests and closed networks."""
@@ -131,6 +161,29 @@ class Settings(BaseSettings):
     webhook_secret_overlap_s: float = Field(86_400.0, ge=0)
     """After a rotation the previous secret keeps signing this long (several signatures)."""
     webhook_log_days: float = Field(7.0, gt=0)
+    webhook_list_cache_s: float = Field(5.0, ge=0, le=300)
+    """Most seconds the deliverer keeps a tenant's subscriptions in memory while its KV
+    watch is down; with the watch up a change is seen at once (infra/kv/tenant_cache.py)."""
+
+    # --- issue 17: fair webhook delivery (handlers/delivery_pool.py, webhook_fairness.py)
+    webhook_workers: int = Field(64, ge=1, le=4096)
+    """Delivery attempts in flight at once in one handlers process (all tenants)."""
+    webhook_per_tenant: int = Field(16, ge=1)
+    """Most attempts one tenant holds at once: the rest of the workers stay for others."""
+    webhook_per_endpoint: int = Field(4, ge=1)
+    """Most attempts to one subscription (endpoint) at once."""
+    webhook_queue_per_tenant: int = Field(64, ge=1)
+    """Jobs of one tenant held waiting in a process; more are deferred (nak) to the stream."""
+    webhook_queue_hold_s: float = Field(5.0, gt=0)
+    """A job waits in the process at most this long, then goes back to the stream."""
+    webhook_defer_s: float = Field(1.0, gt=0)
+    """Delay of a job deferred by the fair scheduler (not an attempt: no retry counted)."""
+    webhook_breaker_failures: int = Field(5, ge=1)
+    """Consecutive failed attempts of an endpoint before its circuit may open ..."""
+    webhook_breaker_period_s: float = Field(60.0, ge=0)
+    """... once it has been failing for at least this long."""
+    webhook_breaker_cooldown_s: float = Field(60.0, gt=0)
+    """An open circuit waits this long, then lets one probe through (half-open)."""
 
     # --- dataset import jobs (handlers/datasets_import/job.py) -------------
     import_ack_wait_s: float = Field(60.0, gt=0)
@@ -143,6 +196,11 @@ class Settings(BaseSettings):
     """How long KV ``dataset_imports`` keeps an import's status."""
     import_max_objects: int = Field(200_000, ge=1)
     """An import source with more objects than this fails at once."""
+
+    # --- issue 14: browser uploads (gateway/uploads.py) ---------------------
+    upload_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    """One file uploaded through ``PUT /v1/uploads/...``: streamed to the store, never held
+    in gateway memory; a body past this many bytes is refused (413) and nothing is kept."""
 
     # --- observability ----------------------------------------------------
     log_format: Literal["json", "text"] = "json"

@@ -39,7 +39,13 @@ from radtrain.servers.nats import ManagedProcess, free_port
 from radtrain.servers.nats_auth import NatsAuthDir, adopt_global_account_data
 from radtrain.servers.nats_cluster import NatsCluster, start_nats_cluster
 from radtrain.servers.seaweedfs import start_seaweedfs
-from radtrain.stack import apply_streams, ensure_local_key, service_env, stage_offline_weights
+from radtrain.stack import (
+    apply_streams,
+    console_url,
+    ensure_local_key,
+    service_env,
+    stage_offline_weights,
+)
 
 PORT_SETTINGS = {"gateway": ("gateway_port",),
                  "handlers": ("handlers_health_port", "handlers_metrics_port"),
@@ -174,6 +180,11 @@ class Cluster:
         if not seen:
             raise RuntimeError(f"no live node knows a leader of stream {stream}")
         return seen.most_common(1)[0][0]
+
+    @property
+    def console_url(self) -> str:
+        """The web console of the first gateway (every gateway serves it)."""
+        return console_url(self.gateway_urls[0])
 
     def dead_services(self) -> list[str]:
         return [name for name, svc in self.services.items() if not svc.running()]

@@ -62,12 +62,21 @@ class Stack:
         if self.nats is not None:
             self.nats.stop()
 
+    @property
+    def console_url(self) -> str:
+        """The web console (gateway/console), signed in to with :attr:`api_key`."""
+        return console_url(self.gateway_url)
+
     def dead_services(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = Path(self.logs[service].name)
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def console_url(gateway_url: str) -> str:
+    return gateway_url.rstrip("/") + "/console/"
 
 
 def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:

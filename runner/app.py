@@ -21,6 +21,7 @@ from functools import partial
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from imaging.budget import DecodeBudget, set_default_budget
 from infra.bus.subscriber import Subscriber, event_decoder, run_subscriber
 from infra.bus.topology import (
     DISPATCH_STREAM,
@@ -30,6 +31,7 @@ from infra.bus.topology import (
     wait_for_streams,
 )
 from infra.kv import RunRepo, TaskRepo
+from infra.kv.ready import open_when_ready
 from infra.kv.runners import RunnerRepo
 from infra.settings import Settings
 from infra.store import open_store
@@ -82,6 +84,9 @@ async def run(settings: Settings, stop: asyncio.Event,
     """Serve until ``stop`` (a signal: a training task is preempted) or, in a
     scale-to-zero mode, until the runner is done (between tasks)."""
     settings = with_runner_id(settings)
+    set_default_budget(DecodeBudget(settings.decode_budget_request_bytes,  # issue 17
+                                    settings.decode_budget_process_bytes,
+                                    settings.decode_budget_wait_s))
     device = pick_device(settings.device)
     ready = readiness or Readiness()
     nc, js = await connect(settings, name=f"radtrain-{settings.runner_id}")
@@ -89,10 +94,11 @@ async def run(settings: Settings, stop: asyncio.Event,
     try:
         await wait_for_streams(js)
         await wait_for_consumer(js, settings.runner_pool)
-        ctx = RunnerContext(settings=settings, js=js, tasks=await TaskRepo.open(js),
-                            runs=await RunRepo.open(js), store=open_store(settings),
-                            device=device)
-        presence = Presence(await RunnerRepo.open(js), settings, device)
+        ctx = RunnerContext(settings=settings, js=js,
+                            tasks=await open_when_ready(TaskRepo.open, js),
+                            runs=await open_when_ready(RunRepo.open, js),
+                            store=open_store(settings), device=device)
+        presence = Presence(await open_when_ready(RunnerRepo.open, js), settings, device)
         sub = subscriber(ctx, presence)
         ready.consumers = [(stream_of(sub.durable), sub.durable)]
 

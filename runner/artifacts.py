@@ -20,6 +20,7 @@ from infra.store import ObjectInfo, ObjectStore
 from runner import plots
 from runner.model_card import render
 from runner.onnx_export import OnnxReport, export_onnx
+from runner.report import evaluation_report, reported_metrics, resamples_for, software_versions
 from runner.train import TrainResult
 from schemas.events import Artifact
 from schemas.spec import TrainingSpec
@@ -44,15 +45,19 @@ def run_key(task_id: str, attempt: int, name: str) -> str:
 
 
 def write_artifacts(
-    store: ObjectStore, spec: TrainingSpec, result: TrainResult, work_dir: Path, attempt: int
+    store: ObjectStore, spec: TrainingSpec, result: TrainResult, work_dir: Path, attempt: int,
+    *, resamples: int | None = None,
 ) -> list[Artifact]:
     """Weights, ONNX, metrics, history, plots, model card and spec under
-    ``runs/<task_id>/attempts/<attempt>/``."""
+    ``runs/<task_id>/attempts/<attempt>/``. ``resamples``: the runner's setting for the
+    bootstrap intervals (the spec's ``evaluation`` wins)."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec.model_copy(update={"software": software_versions()})
     onnx = _write_onnx(spec, result, work_dir)
+    report = evaluation_report(spec, result.evaluation, resamples_for(spec, resamples))
     files: dict[str, Path] = {
         "model.safetensors": _write_weights(result, work_dir),
-        "metrics.json": _write_metrics(spec, result, onnx, work_dir),
+        "metrics.json": _write_metrics(spec, result, onnx, work_dir, report),
         "history.csv": _write_history(result, work_dir),
         "spec.json": _write_text(work_dir / "spec.json", spec.model_dump_json(indent=2)),
     }
@@ -61,7 +66,7 @@ def write_artifacts(
     plot_keys = {name: f"plots/{name}" for name in _write_plots(spec, result, work_dir)}
     n_val = len(result.evaluation.preds) if result.evaluation is not None else 0
     files["model_card.md"] = _write_text(work_dir / "model_card.md",
-                                         render(spec, result, onnx, n_val))
+                                         render(spec, result, onnx, n_val, report))
     prefix = run_prefix(spec.task_id, attempt)
     artifacts = []
     for name, path in files.items():
@@ -117,13 +122,15 @@ def _write_plots(spec: TrainingSpec, result: TrainResult, work_dir: Path) -> lis
         made.append(plots.roc(ev, spec.classes, spec.label_mode, out / "roc.png"))
         made.append(plots.confusion(ev, spec.classes, spec.label_mode,
                                     out / "confusion_matrix.png"))
+        made.append(plots.calibration(ev, spec.classes, spec.label_mode,
+                                      out / "calibration.png"))
     if ev is not None and strategy is not None and result.samples is not None:
         made.append(plots.samples(strategy, result.samples, ev, out / "sample_predictions.png"))
     return [p.name for p in made if p is not None]
 
 
 def _write_metrics(spec: TrainingSpec, result: TrainResult, onnx: OnnxReport | None,
-                   work_dir: Path) -> Path:
+                   work_dir: Path, report: dict[str, object]) -> Path:
     body = {
         "task_id": spec.task_id,
         "classes": spec.classes,
@@ -132,8 +139,12 @@ def _write_metrics(spec: TrainingSpec, result: TrainResult, onnx: OnnxReport | N
         "epochs_run": len(result.history),
         "resumed_from_epoch": result.resumed_from_epoch,
         "train_seconds": round(result.seconds, 3),
-        "metrics": result.metrics,
+        "metrics": reported_metrics(result.metrics, report),
         "onnx": onnx.as_dict() if onnx is not None else None,
+        "preset": spec.preset_ref or spec.preset,
+        **{k: report.get(k, {}) for k in ("intervals", "operating_points", "undefined",
+                                          "bootstrap", "calibration")},
+        **({"report_error": report["report_error"]} if "report_error" in report else {}),
     }
     return _write_text(work_dir / "metrics.json",
                        json.dumps(body, indent=2, sort_keys=True, default=str))

@@ -17,7 +17,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from imaging.reader import MAX_IMAGE_BYTES, CaseReadError, read_image
 from imaging.transforms import preprocess, to_uint8
 from infra.errors import TransientError
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
+from runner.slices import adjacent_stack, anatomical, neighbour_keys
 from runner.split import DatasetError, assign_splits, encode_labels
 from runner.targets import (
     pack_boxes,
@@ -36,7 +37,7 @@ from runner.targets import (
     scale_boxes,
     unpack_boxes,
 )
-from schemas.dataset import Case, DatasetManifest
+from schemas.dataset import Case, DatasetManifest, SeriesInfo
 from schemas.spec import TrainingSpec
 
 CACHE_VERSION = 2
@@ -72,6 +73,10 @@ class PreparedData:
     """Per case (k, 5) float32 ``x1, y1, x2, y2, label`` (label 1-based) in pixels."""
     masks: np.ndarray | None = None
     """(N, H, W) uint8 class indices, 0 background."""
+    series: dict[str, SeriesInfo] = field(default_factory=dict)
+    """The manifest's series table (slice order, exam labels: runner/pe_metrics.py)."""
+    case_series: list[str | None] = field(default_factory=list)
+    """Each case's series key, in case order."""
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -135,7 +140,8 @@ def prepare(
         patient_ids=[c.patient_id for c in manifest.cases],
         split=assign_splits(manifest.cases, y), classes=list(spec.classes),
         label_mode=spec.label_mode, cache_path=path, cache_hit=hit,
-        boxes=arrays.boxes, masks=arrays.masks,
+        boxes=arrays.boxes, masks=arrays.masks, series=dict(manifest.series),
+        case_series=[c.series for c in manifest.cases],
     )
 
 
@@ -169,11 +175,13 @@ def _build(
     boxes: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     ahead = max(1, workers) * 4
+    plan = neighbour_keys(manifest) if spec.preprocessing.slices == "adjacent" else {}
     with (
         tempfile.TemporaryDirectory(prefix="radtrain-prep-") as tmp,
         ThreadPoolExecutor(max(1, workers)) as pool,
     ):
-        fetch = partial(_download, dataset_id=manifest.id, store=store, tmp=Path(tmp))
+        fetch = partial(_download, dataset_id=manifest.id, store=store, tmp=Path(tmp),
+                        plan=plan)
         pending = deque(pool.submit(fetch, c) for c in cases[:ahead])
         for done, case in enumerate(cases, start=1):
             job = pending.popleft()
@@ -211,29 +219,35 @@ def _fetch(store: ObjectStore, key: str, local: Path, label: str, what: str) -> 
         raise TransientError("store_unavailable", f"reading {key}: {exc}") from exc
 
 
-def _download(case: Case, *, dataset_id: str, store: ObjectStore,
-              tmp: Path) -> tuple[Path, Path | None]:
-    """The middle image of the case's stack (the 2-D networks see one slice), and its mask."""
+def _download(case: Case, *, dataset_id: str, store: ObjectStore, tmp: Path,
+              plan: dict[str, list[str]] | None = None) -> tuple[list[Path], Path | None]:
+    """The middle image of the case's stack (the 2-D networks see one slice), and its mask;
+    with 2.5D input (``plan``, runner/slices.py) its previous and next slice too."""
     label = _label(case)
-    key = f"datasets/{dataset_id}/{case.images[len(case.images) // 2]}"
-    image = _fetch(store, key, tmp / f"{case.case_id}.img", label, "image")
+    keys = (plan or {}).get(case.case_id) or [case.images[len(case.images) // 2]]
+    images = [_fetch(store, f"datasets/{dataset_id}/{key}", tmp / f"{case.case_id}.{i}.img",
+                     label, "image") for i, key in enumerate(keys)]
     mask = None
     if case.mask is not None:
         mask = _fetch(store, f"datasets/{dataset_id}/{case.mask}", tmp / f"{case.case_id}.mask",
                       label, "mask")
-    return image, mask
+    return images, mask
 
 
-def _decode(case: Case, local: tuple[Path, Path | None], spec: TrainingSpec
+def _decode(case: Case, local: tuple[list[Path], Path | None], spec: TrainingSpec
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Pixels, and the targets mapped into the same preprocessed frame."""
-    image_path, mask_path = local
+    image_paths, mask_path = local
     size = spec.preprocessing.image_size
     try:
-        img = read_image(image_path, source=_label(case))
+        imgs = [anatomical(read_image(p, source=_label(case)), p) for p in image_paths]
+        img = imgs[len(imgs) // 2]
         frame = img.frame()
         hw = (int(frame.shape[0]), int(frame.shape[1]))
-        x = to_uint8(preprocess(img, spec.preprocessing))
+        if spec.preprocessing.slices == "adjacent":
+            x = to_uint8(adjacent_stack(imgs, spec.preprocessing))
+        else:
+            x = to_uint8(preprocess(img, spec.preprocessing))
         box = mask = None
         if spec.label_mode == "boxes":
             box = scale_boxes(case.boxes, spec.classes, hw, size)
@@ -243,7 +257,8 @@ def _decode(case: Case, local: tuple[Path, Path | None], spec: TrainingSpec
     except ValueError as exc:
         raise CaseReadError(_label(case), str(exc)) from exc
     finally:
-        image_path.unlink(missing_ok=True)
+        for path in image_paths:
+            path.unlink(missing_ok=True)
         if mask_path is not None:
             mask_path.unlink(missing_ok=True)
 

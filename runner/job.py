@@ -94,6 +94,7 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
     if should_stop() == "fenced":  # replaced while training its last epoch: upload nothing
         raise TrainingStopped("fenced", None)
     work.mkdir(parents=True, exist_ok=True)
-    artifacts = write_artifacts(store, spec, result, work, attempt)
+    artifacts = write_artifacts(store, spec, result, work, attempt,
+                                resamples=settings.eval_bootstrap_resamples)
     return JobResult(metrics=result.metrics, artifacts=artifacts,
                      duration_s=time.monotonic() - started)

@@ -3,7 +3,15 @@
 AUC is computed per class one-vs-rest with torchmetrics' binary AUROC, so
 single-label, multi-class and multi-label share one definition. A class
 without both positives and negatives in the validation set has no AUC: the
-key is left out rather than reported as a misleading 0 or 0.5.
+key is left out rather than reported as a misleading 0 or 0.5 (the macro AUC
+averages the classes that have one), so a rare finding absent from a small
+batch never fails a run; the final report (runner/report.py) writes it as
+``null`` with its reason (``undefined`` in metrics.json).
+
+These are the per-epoch numbers (early stopping, progress, history), with
+sensitivity and specificity at a probability of 0.5. The best model's report
+adds 95 % bootstrap intervals, the operating point chosen on validation and
+calibration (runner/confidence.py).
 """
 
 from __future__ import annotations

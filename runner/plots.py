@@ -1,4 +1,4 @@
-"""Plots of a finished run: curves, ROC, confusion matrix and sample predictions.
+"""Plots of a finished run: curves, ROC, calibration, confusion matrix and samples.
 
 matplotlib with the Agg backend (no display on a runner); each function
 writes one PNG and returns its path, or None when the plot has no data
@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.classification import binary_roc
 
+from runner.confidence import calibration_bins
 from runner.tasks.base import EvalOutput, TaskStrategy
 
 CURVE_METRICS = ("auc", "accuracy", "map_50", "map_50_95", "dice", "iou")
@@ -78,6 +79,32 @@ def roc(evaluation: EvalOutput, classes: list[str], label_mode: str,
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation)")
     ax.legend()
+    return _save(fig, path)
+
+
+def calibration(evaluation: EvalOutput, classes: list[str], label_mode: str,
+                path: Path, bins: int = 10) -> Path | None:
+    """Reliability diagram: observed rate against mean predicted probability per bin
+    (equal width), one line per class with a positive (two classes: the positive one),
+    the bin counts as a histogram below, and each class's expected calibration error."""
+    probs = np.asarray(evaluation.preds, dtype=np.float64)
+    onehot = _onehot(evaluation.targets, probs.shape[1]).numpy()
+    shown = [k for k in range(len(classes)) if onehot[:, k].any()]
+    if label_mode == "single_label" and len(classes) == 2:
+        shown = [k for k in shown if k == 1]
+    if not shown:
+        return None
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    for k in shown:
+        mean_p, rate, count, ece = calibration_bins(probs[:, k], onehot[:, k], bins)
+        used = count > 0
+        ax.plot(mean_p[used], rate[used], marker="o", label=f"{classes[k]} (ECE {ece:.3f})")
+        hist.hist(probs[:, k], bins=bins, range=(0, 1), histtype="step")
+    ax.set(ylabel="observed rate", ylim=(-0.02, 1.02), title="calibration (validation)")
+    ax.legend(fontsize=7)
+    hist.set(xlabel="predicted probability", ylabel="cases", xlim=(0, 1))
     return _save(fig, path)
 
 

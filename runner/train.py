@@ -24,6 +24,7 @@ from runner.checkpoint import Sink, State, rng_state, set_rng_state
 from runner.data import PreparedData
 from runner.loader import BatchSource
 from runner.model import build_model
+from runner.pe_metrics import exam_scores
 from runner.rank_group import Group
 from runner.recipe import (
     batch_plan,
@@ -361,10 +362,13 @@ def train(
                            int(loop.best["epoch"]), resumed_from_epoch=resumed)
     val = loop.data.indices("val")
     evaluation = loop.collect(val)
+    evaluation.patients = [data.patient_ids[i] for i in val]
+    metrics = {**loop.best["metrics"],  # issue 15: exam-level PE scoring (runner/pe_metrics.py)
+               **exam_scores(spec, data, val, evaluation.preds, evaluation.targets)}
     samples = np.asarray(data.x[val[:SAMPLES]])
     with torch.no_grad():
         example = loop.normalise(torch.from_numpy(samples[:2]).to(device).float() / 255.0)
     model = loop.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    return TrainResult(model, dict(loop.best["metrics"]), loop.history, int(loop.best["epoch"]),
+    return TrainResult(model, metrics, loop.history, int(loop.best["epoch"]),
                        time.monotonic() - loop.started, loop.strategy, evaluation, samples,
                        example.detach().cpu().contiguous(), resumed)

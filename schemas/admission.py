@@ -19,10 +19,13 @@ from pydantic import Field
 from schemas.common import Identifier, Strict
 from schemas.tasks import TaskRequest
 
-Ingress = Literal["http", "events", "nats"]
+Ingress = Literal["http", "events", "nats", "search"]
+"""``search``: a trial the search handler (handlers/search) admits for its parent's tenant."""
 
-NOT_REQUEST_FIELDS = frozenset({"task_id", "tenant", "idempotency_key"})
-"""Fields of ``task.requested`` data that say who asked and under which id, not what."""
+NOT_REQUEST_FIELDS = frozenset({"task_id", "tenant", "idempotency_key", "parent_task_id",
+                                "trial"})
+"""Fields of ``task.requested`` data that say who asked and under which id, not what (a
+search trial's parent and number: issue 18)."""
 
 
 class AdmissionRecord(Strict):

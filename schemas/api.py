@@ -70,7 +70,8 @@ class ArtifactLink(Strict):
     sha256: str
     size: int
     url: str
-    """The object store's presigned URL (a file:// URI for the local store)."""
+    """The object store's presigned URL; for the local store, the gateway's own download
+    route (``href``): a server path (file://) is never shown (issue 17)."""
     href: str
     """The gateway's own tenant-checked download route."""
 

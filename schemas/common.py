@@ -16,10 +16,16 @@ ZooId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,
 """Zoo entry ids may carry a weights tag after a dot (``resnet50.a1_in1k``)."""
 
 _ID_RE = re.compile(ID_PATTERN)
+_ZOO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def is_identifier(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))  # not match: "$" also matches before a final "\n"
+
+
+def is_zoo_id(value: str) -> bool:
+    """The shape of :data:`ZooId` (a search space's network choices)."""
+    return bool(_ZOO_RE.match(value))
 
 
 class Strict(BaseModel):

@@ -31,14 +31,35 @@ class Box(Strict):
 
 class Case(Strict):
     case_id: Identifier
-    images: list[str] = Field(min_length=1, max_length=64)
-    """Store keys relative to ``datasets/<dataset_id>/``: one image or a short stack."""
+    images: list[str] = Field(min_length=1, max_length=1024)
+    """Store keys relative to ``datasets/<dataset_id>/``: one image or a stack (a whole
+    series, first slice first, up to 1024 slices)."""
     labels: list[str] = Field(default_factory=list)
     boxes: list[Box] = Field(default_factory=list)
     mask: str | None = None
     """Key (relative, like ``images``) of a PNG of class indices: 0 background, i = classes[i-1]."""
     patient_id: str | None = None
     split: Literal["train", "val", "test"] | None = None
+    series: str | None = None
+    """Key in the manifest's ``series`` when the case is one slice of a series (RSNA
+    hemorrhage and embolism layouts: per-slice labels); a whole-series case lists its
+    slices in ``images``, first slice first (imaging/series.py)."""
+
+
+class SeriesInfo(Strict):
+    """One DICOM series whose slices are cases, in anatomical order (issue 15)."""
+
+    study_uid: str
+    series_uid: str
+    ordered_by: Literal["position", "instance_number", "file_name", "frames"]
+    """``position``: ImagePositionPatient along the slice normal; the others are
+    fallbacks, and the import report says why."""
+    cases: list[Identifier] = Field(min_length=1)
+    """The slice cases, first slice first (the runner's 2.5D neighbours)."""
+    positions: list[float] | None = None
+    """Each slice's position along the normal (mm), when ordered by position."""
+    exam_labels: dict[str, float] = Field(default_factory=dict)
+    """Exam-level labels of the study (RSNA STR PE: negative_exam_for_pe, ... ; 0/1)."""
 
 
 class SkippedCase(Strict):
@@ -57,12 +78,18 @@ class DatasetManifest(Strict):
     classes: list[str] = Field(min_length=1)
     cases: list[Case] = Field(min_length=1)
     skipped: list[SkippedCase] = Field(default_factory=list)
+    series: dict[str, SeriesInfo] = Field(default_factory=dict)
+    """Series key (the SeriesInstanceUID) -> its slice cases in order."""
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetManifest:
         ids = [c.case_id for c in self.cases]
         if len(ids) != len(set(ids)):
             raise ValueError("duplicate case_id in manifest")
+        listed = {case for s in self.series.values() for case in s.cases}
+        dangling = sorted({c.series for c in self.cases if c.series} - self.series.keys())
+        if dangling or not listed <= set(ids):
+            raise ValueError(f"series references do not match the cases ({dangling[:3]})")
         known = set(self.classes)
         for case in self.cases:
             unknown = (set(case.labels) | {b.label for b in case.boxes}) - known
@@ -99,6 +126,11 @@ class DatasetStats(Strict):
     cases_without_patient: int
     splits: dict[str, int]
     """``train``/``val``/``test``/``unassigned`` -> number of cases."""
+    body_regions: dict[str, int] | None = None
+    """CT/MR body region (``head``, ``chest``, ``abdomen``, ``unknown``) -> cases, from
+    BodyPartExamined / study description (imaging/series.py); None: not recorded."""
+    series: int = 0
+    """DICOM series whose slices are cases (``DatasetManifest.series``)."""
 
 
 class DatasetSummary(Strict):

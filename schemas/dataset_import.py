@@ -16,7 +16,7 @@ from schemas.common import Identifier, Strict
 from schemas.dataset import AnnotationType, Case, DatasetSummary, SkippedCase
 from schemas.tasks import Modality
 
-ImportFormat = Literal["folder-csv", "rsna-ich", "coco", "masks", "siim-rle"]
+ImportFormat = Literal["folder-csv", "rsna-ich", "rsna-pe", "coco", "masks", "siim-rle"]
 RleLayout = Literal["relative", "absolute"]
 DecodeMode = Literal["auto", "always", "never"]
 
@@ -85,6 +85,9 @@ class ImportReport(Strict):
     """Cases registered (or that would be, had the import not failed)."""
     skipped: list[SkippedCase] = Field(default_factory=list)
     problems: list[ImportProblem] = Field(default_factory=list)
+    warnings: list[ImportProblem] = Field(default_factory=list)
+    """What registers but deserves a look (issue 15: a multi-label class with no positive
+    case, whose AUC is then undefined); never a reason to refuse the import."""
     summary: DatasetSummary | None = None
     elapsed_s: float = 0.0
 

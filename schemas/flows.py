@@ -23,10 +23,11 @@ FixedBy = Literal["request", "preset", "base_task"]
 NetworkChoice = Literal["auto", "manual", "preset", "base_task"]
 """``auto``: ranked from the data type and the preference; ``manual``: a zoo entry named in
 the request; ``preset``/``base_task``: fixed, the request has no ``model``."""
-TuningMode = Literal["auto_with_preferences", "auto_without_preferences", "manual"]
+TuningMode = Literal["auto_with_preferences", "auto_without_preferences", "manual", "search"]
 """``auto_with_preferences``: derived from the data and the ``model.preference``;
 ``auto_without_preferences``: from the data and the fixed recipe only; ``manual``: the
-request's ``tuning.hyperparameters``, the rest derived."""
+request's ``tuning.hyperparameters``, the rest derived; ``search``: trials of the
+flow's recipe over a space (issue 18; the flow's fixed fields stay out of the space)."""
 
 
 class _Frozen(BaseModel):

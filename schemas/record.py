@@ -49,3 +49,5 @@ class TaskRecord(Strict):
     """Bumped by each ``task.redriven``: events of older generations are ignored."""
     redrives: list[TaskRedriven] = Field(default_factory=list)
     """Every time on-call re-opened the task, oldest first (who, why, from which state)."""
+    parent_task_id: Identifier | None = None
+    """A search trial's parent task (issue 18); its trials: ``GET /v1/tasks?parent=<id>``."""

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from schemas.common import Identifier, Strict, ZooId
 from schemas.dataset import AnnotationType
-from schemas.tasks import Flow, Hyperparameters, Modality, TaskType
+from schemas.search import SearchPlan
+from schemas.tasks import Evaluation, Flow, Hyperparameters, Modality, SliceContext, TaskType
 
 LabelMode = Literal["single_label", "multi_label", "boxes", "masks"]
 Builder = Literal["timm", "torchvision_detection", "timm_unet", "torchvision_segmentation"]
@@ -37,6 +38,11 @@ class Preprocessing(Strict):
     windows: list[Window] = Field(default_factory=list)
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    slices: SliceContext = "current"
+    """``adjacent``: the previous, current and next slice of the case's series (or stack,
+    or multi-frame image) as three channels in the first window (2.5D); ``current``: one
+    channel per window of the case's own slice. Part of the cache key and so of what a
+    preset pins (issue 15)."""
 
 
 class ModelSpec(Strict):
@@ -57,6 +63,8 @@ class Lineage(Strict):
     base_dataset_id: Identifier
     base_dataset_sha256: str
     base_weights_sha256: str
+    base_preset_ref: str | None = None
+    """The base task's ``preset_id@version`` (issue 15 item 8), when it had a preset."""
 
 
 class Placement(Strict):
@@ -88,6 +96,13 @@ class TrainingSpec(Strict):
     spec written before pools (the dispatcher then sends it to the first pool of its
     catalog)."""
     preset: Identifier | None = None
+    preset_ref: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}@[0-9]+$")
+    """``preset_id@version``: the exact pinned preset a task was enriched with (issue 15)."""
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    """Operating point and bootstrap intervals of the held-out metrics (runner/confidence.py)."""
+    software: dict[str, str] = Field(default_factory=dict)
+    """Package -> version of the runner that trained it (radtrain, torch, torchvision, timm,
+    pydicom ...): empty in ``task.ready``, filled in the run's ``spec.json``."""
     lineage: Lineage | None = None
     class_map: dict[str, str | None] = Field(default_factory=dict)
     """Dataset label name -> task class, or ``None`` for a label that is dropped (RSNA's
@@ -98,3 +113,7 @@ class TrainingSpec(Strict):
     ``auc_any``); see runner/metrics.py."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each automatic choice was made, keyed by the field it chose."""
+    search: SearchPlan | None = None
+    """``tuning.mode == "search"`` (issue 18): this task is a search parent. No runner
+    trains it (the dispatcher skips it); the search handler (handlers/search) runs its
+    trials as child tasks over ``hyperparameters`` and completes it with the best."""

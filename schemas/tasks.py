@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from schemas.common import Identifier, Strict, ZooId
+from schemas.common import Identifier, Strict, ZooId, is_zoo_id
+from schemas.search import (
+    NETWORK,
+    CategoricalParam,
+    Direction,
+    Pruner,
+    SearchBudget,
+    SearchSpace,
+    endpoints,
+)
 
 Flow = Literal["general", "specialized", "retrain"]
 TaskType = Literal["classification", "detection", "segmentation"]
@@ -96,7 +105,53 @@ class ManualTuning(Strict):
     hyperparameters: ManualTuningParams = ManualTuningParams()
 
 
-Tuning = Annotated[AutoTuning | ManualTuning, Field(discriminator="mode")]
+class SearchTuning(Strict):
+    """Hyperparameter search (issue 18): trials are child tasks, the best one is promoted.
+
+    ``hyperparameters``: fixed for every trial (the rest start from the auto recipe);
+    ``space``: what the trials vary (omitted: derived from the network and the dataset
+    by the enrich handler); ``objective``: the metric to optimise (omitted: the task
+    type's main metric), in ``direction`` (omitted: down for a loss, else up). Names
+    and bounds are checked here like manual tuning (422); what depends on the flow,
+    the network or the labels is a rejection reason from the enrich handler."""
+
+    mode: Literal["search"]
+    budget: SearchBudget = SearchBudget()
+    space: SearchSpace | None = None
+    objective: str | None = Field(None, min_length=1, max_length=64)
+    direction: Direction | None = None
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    pruner: Pruner = "median"
+    hyperparameters: ManualTuningParams = ManualTuningParams()
+
+    @model_validator(mode="after")
+    def _space_in_bounds(self) -> SearchTuning:
+        fixed = self.hyperparameters.model_dump(exclude_none=True)
+        for name, spec in (self.space or {}).items():
+            if name == NETWORK:
+                bad = [c for c in endpoints(spec) if not isinstance(c, str)
+                       or not is_zoo_id(c)]
+                if not isinstance(spec, CategoricalParam) or bad:
+                    raise ValueError("space.network: a categorical list of zoo entry ids")
+                continue
+            if name == "seed" or name not in ManualTuningParams.model_fields:
+                searchable = sorted(set(ManualTuningParams.model_fields) - {"seed"})
+                raise ValueError(f"space.{name}: not a searchable hyperparameter; one of "
+                                 f"{', '.join(searchable)} or network")
+            if name in fixed:
+                raise ValueError(f"space.{name}: also fixed in tuning.hyperparameters; "
+                                 "search it or fix it, not both")
+            for value in endpoints(spec):
+                try:
+                    ManualTuningParams.model_validate({name: value})
+                except ValueError as exc:
+                    first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+                    raise ValueError(f"space.{name}: {value!r} is out of bounds: "
+                                     f"{first}") from None
+        return self
+
+
+Tuning = Annotated[AutoTuning | ManualTuning | SearchTuning, Field(discriminator="mode")]
 
 
 class Resources(Strict):
@@ -116,6 +171,50 @@ class Resources(Strict):
     """Ask for one pool by name; it must still satisfy ``gpus`` and ``gpu_memory_gb``."""
 
 
+class Evaluation(Strict):
+    """How the held-out metrics are reported (issue 15 item 7; runner/confidence.py).
+
+    The operating point of a classifier is chosen on the validation split: the
+    threshold that maximises Youden's J (sensitivity + specificity - 1), or, with
+    ``target_sensitivity``, the highest threshold whose sensitivity reaches it.
+    """
+
+    target_sensitivity: float | None = Field(None, gt=0.0, lt=1.0)
+    bootstrap_resamples: int | None = Field(None, ge=0, le=100_000)
+    """95 % bootstrap intervals from this many resamples (0: none); unset: the runner's
+    setting ``eval_bootstrap_resamples``."""
+
+
+# --- issue 15 (E1): preprocessing a general-flow request may choose -----------------
+
+SliceContext = Literal["current", "adjacent"]
+"""Input channels: ``current``, one channel per window of the case's own slice (the three
+windows of the current slice); ``adjacent``, the previous, current and next slice of the
+case's series in the first window (2.5D, as the top RSNA 2019/2020 solutions did)."""
+
+
+class WindowRequest(Strict):
+    """An explicit CT window, in HU."""
+
+    name: str = Field(min_length=1, max_length=40)
+    center: float = Field(ge=-4096, le=8192)
+    width: float = Field(gt=0, le=16384)
+
+
+class PreprocessingRequest(Strict):
+    """What a general-flow request may say about its pixels; the rest stays automatic.
+
+    ``windows``: preset names (``brain``, ``subdural``, ``bone``, ``lung``, ``mediastinal``,
+    ``pe``, ``abdomen``, ``liver``; imaging/windows.py) or explicit windows, one channel
+    each (1 to 3); checked by the enrich handler. Without it, CT takes the windows of its
+    body part (BodyPartExamined / study description); a CT of unknown body part is
+    rejected with the choice spelled out, never given head windows silently.
+    """
+
+    windows: list[str | WindowRequest] | None = Field(None, min_length=1, max_length=3)
+    slices: SliceContext | None = None
+
+
 class TaskRequest(Strict):
     """``POST /v1/tasks`` body. Flow-specific rules are checked by the enrich handler.
 
@@ -133,6 +232,9 @@ class TaskRequest(Strict):
     model: ModelChoice | None = None
     tuning: Tuning = AutoTuning(mode="auto")
     resources: Resources = Resources()
+    evaluation: Evaluation = Evaluation()
+    preprocessing: PreprocessingRequest | None = None
+    """General flow only (issue 15): the CT windows and 2.5D input; presets pin theirs."""
 
     # The validator below, said in JSON Schema too, so that OpenAPI clients know it.
     model_config = ConfigDict(json_schema_extra={
@@ -154,3 +256,7 @@ class TaskRequested(TaskRequest):
     task_id: Identifier
     tenant: Identifier
     idempotency_key: str | None = Field(None, max_length=255)
+    parent_task_id: Identifier | None = None
+    """A search trial's parent (issue 18): set by the search handler on its children."""
+    trial: int | None = Field(None, ge=0)
+    """A search trial's number under its parent."""

@@ -18,6 +18,27 @@ ALL_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = (
     "task.rejected", "task.started", "task.completed", "task.failed", "task.cancelled",
 )
 DeliveryState = Literal["pending", "succeeded", "failed"]
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class EndpointBreaker(Strict):
+    """The circuit breaker of one subscription's endpoint; KV ``webhook_breakers``.
+
+    ``closed``: deliveries go out. ``open``: the endpoint kept failing for a period;
+    nothing is sent (jobs wait, no attempt is spent) until ``probe_at``. ``half_open``:
+    one probe delivery is on its way; its success closes the circuit, its failure
+    opens it again."""
+
+    state: BreakerState = "closed"
+    since: datetime | None = None
+    """When it entered ``state`` (``None``: never changed)."""
+    failures: int = Field(0, ge=0)
+    """Consecutive failed attempts."""
+    failing_since: datetime | None = None
+    """The first of those failures."""
+    probe_at: datetime | None = None
+    """``open``: when the next probe may go."""
+    last_error: str | None = None
 
 
 class WebhookCreate(Strict):
@@ -42,6 +63,8 @@ class Webhook(Strict):
     event_types: list[WebhookEventType]
     description: str = ""
     created_at: datetime
+    breaker: EndpointBreaker = Field(default_factory=EndpointBreaker)
+    """Whether deliveries to it go out now (closed), are paused (open) or probing."""
 
 
 class WebhookSecret(Strict):
@@ -62,9 +85,10 @@ class WebhookSubscription(Strict):
     created_at: datetime
     secrets: list[SigningSecret] = Field(min_length=1)
 
-    def public(self) -> Webhook:
+    def public(self, breaker: EndpointBreaker | None = None) -> Webhook:
         return Webhook(id=self.id, url=self.url, event_types=self.event_types,
-                       description=self.description, created_at=self.created_at)
+                       description=self.description, created_at=self.created_at,
+                       breaker=breaker or EndpointBreaker())
 
 
 class DeliveryAttempt(Strict):

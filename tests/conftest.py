@@ -12,11 +12,45 @@ from collections.abc import Iterator
 import pytest
 
 from radtrain.servers.seaweedfs import S3Endpoint, start_seaweedfs
+from tests.support import leaks
 from tests.support.nats_users import NatsUsers, start_authenticated_nats
 
 # Set at import, not only in the fixture: huggingface_hub reads it when first
 # imported, which can happen while test modules are collected.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_error_bodies() -> Iterator[None]:
+    """Issue 17: every JSON error body the gateway answers in this session is recorded;
+    ``pytest_sessionfinish`` fails the run if one leaks internals (tests/support/leaks.py)."""
+    from aiohttp import web
+
+    from infra.store.s3 import S3Store
+
+    original, init = web.json_response, S3Store.__init__
+
+    def remember_bucket(self: S3Store, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        if len(self.bucket) >= 8 and self.bucket != "radtrain":  # a test's own bucket
+            leaks.SESSION.buckets.add(self.bucket)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(web, "json_response", leaks.recording(original, leaks.SESSION))
+        monkeypatch.setattr(S3Store, "__init__", remember_bucket)
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    found = leaks.SESSION.leaks()
+    if not found:
+        return
+    lines = [f"{len(found)} error bodies leak internals (issue 17, tests/support/leaks.py):"]
+    lines += [f"  {status} {', '.join(kinds)}: {text[:300]}" for status, text, kinds in found[:20]]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("\n".join(lines), red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -49,7 +49,8 @@ def list_flows() -> tuple[FlowRule, ...]:
             task_type="required", preset="forbidden", base_task_id="forbidden",
             model="optional", task_types=TASK_TYPES, task_type_from="request",
             annotation_from="task_type", annotations=ANNOTATIONS,
-            network=("auto", "manual"), tuning=("auto_with_preferences", "manual")),
+            network=("auto", "manual"),
+            tuning=("auto_with_preferences", "manual", "search")),
         FlowRule(
             flow="specialized",
             summary="A preset pins the task, classes, preprocessing, network, weights and "
@@ -57,7 +58,7 @@ def list_flows() -> tuple[FlowRule, ...]:
             task_type="optional", preset="required", base_task_id="forbidden",
             model="forbidden", task_types=preset_task_types, task_type_from="preset",
             annotation_from="preset", network=("preset",),
-            tuning=("auto_without_preferences", "manual")),
+            tuning=("auto_without_preferences", "manual", "search")),
         FlowRule(
             flow="retrain",
             summary="Trains a completed task's network further on a new dataset with the "
@@ -65,7 +66,7 @@ def list_flows() -> tuple[FlowRule, ...]:
             task_type="optional", preset="forbidden", base_task_id="required",
             model="forbidden", task_types=TASK_TYPES, task_type_from="base_task",
             annotation_from="base_task", network=("base_task",),
-            tuning=("auto_without_preferences", "manual")),
+            tuning=("auto_without_preferences", "manual", "search")),
     )
 
 

@@ -11,6 +11,7 @@ only gives them a shape and a lookup. No torch: the gateway lists presets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from importlib import resources
@@ -21,19 +22,53 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.api import Page
 from schemas.dataset import AnnotationType
 from schemas.spec import Window
-from schemas.tasks import ManualTuningParams, Modality, TaskType
+from schemas.tasks import ManualTuningParams, Modality, SliceContext, TaskType
 
-__all__ = ["Preset", "PresetPage", "UnknownPreset", "get_preset", "list_presets", "map_label"]
+__all__ = ["Minimums", "Preset", "PresetPage", "UnknownPreset", "get_preset", "list_presets",
+           "map_label"]
 
 REPORTABLE = frozenset({"auc", "auc_per_class", "auc_any", "weighted_log_loss",
-                        "sensitivity", "specificity", "accuracy"})
+                        "sensitivity", "specificity", "accuracy",
+                        "pe_weighted_log_loss", "pe_exam_auc"})  # these two: runner/pe_metrics
 """Metric names a preset may list; the runner computes each of them (runner/metrics.py)."""
+
+
+class Minimums(BaseModel):
+    """How much data the preset's promise needs (issue 15 item 6).
+
+    Below ``cases`` or ``positives_per_class`` the specialized flow trains but
+    warns (task.ready reasons, ``radtrain presets check``); below a floor it
+    rejects, because no split could evaluate the model at all.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cases: int = Field(ge=1)
+    positives_per_class: int = Field(ge=0)
+    floor_cases: int = Field(ge=2)
+    floor_positives_per_class: int = Field(0, ge=0)
+    """0 for multi-label presets: a rare finding may be absent (its AUC is then undefined)."""
+
+    @model_validator(mode="after")
+    def _floors_below(self) -> Minimums:
+        if self.floor_cases > self.cases or self.floor_positives_per_class > \
+                self.positives_per_class:
+            raise ValueError("a floor must not exceed the recommended minimum")
+        return self
+
+
+UNPINNED = frozenset({"id", "version", "name", "description", "minimums", "metrics"})
+"""Fields that describe a preset, or what is reported, without changing what is trained
+(outside the checksum)."""
 
 
 class Preset(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
+    version: int = Field(ge=1)
+    """Bumped with every change of what the preset pins (its checksum); ``id@version``
+    names it in a spec and a lineage."""
     name: str
     description: str
     task_type: TaskType
@@ -50,10 +85,33 @@ class Preset(BaseModel):
     windows: tuple[Window, ...] = ()
     image_size: int = Field(ge=32, le=2048)
     channels: int = Field(3, ge=1, le=4)
+    slices: SliceContext = "current"
+    """``adjacent``: previous/current/next slice in the first window (2.5D); ``current``: the
+    windows of the case's own slice. Pinned like the windows (schemas/spec.py)."""
     zoo_entry: str
     recipe: ManualTuningParams
     """Hyperparameters the preset sets; tuning ``auto`` derives only the rest."""
     metrics: tuple[str, ...]
+    minimums: Minimums
+
+    @property
+    def ref(self) -> str:
+        """``preset_id@version``, as recorded in the spec (``preset_ref``) and lineage."""
+        return f"{self.id}@{self.version}"
+
+    def pinned(self) -> dict[str, object]:
+        """What the preset pins, as JSON: classes and label map, modalities, preprocessing
+        (windows, slices, size, channels), network and recipe.
+
+        Fields at their defaults are left out, so adding a new field whose
+        default keeps today's behaviour does not change any checksum.
+        """
+        return self.model_dump(mode="json", exclude=set(UNPINNED), exclude_defaults=True)
+
+    def checksum(self) -> str:
+        """sha256 of :meth:`pinned` (canonical JSON); pinned per version in the tests."""
+        text = json.dumps(self.pinned(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @model_validator(mode="after")
     def _consistent(self) -> Preset:

@@ -123,6 +123,8 @@ class Parsed:
     classes: list[str]
     candidates: list[Candidate] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    exams: dict[str, dict[str, float]] = field(default_factory=dict)
+    """SeriesInstanceUID -> exam-level labels (the RSNA STR PE layout; issue 15)."""
 
 
 class ImportAbort(Exception):

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ import nats.errors
 
 from handlers.datasets_import.base import ImportOptions
 from handlers.datasets_import.pipeline import import_dataset, new_dataset_id
+from imaging.budget import DecodeBudget, set_default_budget
 from infra.bus.subscriber import Delivery, Subscriber, model_decoder
 from infra.bus.topology import DATASET_IMPORT
 from infra.dataset_imports import IMPORTS_PREFIX, ImportRepo, source_prefix
@@ -113,19 +115,54 @@ class _Tracker:
             return self.version, self._progress
 
 
-def download_prefix(store: ObjectStore, prefix: str, dest: Path,
-                    progress: Callable[[int, int], None], max_objects: int) -> int:
-    """Copy every object under ``prefix/`` into ``dest``, keeping the relative layout."""
-    keys = store.list(prefix + "/")
-    if len(keys) > max_objects:
+@dataclass(frozen=True)
+class SourceCaps:
+    """What an import may copy (issue 17), checked from the listing before any copy."""
+
+    max_objects: int
+    max_object_bytes: int = 1 << 30
+    max_total_bytes: int = 50 << 30
+
+    @classmethod
+    def of(cls, settings: Settings) -> SourceCaps:
+        return cls(settings.import_max_objects, settings.import_max_object_bytes,
+                   settings.import_max_total_bytes)
+
+
+def source_objects(store: ObjectStore, prefix: str, caps: SourceCaps) -> list[str]:
+    """The keys to copy: S3 "folder" markers (``.../`` keys, as consoles create them) left
+    out; more objects, a larger object or more bytes than ``caps`` fail permanently."""
+    listed = store.list_sizes(prefix + "/")
+    entries = [(k, n) for k, n in listed if not k.endswith("/")]
+    if len(entries) > caps.max_objects:
         raise PermanentError("too_many_objects",
-                             f"{len(keys)} objects in the source; at most {max_objects}")
+                             f"{len(entries)} objects in the source; at most {caps.max_objects}")
+    for key, size in entries:
+        if size > caps.max_object_bytes:
+            raise PermanentError("object_too_large", f"{key[len(prefix) + 1:]} is {size} "
+                                 f"bytes; one object may have at most {caps.max_object_bytes}")
+    total = sum(n for _, n in entries)
+    if total > caps.max_total_bytes:
+        raise PermanentError("source_too_large", f"the source holds {total} bytes; an import "
+                             f"may copy at most {caps.max_total_bytes}")
+    return [k for k, _ in entries]
+
+
+def download_prefix(store: ObjectStore, prefix: str, dest: Path,
+                    progress: Callable[[int, int], None], max_objects: int | SourceCaps) -> int:
+    """Copy every object under ``prefix/`` into ``dest``, keeping the relative layout."""
+    caps = max_objects if isinstance(max_objects, SourceCaps) else SourceCaps(max_objects)
+    keys = source_objects(store, prefix, caps)
     done, lock = 0, threading.Lock()
     progress(0, len(keys))
 
     def fetch(key: str) -> None:
         nonlocal done
-        store.get_file(key, dest.joinpath(*key[len(prefix) + 1:].split("/")))
+        try:
+            store.get_file(key, dest.joinpath(*key[len(prefix) + 1:].split("/")))
+        except InvalidKey as exc:  # e.g. "a//b": no retry makes it copyable
+            raise PermanentError("invalid_source_key", f"object {key[len(prefix) + 1:]!r} "
+                                 "has a name that cannot be imported") from exc
         with lock:
             done += 1
             count = done
@@ -138,7 +175,7 @@ def download_prefix(store: ObjectStore, prefix: str, dest: Path,
 
 def _delete_prefix(store: ObjectStore, prefix: str) -> None:
     with ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
-        list(pool.map(store.delete, store.list(prefix + "/")))
+        list(pool.map(store.delete, [k for k in store.list(prefix + "/") if not k.endswith("/")]))
 
 
 def _now() -> datetime:
@@ -184,7 +221,9 @@ async def handle_import_job(
         if not delivery.plan.is_last(delivery.attempt):
             raise
         code = exc.code if isinstance(exc, TransientError) else "import_error"
-        message = exc.message if isinstance(exc, TransientError) else repr(exc)
+        if not isinstance(exc, TransientError):  # the detail is for the log, not the client
+            log.error("import %s: unexpected error", job.import_id, exc_info=exc)
+        message = exc.message if isinstance(exc, TransientError) else type(exc).__name__
         failure = ImportFailure(code=code, message=f"gave up after {delivery.attempt} "
                                 f"attempts: {message}")
         await _finish(imports, job, delivery.attempt, store, None, failure)
@@ -243,7 +282,7 @@ async def _run(job: ImportJob, opts: ImportOptions, store: ObjectStore, datasets
     try:
         try:
             count = await asyncio.to_thread(download_prefix, store, prefix, tmp, tracker.files,
-                                            settings.import_max_objects)
+                                            SourceCaps.of(settings))
         except StoreError as exc:
             raise TransientError("store_unavailable", f"reading the source: {exc}") from exc
         if count == 0:
@@ -337,7 +376,13 @@ async def _finish(imports: ImportRepo, job: ImportJob, attempt: int, store: Obje
 
 def import_subscriber(*, store: ObjectStore, datasets: DatasetRepo, imports: ImportRepo,
                       settings: Settings) -> Subscriber[ImportJob]:
-    """The handlers process's consumer of import jobs: one job at a time per process."""
+    """The handlers process's consumer of import jobs: one job at a time per process.
+
+    Its decoding (checking compressed images) runs under the process's decoding
+    budget, set here from the settings (imaging/budget.py)."""
+    set_default_budget(DecodeBudget(settings.decode_budget_request_bytes,
+                                    settings.decode_budget_process_bytes,
+                                    settings.decode_budget_wait_s))
     return Subscriber(durable=DATASET_IMPORT, decode=model_decoder(ImportJob),
                       handle=partial(handle_import_job, store=store, datasets=datasets,
                                      imports=imports, settings=settings), batch=1)

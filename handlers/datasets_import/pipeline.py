@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from handlers.datasets_import import coco, folder_csv, masks, rsna, siim
+from handlers.datasets_import import coco, folder_csv, masks, rsna, rsna_pe, siim
 from handlers.datasets_import.base import (
     Candidate,
     ImportAbort,
@@ -36,6 +36,7 @@ from handlers.datasets_import.base import (
     Problem,
 )
 from handlers.datasets_import.register import register_dataset
+from handlers.datasets_import.series_step import apply_series
 from handlers.datasets_import.stats import dataset_stats
 from handlers.datasets_import.validate import Validated, ValidCase, headers_of, validate
 from imaging.reader import CaseReadError, ImageHeader
@@ -50,6 +51,7 @@ Progress = Callable[[ImportPhase, int, int], None]
 PARSERS: dict[ImportFormat, Callable[[Path, ImportOptions], Parsed]] = {
     "folder-csv": folder_csv.parse,
     "rsna-ich": rsna.parse,
+    "rsna-pe": rsna_pe.parse,
     "coco": coco.parse,
     "masks": masks.parse,
     "siim-rle": siim.parse,
@@ -108,7 +110,9 @@ def prepare(root: Path, opts: ImportOptions, progress: Progress | None = None
             counter.step()
         return out
 
-    return validate(parsed, opts, root, read_headers)
+    checked = validate(parsed, opts, root, read_headers)
+    apply_series(checked, parsed.exams)  # slice order, series, patients, body parts
+    return checked
 
 
 def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase],
@@ -145,7 +149,8 @@ def _upload_one(store: ObjectStore, dataset_id: str, case: ValidCase) -> Case | 
         return Problem("upload_failed", f"could not store the case: {exc}", case.case_id,
                        case.source)
     return Case(case_id=case.case_id, images=keys, labels=case.labels, boxes=case.boxes,
-                mask=mask_key, patient_id=case.patient_id, split=case.split)  # type: ignore[arg-type]
+                mask=mask_key, patient_id=case.patient_id, split=case.split,
+                series=case.series)  # type: ignore[arg-type]
 
 
 def _safe_name(name: str) -> str:
@@ -180,7 +185,8 @@ async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
         manifest = DatasetManifest(
             id=dataset_id, tenant=opts.tenant, name=opts.name,
             annotation_type=checked.annotation_type, modality=checked.modality or "other",
-            classes=checked.classes, cases=cases, skipped=checked.skipped)
+            classes=checked.classes, cases=cases, skipped=checked.skipped,
+            series=checked.series)
     except ValidationError as exc:
         problem = Problem("invalid_manifest", f"the manifest would be invalid: {exc}")
         return report.failed([*checked.problems, problem], checked)
@@ -188,8 +194,9 @@ async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
              for c in checked.good]
     if progress is not None:
         progress("registering", 0, 1)
-    summary = await register_dataset(store, repo, manifest,
-                                     stats=dataset_stats(cases, checked.classes, sizes))
+    stats = dataset_stats(cases, checked.classes, sizes).model_copy(
+        update={"body_regions": checked.body_regions, "series": len(checked.series)})
+    summary = await register_dataset(store, repo, manifest, stats=stats)
     if progress is not None:
         progress("registering", 1, 1)
     return report.done(checked, summary)
@@ -220,7 +227,8 @@ class _Report:
         if checked is not None:
             base.update(annotation_type=checked.annotation_type, modality=checked.modality,
                         classes=checked.classes, num_cases=len(checked.good),
-                        skipped=checked.skipped)
+                        skipped=checked.skipped,
+                        warnings=[w.to_schema() for w in checked.warnings])
         return base
 
     def failed(self, problems: list[Problem], checked: Validated | None = None) -> ImportReport:
@@ -245,4 +253,6 @@ def format_report(report: ImportReport, limit: int = 50) -> str:
         out.write(f"  [{p.code}] {where or 'dataset'}: {p.message}\n")
     if len(report.problems) > limit:
         out.write(f"  ... {len(report.problems) - limit} more\n")
+    for w in report.warnings[:limit]:
+        out.write(f"  warning [{w.code}] {w.case_id or 'dataset'}: {w.message}\n")
     return out.getvalue()

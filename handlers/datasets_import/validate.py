@@ -25,7 +25,7 @@ from PIL import Image
 from handlers.datasets_import.base import Candidate, ImportOptions, MaskError, Parsed, Problem, rel
 from imaging.reader import CaseReadError, ImageHeader, read_header, read_image
 from schemas.common import is_identifier
-from schemas.dataset import AnnotationType, Box, SkippedCase
+from schemas.dataset import AnnotationType, Box, SeriesInfo, SkippedCase
 from schemas.tasks import Modality
 
 BOX_TOLERANCE_PX = 1.0
@@ -44,6 +44,8 @@ class ValidCase:
     mask_png: bytes | None = None
     patient_id: str | None = None
     split: str | None = None
+    series: str | None = None
+    """Its series' key when the case is one slice of it (series_step.py, issue 15)."""
 
 
 @dataclass
@@ -56,6 +58,12 @@ class Validated:
     skipped: list[SkippedCase]
     fatal: bool
     """Nothing may be registered: a dataset-level problem, or any problem without skip_bad."""
+    warnings: list[Problem] = field(default_factory=list)
+    """Registered anyway, shown in the report (a multi-label class with no positive case)."""
+    series: dict[str, SeriesInfo] = field(default_factory=dict)
+    """Series whose slices are cases, in order (series_step.py, issue 15)."""
+    body_regions: dict[str, int] | None = None
+    """Body region -> cases of a CT/MR dataset (series_step.py); None: not recorded."""
 
 
 HeaderReader = Callable[[list[Candidate]], list[list[ImageHeader] | CaseReadError]]
@@ -82,13 +90,15 @@ def validate(parsed: Parsed, opts: ImportOptions, root: Path,
     bad = {p.case_id for p in problems if p.case_id}
     good = [c for c in good if c.case_id not in bad]
     good = _split_leaks(good, problems)
-    _empty_classes(good, classes, parsed.annotation_type, problems)
+    warnings: list[Problem] = []
+    _empty_classes(good, classes, parsed.annotation_type,
+                   warnings if parsed.annotation_type == "multi_label" else problems)
     if not good:
         problems.append(Problem("no_cases", "no case passed validation"))
     fatal = any(p.case_id is None and p.source is None for p in problems)
     return Validated(parsed.annotation_type, classes, modality, good, problems,
                      _skipped(problems) if opts.skip_bad else [],
-                     fatal or (bool(problems) and not opts.skip_bad))
+                     fatal or (bool(problems) and not opts.skip_bad), warnings)
 
 
 def needs_decode(header: ImageHeader, opts: ImportOptions) -> bool:
@@ -259,9 +269,19 @@ def _split_leaks(cases: list[ValidCase], problems: list[Problem]) -> list[ValidC
 
 def _empty_classes(cases: Iterable[ValidCase], classes: list[str], annotation: AnnotationType,
                    problems: list[Problem]) -> None:
+    """A class without examples: an error, except in multi-label data (a warning there).
+
+    Multi-label findings can be rare (an epidural bleed is ~0.4 % of RSNA 2019 slices,
+    so most batches of ~100 cases have none): the class stays, its AUC is reported as
+    undefined, and the other classes train. A single-label class needs examples.
+    """
     counts = Counter(label for c in cases for label in c.labels)
     for name in classes:
-        if counts[name] == 0:
+        if counts[name] == 0 and annotation == "multi_label":
+            problems.append(Problem("empty_class", f"class {name!r} has no positive case: it "
+                                    "is kept and trained as all-negative, and its AUC will be "
+                                    "undefined until cases with it are added"))
+        elif counts[name] == 0:
             what = {"boxes": "no box", "masks": "no mask pixel"}.get(annotation, "no case")
             problems.append(Problem("empty_class", f"class {name!r} has {what}: it cannot be "
                                     "learned (remove it from the classes or add examples)"))

@@ -73,7 +73,7 @@ def request_field_errors(cmd: TaskRequested, rule: FlowRule,
         errors.append(err("model.preference", "not_allowed",
                           f"the {rule.flow} flow tunes {' or '.join(describe(rule.tuning))} "
                           f"and its network is fixed by {fixed_by(cmd, rule)}; remove 'model'"))
-    mode = "manual" if isinstance(cmd.tuning, ManualTuning) else "auto"
+    mode = cmd.tuning.mode
     if not any(m.startswith(mode) for m in rule.tuning):
         errors.append(err("tuning.mode", "not_allowed",
                           f"the {rule.flow} flow tunes {' or '.join(describe(rule.tuning))}, "

@@ -16,6 +16,7 @@ from handlers.enrich.checks import (
 )
 from handlers.enrich.contracts import WeightsIndex, WeightsRef, err
 from handlers.enrich.resolver import Draft, Resolver
+from handlers.enrich.windows import choose_windows
 from handlers.tuning import auto_hyperparameters, manual_hyperparameters
 from handlers.tuning import check as check_hyperparameters
 from imaging.windows import HEAD_CT_WINDOWS
@@ -32,10 +33,14 @@ from schemas.tasks import (
 )
 
 AUTO_CANDIDATES = 40
-"""How far down the ranking auto-select looks for an entry with mirrored weights."""
+"""How far down the ranking auto-select looks for an entry with mirrored weights when the
+weights index cannot list what it holds; one that can (``available()``, the store's
+index) lets it take the best-ranked entry of the whole zoo whose weights are present, so
+each goal picks its own network among the weights a site has (issue 15)."""
 
 CT_WINDOWS = HEAD_CT_WINDOWS
-"""General-flow CT uses the head-CT windows (brain, subdural, bone) as its three channels."""
+"""The head-CT windows, for callers without a request; a request's windows come from its
+dataset's body region or its own ``preprocessing`` (handlers/enrich/windows.py)."""
 
 
 def data_type_for(choice: AutoModel, ds: DatasetSummary | None) -> DataType:
@@ -56,7 +61,10 @@ def auto_select(choice: AutoModel, task_type: str, ds: DatasetSummary | None,
     it) when none of the leading candidates has weights in the store.
     """
     data = data_type_for(choice, ds)
-    ranked = rank(task_type, data, choice.preference, limit=AUTO_CANDIDATES,
+    listing = getattr(weights, "available", None)  # an index that can list what it holds
+    present: set[str] | None = listing() if callable(listing) else None
+    ranked = rank(task_type, data, choice.preference,
+                  limit=None if present is not None else AUTO_CANDIDATES,
                   one_per_network=False)
     if not ranked:
         raise UnknownZooEntry(f"<any {task_type} entry>")
@@ -64,6 +72,8 @@ def auto_select(choice: AutoModel, task_type: str, ds: DatasetSummary | None,
     reasons = {"model.ranking": f"best for {task_type}, {data.num_cases} {data.modality} "
                                 f"cases at {data.image_size} px: {top5}"}
     for pos, r in enumerate(ranked, 1):
+        if present is not None and r.entry.weights_id not in present:
+            continue  # every entry is ranked; only those with weights are looked up
         ref = weights.find(r.entry.id)
         if ref is not None:
             skipped = [x.entry.id for x in ranked[:pos - 1]]
@@ -124,10 +134,23 @@ def resolve_hyperparameters(
         data=data_type_for(auto, ds) if auto else None)
 
 
-def preprocessing_for(ds: DatasetSummary, entry: ZooEntry, image_size: int) -> Preprocessing:
-    windows = list(CT_WINDOWS) if ds.modality == "CT" else []
-    return Preprocessing(image_size=image_size, channels=3, windows=windows,
-                         mean=entry.mean, std=entry.std)
+def preprocessing_for(ds: DatasetSummary, entry: ZooEntry, image_size: int,
+                      cmd: TaskRequested | None = None
+                      ) -> tuple[Preprocessing, list[ErrorDetail], str]:
+    """Windows by body region or from the request, and 2.5D input (handlers/enrich/windows.py)."""
+    errors: list[ErrorDetail] = []
+    if cmd is None:
+        windows, why = (list(CT_WINDOWS) if ds.modality == "CT" else []), ""
+    else:
+        windows, errors, why = choose_windows(cmd, ds)
+    slices = (cmd.preprocessing.slices if cmd and cmd.preprocessing else None) or "current"
+    if slices == "adjacent":
+        series = ds.stats.series if ds.stats is not None else 0
+        why += (f"; 2.5D: previous/current/next slice in the first window ({series} series"
+                + ("; single images repeat their own slice)" if not series else ")"))
+    prep = Preprocessing(image_size=image_size, channels=3, windows=windows,
+                         mean=entry.mean, std=entry.std, slices=slices)
+    return prep, errors, why
 
 
 class GeneralResolver(Resolver):
@@ -146,9 +169,12 @@ class GeneralResolver(Resolver):
         label_mode = label_mode_of(ds)
         hp, reasons["hyperparameters"] = resolve_hyperparameters(cmd, ds, entry, pretrained)
         self.check(check_hyperparameters(hp, entry, label_mode))
+        prep, prep_errors, reasons["preprocessing"] = preprocessing_for(ds, entry, hp.image_size,
+                                                                        cmd)
+        self.check(prep_errors)
         return Draft(
             task_type=task_type, classes=list(ds.classes), label_mode=label_mode,
-            preprocessing=preprocessing_for(ds, entry, hp.image_size),
+            preprocessing=prep,
             model=ModelSpec(entry_id=entry.id, builder=entry.builder, network=entry.network,
                             pretrained=pretrained, weights_key=ref.key if ref else None,
                             weights_sha256=ref.sha256 if ref else None,

@@ -16,6 +16,7 @@ from functools import cache
 from typing import ClassVar
 
 from handlers.catalog.flows import get_flow, list_flows
+from handlers.catalog.zoo import get_entry
 from handlers.enrich.checks import (
     FIELD_RULES,
     dataset_errors,
@@ -25,12 +26,14 @@ from handlers.enrich.checks import (
 )
 from handlers.enrich.contracts import BaseTask, Rejected, WeightsIndex
 from handlers.enrich.placement import Placed, place
+from handlers.search.plan import SearchContext, plan_search
 from schemas.common import ErrorDetail
 from schemas.dataset import DatasetSummary
 from schemas.flows import FlowRule
 from schemas.pools import DEFAULT_POOLS, RunnerPool
+from schemas.search import SearchPlan
 from schemas.spec import LabelMode, Lineage, ModelSpec, Preprocessing, TrainingSpec
-from schemas.tasks import Flow, Hyperparameters, TaskRequested, TaskType
+from schemas.tasks import Flow, Hyperparameters, SearchTuning, TaskRequested, TaskType
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Draft:
     class_map: dict[str, str | None] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
     lineage: Lineage | None = None
+    search: SearchPlan | None = None
+    preset_ref: str | None = None
+    """``preset_id@version`` (issue 15 item 8)."""
 
 
 @cache
@@ -85,6 +91,9 @@ class Resolver(ABC):
         if isinstance(placed, ErrorDetail):
             self.check([placed])
         draft = self.draft()
+        if draft is not None and self.ds is not None and isinstance(self.cmd.tuning,
+                                                                    SearchTuning):
+            draft = self.searched(draft, self.cmd.tuning, self.ds)
         if self.errors or draft is None or self.ds is None or not isinstance(placed, Placed):
             raise Rejected(self.errors)
         return self.build(draft, self.ds, placed)
@@ -97,6 +106,20 @@ class Resolver(ABC):
         allowed after at least one error was recorded.
         """
 
+    def searched(self, d: Draft, tuning: SearchTuning, ds: DatasetSummary) -> Draft:
+        """A search parent (issue 18): the draft resolved with tuning auto is the recipe
+        the trials vary; the plan and its errors come from handlers/search/plan.py."""
+        ctx = SearchContext(rule=self.rule, entry=get_entry(d.model.entry_id),
+                            pretrained=d.model.pretrained, task_type=d.task_type,
+                            label_mode=d.label_mode, classes=list(d.classes),
+                            num_cases=ds.num_cases, metrics=list(d.metrics))
+        hp, plan, errors, why = plan_search(tuning, d.hyperparameters, ctx, self.weights)
+        self.check(errors)
+        d.hyperparameters, d.search = hp, plan
+        d.preprocessing = d.preprocessing.model_copy(update={"image_size": hp.image_size})
+        d.reasons = {**d.reasons, "search": why}
+        return d
+
     def build(self, d: Draft, ds: DatasetSummary, placed: Placed) -> TrainingSpec:
         cmd = self.cmd
         return TrainingSpec(
@@ -104,6 +127,7 @@ class Resolver(ABC):
             flow=self.flow, task_type=d.task_type, dataset=snapshot(ds), classes=list(d.classes),
             label_mode=d.label_mode, preprocessing=d.preprocessing, model=d.model,
             hyperparameters=d.hyperparameters, resources=placed.resources,
-            pool=placed.pool.name, preset=d.preset,
-            class_map=d.class_map, metrics=list(d.metrics), lineage=d.lineage,
-            reasons=d.reasons)
+            pool=placed.pool.name, preset=d.preset, preset_ref=d.preset_ref,
+            evaluation=cmd.evaluation, class_map=d.class_map, metrics=list(d.metrics),
+            lineage=d.lineage,
+            reasons=d.reasons, search=d.search)

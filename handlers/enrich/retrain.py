@@ -9,6 +9,7 @@ from handlers.catalog.zoo import UnknownZooEntry, get_entry
 from handlers.enrich.checks import class_mapping, fit_errors, task_type_errors, tune_fixed
 from handlers.enrich.contracts import BaseTask, err
 from handlers.enrich.resolver import Draft, Resolver
+from handlers.enrich.windows import pinned_errors
 from handlers.tuning import check as check_hyperparameters
 from schemas.common import ErrorDetail
 from schemas.spec import Lineage, TrainingSpec
@@ -70,6 +71,7 @@ class RetrainResolver(Resolver):
         cmd, ds, base = self.cmd, self.ds, self.base
         base_errors = base_task_errors(cmd, base)
         self.check(base_errors)
+        self.check(pinned_errors(cmd, "the base task"))
         bs = base.spec if base is not None and not base_errors else None
         self.check(task_type_errors(cmd, self.rule, bs.task_type if bs else None))
         if bs is None or base is None or base.weights_key is None \
@@ -104,10 +106,12 @@ class RetrainResolver(Resolver):
             model=bs.model.model_copy(update={"pretrained": True,
                                               "weights_key": base.weights_key,
                                               "weights_sha256": base.weights_sha256}),
-            hyperparameters=hp, preset=bs.preset, class_map=mapping, metrics=list(bs.metrics),
+            hyperparameters=hp, preset=bs.preset, preset_ref=bs.preset_ref, class_map=mapping,
+            metrics=list(bs.metrics),
             lineage=Lineage(base_task_id=base.task_id, base_dataset_id=bs.dataset.dataset_id,
                             base_dataset_sha256=bs.dataset.sha256,
-                            base_weights_sha256=base.weights_sha256),
+                            base_weights_sha256=base.weights_sha256,
+                            base_preset_ref=bs.preset_ref),
             reasons={"model": f"retrain of {base.task_id}: {bs.model.entry_id} with its "
                               f"trained weights (sha256 {base.weights_sha256[:12]})",
                      "hyperparameters": why})

@@ -15,8 +15,11 @@ __all__ = ["ADMISSION", "ADVISORIES_STREAM", "ADVISORY_SUBJECTS", "CONSUMER_STRE
            "INBOUND_SUBJECTS", "INDEXED_SUBJECTS", "KV_ADMISSIONS", "KV_APIKEYS",
            "KV_CONSUMER_ERRORS", "KV_DATASETS", "KV_DATASET_IMPORTS", "KV_DELIVERIES",
            "KV_IDEMPOTENCY", "KV_INBOUND_IDS", "KV_LISTINGS", "KV_RUNNERS", "KV_RUNS",
-           "KV_TASKS", "KV_TENANTS", "KV_WEBHOOKS", "OBSOLETE_CONSUMERS", "PROJECTOR",
-           "RETRY_DELAYS_S", "RETRY_METADATA_KEY", "RUNNER_PREFIX", "STATUS_SUBJECTS",
+           "KV_SEARCHES",
+           "KV_TASKS", "KV_TENANTS", "KV_WEBHOOKS", "KV_WEBHOOK_BREAKERS",
+           "OBSOLETE_CONSUMERS", "PROJECTOR",
+           "RETRY_DELAYS_S", "RETRY_METADATA_KEY", "RUNNER_PREFIX", "SEARCH", "SEARCH_SUBJECTS",
+           "STATUS_SUBJECTS",
            "TASKS_STREAM", "TASK_INDEX", "WEBHOOKS", "WEBHOOKS_STREAM",
            "WEBHOOK_DELIVERIES", "dispatch_subject", "is_runner_consumer",
            "parse_retry_metadata", "retry_metadata", "runner_consumer", "stream_of"]
@@ -49,6 +52,11 @@ KV_LISTINGS = "listings"
 """Numbered per-tenant lists of tasks and datasets (infra/kv/listing.py)."""
 KV_RUNNERS = "runners"
 """runner id -> RunnerHeartbeat (pool, devices, current task); TTL: a few heartbeats."""
+# --- issue 18: hyperparameter search ---
+KV_SEARCHES = "searches"
+"""parent task id -> SearchState (plan, trials, values): the search handler's only state."""
+KV_WEBHOOK_BREAKERS = "webhook_breakers"
+"""issue 17: ``<tenant>.<webhook id>`` -> EndpointBreaker (closed/open/half-open)."""
 DISPATCH_STREAM = "DISPATCH"
 """``dispatch.<pool>.<task_id>``: each ``task.ready`` routed to its runner pool
 (handlers/dispatch.py); work-queue retention, one consumer ``runner-<pool>`` per pool."""
@@ -67,6 +75,8 @@ DLQ_FORWARDER = "dlq-forwarder"
 DATASET_IMPORT = "dataset-import"
 ADMISSION = "admission"
 TASK_INDEX = "task-index"
+SEARCH = "search"
+"""Issue 18: the search handler (handlers/search) on a search's and its trials' events."""
 
 CONSUMER_STREAMS: dict[str, str] = {WEBHOOK_DELIVERIES: WEBHOOKS_STREAM,
                                     DLQ_FORWARDER: ADVISORIES_STREAM,
@@ -115,6 +125,7 @@ RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
     DATASET_IMPORT: (10.0, 30.0),
     ADMISSION: (2.0, 5.0, 15.0, 30.0),
     TASK_INDEX: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0, 60.0),
+    SEARCH: (0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0),
 }
 """Delay before delivery n+1 after delivery n failed (an unexpected error); the last
 entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
@@ -143,6 +154,10 @@ def parse_retry_metadata(metadata: dict[str, str] | None) -> tuple[float, ...]:
 INDEXED_SUBJECTS = [f"tasks.{event}.*" for event in (
     "requested", "ready", "rejected", "started", "completed", "failed", "cancelled", "redriven")]
 """The events that move a task from one state to another (the task-index consumer)."""
+
+SEARCH_SUBJECTS = [f"tasks.{event}.*" for event in (
+    "ready", "progress", "completed", "failed", "rejected", "cancelled", "cancel_requested")]
+"""What the search handler reads: a parent's ready and cancel, its trials' progress and ends."""
 
 STATUS_SUBJECTS = [
     "tasks.rejected.*",

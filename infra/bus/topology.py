@@ -51,11 +51,15 @@ from infra.bus.names import (
     KV_LISTINGS,
     KV_RUNNERS,
     KV_RUNS,
+    KV_SEARCHES,
     KV_TASKS,
     KV_TENANTS,
+    KV_WEBHOOK_BREAKERS,
     KV_WEBHOOKS,
     OBSOLETE_CONSUMERS,
     PROJECTOR,
+    SEARCH,
+    SEARCH_SUBJECTS,
     STATUS_SUBJECTS,
     TASK_INDEX,
     TASKS_STREAM,
@@ -243,6 +247,16 @@ def _consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             max_ack_pending=256,
             **explicit,
         ),
+        SEARCH: ConsumerConfig(
+            # Issue 18: a search's events in stream order (lane per search); a decision
+            # lost to a concurrent writer comes back (compare-and-set on KV searches).
+            durable_name=SEARCH,
+            filter_subjects=SEARCH_SUBJECTS,
+            ack_wait=30.0,
+            max_deliver=10,
+            max_ack_pending=1024,
+            **explicit,
+        ),
         TASK_INDEX: ConsumerConfig(
             # Keeps the per-tenant task lists (infra/kv/listing.py) on the events that
             # change a task's state; progress and cancel requests change no list.
@@ -290,6 +304,11 @@ def kv_configs(settings: Settings) -> list[KeyValueConfig]:
                        **common),
         KeyValueConfig(bucket=KV_LISTINGS, history=1, direct=True,
                        description="per-tenant numbered lists of tasks and datasets", **common),
+        # issue 17: circuit breaker of each webhook endpoint (handlers/webhook_fairness.py)
+        KeyValueConfig(bucket=KV_WEBHOOK_BREAKERS, history=1,
+                       description="tenant.webhook id -> circuit breaker state", **common),
+        KeyValueConfig(bucket=KV_SEARCHES, history=5,
+                       description="search parent id -> SearchState (issue 18)", **common),
         KeyValueConfig(bucket=KV_RUNNERS, history=1,
                        description="runner id -> RunnerHeartbeat (live pool members)",
                        ttl=3 * settings.runner_heartbeat_s, **common),

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from infra.bus.topology import KV_DATASETS, KV_DELIVERIES, KV_RUNS, KV_TASKS, KV_WEBHOOKS
 from infra.kv.listing import DATASETS, ListingIndex
 from infra.kv.repository import Bucket, BucketRepo, KVRepository
+from infra.kv.tenant_cache import TenantCache
 from infra.security.signing import new_secret
 from schemas.dataset import DatasetSummary
 from schemas.record import TaskRecord
@@ -107,6 +108,10 @@ class DatasetRepo(BucketRepo[DatasetSummary]):
                 if tenant is None or s.tenant == tenant]
 
 
+Subscriptions = list[WebhookSubscription]
+"""(Inside :class:`WebhookRepo` the name ``list`` is its method.)"""
+
+
 class WebhookRepo(BucketRepo[WebhookSubscription]):
     BUCKET = Bucket(KV_WEBHOOKS, WebhookSubscription, sealed=True)
 
@@ -120,7 +125,21 @@ class WebhookRepo(BucketRepo[WebhookSubscription]):
     async def get(self, tenant: str, webhook_id: str) -> WebhookSubscription | None:
         return await self.kv.get(self.key(tenant, webhook_id))
 
+    cache: TenantCache[Subscriptions] | None = None
+    """Set by :meth:`cached` where a tenant's list is read per event (the deliverer)."""
+
+    def cached(self, max_age_s: float) -> Self:
+        """Serve :meth:`list` from memory until the tenant's subscriptions change (a KV
+        watch tells) or, while that watch is down, for at most ``max_age_s``."""
+        self.cache = TenantCache(self.kv.raw, max_age_s=max_age_s)
+        return self
+
     async def list(self, tenant: str) -> list[WebhookSubscription]:
+        if self.cache is not None:
+            return list(await self.cache.get(tenant, lambda: self._scan(tenant)))
+        return await self._scan(tenant)
+
+    async def _scan(self, tenant: str) -> Subscriptions:
         subs = await self.kv.scan(f"{tenant}.*")
         return sorted(subs.values(), key=lambda s: s.created_at)
 

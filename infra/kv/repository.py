@@ -46,6 +46,11 @@ class KVRepository(Generic[M]):
         """Secret buckets: records are HMAC-sealed and a record that does not verify
         reads as absent (infra/security/sealing.py)."""
 
+    @property
+    def raw(self) -> KeyValue:
+        """The nats-py bucket, for what this repository does not wrap (a watch)."""
+        return self._kv
+
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str, model: type[M],
                    sealer: Sealer | None = None) -> KVRepository[M]:

@@ -36,6 +36,10 @@ class InvalidKey(StoreError, ValueError):
     """A key that could escape the store root or that S3 and a filesystem disagree on."""
 
 
+SizedKeys = list[tuple[str, int]]
+"""(key, size in bytes) of each object, sorted by key."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -101,6 +105,8 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str) -> list[str]: ...
+
+    def list_sizes(self, prefix: str) -> SizedKeys: ...
 
     def delete(self, key: str) -> None: ...
 

@@ -16,6 +16,7 @@ from infra.store.interface import (
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
+    SizedKeys,
     StoreError,
     copy_hashing,
     is_temp_key,
@@ -97,6 +98,16 @@ class LocalStore:
             return []
         keys = (k for k in self._walk(base_dir) if k.startswith(prefix) and not is_temp_key(k))
         return sorted(keys)
+
+    def list_sizes(self, prefix: str) -> SizedKeys:
+        """``list`` with each object's size in bytes (a file gone meanwhile is left out)."""
+        out = []
+        for key in self.list(prefix):
+            try:
+                out.append((key, self._path(key).stat().st_size))
+            except OSError:
+                continue
+        return out
 
     def _walk(self, base: Path) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(base):

@@ -38,6 +38,7 @@ from infra.store.interface import (
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
+    SizedKeys,
     StoreError,
     StoreUnavailable,
     is_temp_key,
@@ -354,6 +355,20 @@ class S3Store:
 
         keys = self._call("list", prefix, scan)
         return sorted(k for k in keys if not is_temp_key(k))
+
+    def list_sizes(self, prefix: str) -> SizedKeys:
+        """``list`` with each object's size in bytes, from the same listing requests."""
+        validate_prefix(prefix)
+
+        def scan() -> list[tuple[str, int]]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            return [(obj["Key"], int(obj.get("Size", 0)))
+                    for page in pages for obj in page.get("Contents", [])]
+
+        found = self._call("list", prefix, scan)
+        return sorted((k, n) for k, n in found if not is_temp_key(k))
 
     def delete(self, key: str) -> None:
         validate_key(key)

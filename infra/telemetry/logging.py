@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,26 @@ def log_context(*, task_id: str | None = None, traceparent: str | None = None) -
             var.reset(token)
 
 
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][\w+.-]*://)[^/\s:@'\"]+(?::[^/\s@'\"]*)?@",
+                              re.IGNORECASE)
+
+
+def redact_credentials(text: str) -> str:
+    """``nats://user:password@host`` -> ``nats://<redacted>@host`` (issue 17)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}<redacted>@", text)
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Credentials in URLs never reach a log line, whoever logged them."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call: logging reports it itself
+        return
+    clean = redact_credentials(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+
+
 class ContextFilter(logging.Filter):
     """Copies the context variables onto each record (text and JSON formats alike)."""
 
@@ -50,6 +71,7 @@ class ContextFilter(logging.Filter):
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
         record.service = self.service
         record.task_id = task_id_var.get()
         record.trace_id = trace_id_of(traceparent_var.get())

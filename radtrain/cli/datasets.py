@@ -70,7 +70,7 @@ def import_cmd(
         "or a folder already under imports/<tenant>/ in the store."))],
     name: Annotated[str, typer.Option(help="Display name.")],
     format: Annotated[str, typer.Option(
-        "--format", help="folder-csv | rsna-ich | coco | masks | siim-rle")],
+        "--format", help="folder-csv | rsna-ich | rsna-pe | coco | masks | siim-rle")],
     dataset_id: Annotated[str | None, typer.Option("--id", help="Dataset id (default: "
                                                    "from the name).")] = None,
     tenant: TenantOpt = None,
@@ -385,7 +385,8 @@ def _print_summary(s: DatasetSummary) -> None:
 def preview_cmd(
     dataset_id: str, case_id: str, tenant: TenantOpt = None,
     window: Annotated[str, typer.Option(
-        help="auto | brain | subdural | bone | lung | mediastinal | pe")] = "auto",
+        help="auto | brain | subdural | bone | lung | mediastinal | pe | abdomen | liver")
+    ] = "auto",
     size: Annotated[int, typer.Option(min=32, max=1024, help="Longest side, pixels.")] = 512,
     out: Annotated[Path | None, typer.Option(help="PNG file (default: <case>-<window>.png).")
                    ] = None,

@@ -22,6 +22,7 @@ from infra.kv import DatasetRepo
 from infra.settings import Settings
 from infra.store import open_store
 from radtrain.cli.client import call
+from radtrain.stack import console_url
 from radtrain.synthetic.ct import DEMO_RECIPE, generate_dicom_dataset, synthetic_manifest
 from radtrain.synthetic.presets import (
     PRESET_DEMO_TUNING,
@@ -108,6 +109,8 @@ def run_flow(flow: str, url: str, token: str | None, settings: Settings, cases: 
         print_result(record, console)
         return record
 
+    console.print(f"web console: [bold]{console_url(url)}[/] (sign in with the API key; "
+                  "`radtrain up` keeps it running)")
     tag = uuid.uuid4().hex[:8]
     if flow == "specialized":
         build_demo_dataset(settings, f"demo-ptx-{tag}", cases or PTX_CASES, seed, console, "ptx")
@@ -119,6 +122,18 @@ def run_flow(flow: str, url: str, token: str | None, settings: Settings, cases: 
         return record
     build_demo_dataset(settings, f"demo-new-{tag}", n, seed + 1, console)
     return submit(retrain_request(record["task_id"], f"demo-new-{tag}"))
+
+
+def serve_console(stack: Any, console: Console, poll_s: float = 0.5) -> None:
+    """After the demo, keep an embedded stack (hence its web console) up until Ctrl-C,
+    so the printed console URL can be opened; returns at once if a service died."""
+    console.print(f"web console: [bold]{stack.console_url}[/]  API key: {stack.api_key}\n"
+                  "the stack keeps running for the console; Ctrl-C stops it")
+    try:
+        while not stack.dead_services():
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
 
 
 def follow(url: str, task_id: str, console: Console, timeout_s: float = 900.0,

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from infra.bus.dead_letters import StoredDeadLetter
 from infra.settings import Settings
+from radtrain.cli.client import Exit, JsonOpt, fail
 from radtrain.cli.nats_session import open_js
 from radtrain.oncall.dead_letter_ops import Redriver, get_dead_letter, list_dead_letters, purge
 from radtrain.oncall.reopen import current_user
@@ -28,7 +29,7 @@ ConsumerOpt = Annotated[str | None, typer.Option("--consumer", "-c",
 def list_cmd(consumer: ConsumerOpt = None,
              task: Annotated[str | None, typer.Option(help="Only this task's.")] = None,
              limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+             as_json: JsonOpt = False) -> None:
     """Oldest first: sequence, consumer, task, why and how often it was tried."""
     async def run() -> list[StoredDeadLetter]:
         async with open_js(Settings(), identity="oncall") as js:
@@ -47,7 +48,7 @@ def list_cmd(consumer: ConsumerOpt = None,
 
 
 @dlq_app.command("show")
-def show(seq: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def show(seq: int, as_json: JsonOpt = False) -> None:
     """Every header and the original body of one dead letter."""
     letter = asyncio.run(_get(seq))
     body: object
@@ -71,8 +72,7 @@ async def _get(seq: int) -> StoredDeadLetter:
     async with open_js(Settings(), identity="oncall") as js:
         letter = await get_dead_letter(js, seq)
     if letter is None:
-        console.print(f"[red]no dead letter {seq}[/]")
-        raise typer.Exit(1)
+        fail(f"no dead letter {seq}", Exit.NOT_FOUND)
     return letter
 
 

@@ -7,6 +7,7 @@ a key. A new key or secret is printed once; only a key's hash is stored.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.settings import Settings
+from radtrain.cli.client import Exit, JsonOpt, fail
 from schemas.common import is_identifier
 
 if TYPE_CHECKING:
@@ -71,12 +73,18 @@ def create(tenant: TenantOpt = None,
 
 
 @keys_app.command("list")
-def list_keys(tenant: TenantOpt = None) -> None:
+def list_keys(tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
     """Every key (id, tenant, name, created, revoked); never the key itself."""
     from gateway.tenancy import ApiKeyRepo
 
     async def work(js: JetStreamContext) -> None:
         records = await (await ApiKeyRepo.open(js, seal_key=_seal())).list(tenant)
+        if as_json:
+            typer.echo(json.dumps([{"id": r.id, "tenant": r.tenant, "name": r.name,
+                                    "created_at": r.created_at.isoformat(),
+                                    "revoked_at": r.revoked_at.isoformat() if r.revoked_at
+                                    else None} for r in records], indent=1))
+            return
         table = Table("id", "tenant", "name", "created", "revoked")
         for r in records:
             table.add_row(r.id, r.tenant, r.name, r.created_at.isoformat(timespec="seconds"),
@@ -94,8 +102,7 @@ def revoke(key_id: str) -> None:
     async def work(js: JetStreamContext) -> None:
         record = await (await ApiKeyRepo.open(js, seal_key=_seal())).revoke(key_id)
         if record is None:
-            console.print(f"[red]no key {key_id!r}[/]")
-            raise typer.Exit(1)
+            fail(f"no key {key_id!r}", Exit.NOT_FOUND)
         console.print(f"revoked {record.id} (tenant {record.tenant})")
 
     _run(work)

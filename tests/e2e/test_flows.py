@@ -100,7 +100,7 @@ def test_retrain_from_a_completed_task_keeps_lineage(stack: Stack,
     assert spec["lineage"] == {
         "base_task_id": base_id, "base_dataset_id": base_spec["dataset"]["dataset_id"],
         "base_dataset_sha256": base_spec["dataset"]["sha256"],
-        "base_weights_sha256": weights_sha}
+        "base_weights_sha256": weights_sha, "base_preset_ref": "pneumothorax@1"}
     base_weights = next(a for a in specialized["artifacts"] if a["name"] == "model.safetensors")
     assert spec["model"]["weights_key"] == base_weights["key"]  # what the base task recorded
     assert base_weights["key"].startswith(f"runs/{base_id}/attempts/")

@@ -16,4 +16,9 @@ def test_bench_enrich_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
                      "raw (one by one)", "raw (batch)", "enrich (handlers' subscriber)"]
     assert all(r["rate"] > 0 and r["count"] == 30 for r in report["results"])
     assert {"enrich / raw (batch)", "e2e rejected / raw (batch)"} <= report["ratios"].keys()
-    assert "ratios" in capsys.readouterr().out
+    cpu = report["e2e_cpu_ms_per_task"]
+    assert {"gateway", "handlers", "nats-server", "bench client"} <= cpu.keys()
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"))
+    assert report["e2e_cpu_ceiling_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "ratios" in out and "e2e CPU ms per task" in out

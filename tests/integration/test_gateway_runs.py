@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,11 @@ async def test_artifacts_are_listed_with_sha256_and_links(env: Env) -> None:
     page = await resp.json()
     assert page["total"] == 1
     item = page["items"][0]
-    assert item["sha256"] == info.sha256 and item["url"].startswith("file://")
+    assert item["sha256"] == info.sha256
     assert item["href"] == f"/v1/tasks/{task_id}/artifacts/metrics.json"
+    assert item["url"] == item["href"]  # issue 17: never the server's file:// path
+    shown = await (await env.client.get(f"/v1/tasks/{task_id}")).json()
+    assert shown["artifacts"][0]["uri"] == item["href"] and "file:" not in json.dumps(shown)
     download = await env.client.get(item["href"])
     assert download.status == 200 and await download.read() == b"{}"
     env.store.put_bytes(info.key, b'{"other": 1}')  # the store no longer holds what was recorded

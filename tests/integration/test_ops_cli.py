@@ -210,7 +210,7 @@ def test_dlq_list_show_redrive_purge(settings: Settings, world: World) -> None:
     shown = cli(settings, "dlq", "show", str(world.dlq["projector"]), "--json")
     doc = json.loads(shown.output)
     assert doc["headers"][dlq.H_CONSUMER] == PROJECTOR and doc["body"]["subject"] == world.b
-    assert cli(settings, "dlq", "show", "9999").exit_code == 1
+    assert cli(settings, "dlq", "show", "9999").exit_code == 3  # not found (issue 17)
 
     out = cli(settings, "dlq", "redrive", "--all", "--yes", "--by", "alice",
               "--reason", "enrich fixed")

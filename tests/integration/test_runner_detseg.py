@@ -88,6 +88,9 @@ def check_artifacts(store: LocalStore, spec: TrainingSpec, result: TrainResult,
     assert "roc.png" not in names  # classification only
     metrics = json.loads(store.get_bytes(names["metrics.json"].key))
     assert metrics["onnx"]["passed"], metrics["onnx"]
+    main = "map_50" if spec.label_mode == "boxes" else "dice"  # 95 % interval (issue 15)
+    assert metrics["intervals"][main]["estimate"] is not None, metrics["intervals"]
+    assert metrics["bootstrap"]["level"] == 0.95
     with Image.open(store.root / names["sample_predictions.png"].key) as img:
         assert img.width > 64 and img.height > 64
     card = store.get_bytes(names["model_card.md"].key).decode()

@@ -184,7 +184,8 @@ def test_artifacts_round_trip(
     by_name = {a.name: a for a in artifacts}
     assert set(by_name) == {"model.safetensors", "model.onnx", "metrics.json", "history.csv",
                             "spec.json", "model_card.md", "loss_curve.png", "metric_curve.png",
-                            "roc.png", "confusion_matrix.png", "sample_predictions.png"}
+                            "roc.png", "confusion_matrix.png", "calibration.png",
+                            "sample_predictions.png"}
     for a in artifacts:
         folder = "plots/" if a.name.endswith(".png") else ""
         assert a.key == f"runs/task-1/attempts/3/{folder}{a.name}"  # the attempt's own prefix
@@ -194,7 +195,9 @@ def test_artifacts_round_trip(
     assert metrics["metrics"] == result.metrics
     assert world.store.get_bytes(f"{run}/history.csv").decode().startswith("epoch,train_loss")
     spec = TrainingSpec.model_validate_json(world.store.get_bytes(f"{run}/spec.json"))
-    assert spec == world.spec
+    assert {"radtrain", "torch", "torchvision", "timm", "pydicom"} <= set(spec.software)
+    assert spec == world.spec.model_copy(update={"software": spec.software})  # + the runner's
+    assert metrics["bootstrap"]["resamples"] == 2000 and "auc" in metrics["intervals"]
 
     fresh = build_model(world.spec.model)
     fresh.load_state_dict(load_file(str(world.store.root / by_name["model.safetensors"].key)))

@@ -50,11 +50,12 @@ async def test_lists_the_three_flows_as_items_and_total(client: TestClient) -> N
     assert body["items"] == [r.model_dump(mode="json") for r in list_flows()]
     general, special, retrain = body["items"]
     assert general["network"] == ["auto", "manual"]
-    assert general["tuning"] == ["auto_with_preferences", "manual"]
+    assert general["tuning"] == ["auto_with_preferences", "manual", "search"]
     assert {"task_type": "detection", "annotation_types": ["boxes"]} in general["annotations"]
     assert special["network"] == ["preset"] and special["preset"] == "required"
     assert retrain["network"] == ["base_task"] and retrain["base_task_id"] == "required"
-    assert special["tuning"] == retrain["tuning"] == ["auto_without_preferences", "manual"]
+    assert special["tuning"] == retrain["tuning"] == [
+        "auto_without_preferences", "manual", "search"]
 
 
 async def test_pages_like_every_list(client: TestClient) -> None:

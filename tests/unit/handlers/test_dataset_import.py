@@ -198,7 +198,10 @@ def test_rsna_layout(tmp_path: Path) -> None:
     assert {("conflicting_label", "ID_0000000aa"), ("missing_image", "ID_0000000bb"),
             ("missing_label", "ID_0000000cc"), ("unknown_label", "ID_0000000cc")
             } <= problems(v)
-    assert ("empty_class", None) in problems(v)  # nobody has intraparenchymal
+    # nobody has intraparenchymal: multi-label, so a warning (issue 15), not a problem
+    assert ("empty_class", None) not in problems(v)
+    assert any(w.code == "empty_class" and "intraparenchymal" in w.message
+               for w in v.warnings)
 
 
 # --- COCO boxes ------------------------------------------------------------------

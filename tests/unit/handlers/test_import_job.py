@@ -89,6 +89,11 @@ class SlowStore:
             raise StoreError("store down")
         return self.inner.list(prefix)
 
+    def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        if self.fail_list:
+            raise StoreError("store down")
+        return list(self.inner.list_sizes(prefix))
+
     def get_file(self, key: str, path: Path) -> Path:
         time.sleep(self.delay_s)
         return self.inner.get_file(key, path)

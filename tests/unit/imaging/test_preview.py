@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -56,14 +57,21 @@ def test_brain_window_values(phantom: Path) -> None:
     assert band(arr, 1) == pytest.approx(128, abs=1)  # 40 HU is the centre of 40/80
 
 
-def test_auto_uses_the_files_own_window_then_brain_for_ct(tmp_path: Path) -> None:
+def test_auto_uses_the_files_own_window_then_the_body_regions(tmp_path: Path) -> None:
     hu = np.full((32, 32), BRAIN, np.float32)
     own = write_dicom(tmp_path / "own.dcm", hu, window=(1000.0, 2000.0))
     assert band(pixels(render_files(own, size=64)), 1) == pytest.approx(
         expected(BRAIN, 1000, 2000), abs=1)
     plain = write_dicom(tmp_path / "plain.dcm", hu)
     assert read_header(plain).window_center is None
-    assert band(pixels(render_files(plain, size=64)), 1) == pytest.approx(128, abs=1)
+    # unknown body part: the soft-tissue window (50/400), never the brain window by default
+    assert band(pixels(render_files(plain, size=64)), 1) == pytest.approx(
+        expected(BRAIN, 50, 400), abs=1)
+    ds = pydicom.dcmread(plain)
+    ds.BodyPartExamined = "HEAD"
+    ds.save_as(tmp_path / "head.dcm")
+    assert band(pixels(render_files(tmp_path / "head.dcm", size=64)), 1) == pytest.approx(
+        128, abs=1)
 
 
 def test_non_ct_without_window_is_min_max(tmp_path: Path) -> None:
@@ -89,7 +97,7 @@ def test_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="size"):
         render_files(path, size=4)
     with pytest.raises(ValueError, match="window"):
-        render_files(path, window="liver")
+        render_files(path, window="kidney")
 
 
 def test_boxes_and_masks_are_drawn_in_class_colours() -> None:

@@ -19,8 +19,9 @@ def test_presets_hold_the_radiology_defaults() -> None:
 
 
 def test_unknown_window_names_the_presets() -> None:
-    with pytest.raises(UnknownWindow, match="brain, subdural, bone, lung, mediastinal, pe"):
-        window_preset("liver")
+    with pytest.raises(UnknownWindow,
+                       match="brain, subdural, bone, lung, mediastinal, pe, abdomen, liver"):
+        window_preset("kidney")
 
 
 def test_brain_window_maps_known_hu_values() -> None:

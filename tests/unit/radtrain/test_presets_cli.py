@@ -22,4 +22,4 @@ def test_list_and_show_presets() -> None:
     table = runner.invoke(app, ["presets", "list"])
     assert table.exit_code == 0 and "pneumothorax" in table.output
     unknown = runner.invoke(app, ["presets", "show", "knee"])
-    assert unknown.exit_code == 1 and "unknown preset" in unknown.output
+    assert unknown.exit_code == 3 and "unknown preset" in unknown.stderr  # not found

@@ -200,7 +200,8 @@ def test_retrain_takes_network_classes_preprocessing_and_weights_from_the_base()
     assert spec.hyperparameters.image_size == 64
     assert spec.lineage is not None and spec.lineage.model_dump() == {
         "base_task_id": "t1", "base_dataset_id": "ptx1", "base_dataset_sha256": SHA,
-        "base_weights_sha256": BASE_SHA}
+        "base_weights_sha256": BASE_SHA, "base_preset_ref": "pneumothorax@1"}
+    assert spec.preset_ref == "pneumothorax@1"
 
 
 def test_retrain_of_a_general_task_maps_nothing_and_keeps_the_modality() -> None:

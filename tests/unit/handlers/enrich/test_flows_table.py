@@ -40,7 +40,7 @@ def test_the_table_is_design_section_1() -> None:
     assert list(rows) == ["general", "specialized", "retrain"]
     general, special, retrain = rows["general"], rows["specialized"], rows["retrain"]
     assert general.network == ("auto", "manual")
-    assert general.tuning == ("auto_with_preferences", "manual")
+    assert general.tuning == ("auto_with_preferences", "manual", "search")
     assert general.annotation_from == "task_type"
     assert general.annotations_for("classification") == ("single_label", "multi_label")
     assert general.annotations_for("detection") == ("boxes",)
@@ -48,7 +48,7 @@ def test_the_table_is_design_section_1() -> None:
     assert (special.annotation_from, special.network) == ("preset", ("preset",))
     assert (retrain.annotation_from, retrain.network) == ("base_task", ("base_task",))
     for row in (special, retrain):
-        assert row.tuning == ("auto_without_preferences", "manual")
+        assert row.tuning == ("auto_without_preferences", "manual", "search")
         assert row.model == "forbidden" and row.annotations_for("classification") == ()
     assert [(r.task_type, r.preset, r.base_task_id, r.model) for r in rows.values()] == [
         ("required", "forbidden", "forbidden", "optional"),

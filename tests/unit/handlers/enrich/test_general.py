@@ -30,7 +30,7 @@ def test_manual_network_resolves_a_full_spec() -> None:
     assert spec.dataset.sha256 == SHA
     assert [w.name for w in spec.preprocessing.windows] == ["brain", "subdural", "bone"]
     assert spec.hyperparameters.epochs == 30  # auto: 120 cases
-    assert set(spec.reasons) == {"model", "hyperparameters"}
+    assert set(spec.reasons) == {"model", "hyperparameters", "preprocessing"}
     assert spec.reasons["model"].startswith(
         "manual choice mobilenetv3_small_100.lamb_in1k (random init")
     assert spec.flow == "general" and spec.task_type == "classification"
@@ -110,7 +110,7 @@ def test_auto_model_choice_is_deterministic_with_reason() -> None:
     assert a == b and a.model.pretrained
     assert a.model.entry_id == "mobilenetv3_small_100.lamb_in1k"
     assert a.model.weights_sha256 == "b" * 64
-    assert set(a.reasons) == {"model.ranking", "model", "hyperparameters"}
+    assert set(a.reasons) == {"model.ranking", "model", "hyperparameters", "preprocessing"}
     assert "fastest on cpu" in a.reasons["model"]
     assert "have no mirrored weights" in a.reasons["model"]  # better-ranked ones were skipped
 

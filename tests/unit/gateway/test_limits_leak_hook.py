@@ -1,0 +1,43 @@
+"""The session-wide scan of error bodies (tests/conftest.py) can fail a run: a pytest in a
+subprocess whose only test answers a leaky error body exits 1 and names the leak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+CONFTEST = """
+from tests.conftest import _record_error_bodies, pytest_sessionfinish  # noqa: F401
+"""
+LEAKY = """
+from aiohttp import web
+
+def test_answers_a_leaky_error() -> None:
+    web.json_response({"error": {"code": "unavailable", "details": [],
+                                 "message": "bus down: NoRespondersError()"}}, status=503)
+
+def test_answers_a_clean_error() -> None:
+    web.json_response({"error": {"code": "not_found", "details": [],
+                                 "message": "task 'x' not found"}}, status=404)
+"""
+
+
+def run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_probe.py").write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_leaky_error_body_fails_the_session(tmp_path: Path) -> None:
+    done = run(tmp_path, LEAKY)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "2 passed" in done.stdout and "1 error bodies leak internals" in done.stdout
+    assert "exception repr" in done.stdout and "NoRespondersError()" in done.stdout
+
