@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from radtrain.cli.client import call
 from radtrain.stack import Stack
 from tests.browser.conftest import Shots, wait_state
 
@@ -86,6 +87,10 @@ def test_general_flow_then_retrain(console: tuple[Page, Shots], datasets: dict[s
     next_step(page)
     task_id = review_and_start(page, shot, "console general")
     finish(page, shot)
+    report = page.get_by_role("table", name="95 % confidence intervals")
+    expect(report).to_contain_text("auc")  # issue 15: intervals on the task page
+    expect(report.locator("td").nth(1)).to_contain_text(re.compile(r"\d(\.\d+)? – \d|undefined"))
+    shot("held-out-report")
     expect(page.get_by_text(re.compile(datasets["ct"] + r" \(sha256 [0-9a-f]{16}"))).to_be_visible()
 
     # Retrain from this model: the wizard opens on the dataset step with the base chosen.
@@ -135,3 +140,29 @@ def test_specialized_flow(console: tuple[Page, Shots], datasets: dict[str, str])
         page.get_by_role("button", name="Download metrics.json").click()
     metrics = json.loads(Path(got.value.path()).read_text())
     assert got.value.suggested_filename == "metrics.json" and "auc" in json.dumps(metrics)
+
+
+def test_a_search_shows_its_trials(console: tuple[Page, Shots], datasets: dict[str, str],
+                                   stack: Stack) -> None:
+    """Issue 18: a search parent's page lists its trials, the best marked, each a link."""
+    page, shot = console
+    body = {"name": "console search", "flow": "general", "task_type": "classification",
+            "dataset_id": datasets["ct"],
+            "model": {"mode": "manual", "network": "resnet10t", "pretrained": False},
+            "tuning": {"mode": "search", "seed": 3, "objective": "val_loss",
+                       "budget": {"trials": 2, "max_parallel": 2, "max_hours": 1},
+                       "hyperparameters": {"epochs": 1, "warmup_epochs": 0, "image_size": 64,
+                                           "batch_size": 8, "augmentation": "none"},
+                       "space": {"learning_rate": {"type": "float", "low": 1e-4,
+                                                   "high": 1e-2, "log": True}}}}
+    _, accepted, _ = call("POST", f"{stack.gateway_url}/v1/tasks", body, token=stack.api_key)
+    parent = accepted["task_id"]
+    page.goto(f"{stack.gateway_url}/console/#/tasks/{parent}")
+    wait_state(page, "completed", timeout_s=240)
+    trials = page.get_by_role("table", name="Search trials")
+    expect(trials.locator("tr[data-trial]")).to_have_count(2)
+    expect(trials).to_contain_text("(best)")
+    expect(trials).to_contain_text("learning_rate")
+    shot("search-trials")
+    trials.get_by_role("link").first.click()
+    expect(page.get_by_role("heading", name=re.compile("console search"))).to_be_visible()

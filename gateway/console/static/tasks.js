@@ -1,5 +1,6 @@
 // Tasks: the list with live progress bars, and one task's page.
 import { ApiError, blob, describe, get, post, sse } from "./api.js";
+import { heldOutReport, searchTrials } from "./report.js";
 import { authImage, chart, field, fmt, fmtTime, h, kv, select, showError, stateBadge, status } from "./ui.js";
 
 const STATES = ["requested", "ready", "rejected", "running", "completed", "failed", "cancelled"];
@@ -154,6 +155,15 @@ export async function taskView(taskId) {
   // The stream replays the history first: re-render once, when a live task ends.
   const rerender = () => window.dispatchEvent(new HashChangeEvent("hashchange"));
   finished.append(await finishedPart(rec, spec));
+  const search = h("div", { class: "search" });
+  const showSearch = async () => {
+    try { search.replaceChildren(...[await searchTrials(rec)].filter(Boolean)); } catch (e) { showError(e); }
+  };
+  await showSearch();
+  if (search.childElementCount && !FINAL.has(rec.state)) {  // a running search: its trials move
+    const timer = setInterval(showSearch, 3000);
+    live.push({ abort: () => clearInterval(timer) });
+  }
   follow(rec.task_id, (name, ev) => {
     if (name === "progress") {
       prog.value = progressOf(ev.data);
@@ -172,7 +182,7 @@ export async function taskView(taskId) {
         ["Network", rec.network || spec?.model?.entry_id || "–"], ["Dataset", h("a", { href: `#/datasets/${rec.dataset_id}` }, rec.dataset_id)],
         ["Created", new Date(rec.created_at).toLocaleString()]]),
     h("div", { class: "row" }, prog, progText),
-    h("div", { class: "actions" }, cancel, retrain),
+    h("div", { class: "actions" }, cancel, retrain), search,
     h("h2", {}, "Live curves"), live_.box, finished);
 }
 
@@ -185,6 +195,8 @@ async function finishedPart(rec, spec) {
     parts.push(h("h2", {}, "Metrics"), h("table", { "aria-label": "Metrics" },
       Object.entries(rec.metrics).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, fmt(v, 4))))));
   }
+  const report = await heldOutReport(rec);
+  if (report) parts.push(report);
   if (rec.duration_s) parts.push(h("p", {}, `Trained in ${fmtTime(rec.duration_s)}.`));
   const plots = rec.artifacts.filter((a) => a.name.endsWith(".png"));
   if (plots.length) {
