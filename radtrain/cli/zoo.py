@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.settings import Settings
+from radtrain.cli.client import Exit, fail
 
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: network × pretrained weights.")
 console = Console()
@@ -62,8 +63,7 @@ def show(entry: str, as_json: JsonOpt = False) -> None:
     try:
         found = get_entry(entry)
     except UnknownZooEntry as exc:
-        console.print(f"[red]{exc}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), Exit.NOT_FOUND)  # on stderr, exit 3 (radtrain --help)
     data = found.model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(data, indent=1))

@@ -31,8 +31,9 @@ def test_show_resolves_aliases_and_reports_unknown_entries() -> None:
     assert code == 0 and json.loads(out)["id"] == "resnet10t.c3_in1k"
     code, out = run("show", "efficientnet_lite0")
     assert code == 0 and "zoo/weights/efficientnet_lite0.wheel_in1k.safetensors" in out
-    code, out = run("show", "no_such_net")
-    assert code == 1 and "radtrain zoo list" in out
+    result = runner.invoke(app, ["zoo", "show", "no_such_net"])
+    assert result.exit_code == 3  # not found (radtrain --help), said on stderr
+    assert "radtrain zoo list" in result.stderr and "radtrain zoo list" not in result.stdout
 
 
 def test_suggest_ranks_with_reasons() -> None:
