@@ -45,6 +45,12 @@ browser:
 	  fi; \
 	fi
 
+# Every benchmark (submit, enrich, import, data, train, previews, listing): one JSON
+# file and one markdown table of figures and ratios in bench-output/ (bench/__main__.py).
+# BENCH_ARGS=--quick for small sizes; --only submit,previews for some.
+bench: venv
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
 # The unit tier alone: no servers, under a minute (DESIGN.md §13).
 test-fast: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit

@@ -36,14 +36,14 @@ SIZE = 32
 _PATIENT = b"PATIENT00000"
 
 
-def write_cases(root: Path, n: int, seed: int = 0) -> None:
+def write_cases(root: Path, n: int, seed: int = 0, size: int = SIZE) -> None:
     """n valid CT DICOMs from one template: only the patient id and pixels change.
 
     Serialising a template once and patching bytes keeps generation far cheaper
     than the import it feeds, so the benchmark measures the import.
     """
-    template = _template()
-    pix_at = len(template) - SIZE * SIZE * 2
+    template = _template(size)
+    pix_at = len(template) - size * size * 2
     pat_at = template.index(_PATIENT)
     rng = np.random.default_rng(seed)
     images = root / "images"
@@ -52,7 +52,7 @@ def write_cases(root: Path, n: int, seed: int = 0) -> None:
     for i in range(n):
         data = bytearray(template)
         data[pat_at:pat_at + len(_PATIENT)] = f"PATIENT{i // 2:05d}".encode()
-        data[pix_at:] = rng.integers(900, 1200, SIZE * SIZE, dtype=np.int16).tobytes()
+        data[pix_at:] = rng.integers(900, 1200, size * size, dtype=np.int16).tobytes()
         (images / f"case{i:05d}.dcm").write_bytes(data)
         rows.append((f"images/case{i:05d}.dcm", "finding" if i % 2 else "normal"))
     with open(root / "labels.csv", "w", newline="") as fh:
@@ -61,7 +61,7 @@ def write_cases(root: Path, n: int, seed: int = 0) -> None:
         writer.writerows(rows)
 
 
-def _template() -> bytes:
+def _template(size: int) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -70,11 +70,11 @@ def _template() -> bytes:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.PatientID, ds.Modality = _PATIENT.decode(), "CT"
-    ds.Rows = ds.Columns = SIZE
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = np.zeros((SIZE, SIZE), np.int16).tobytes()
+    ds.PixelData = np.zeros((size, size), np.int16).tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
