@@ -132,5 +132,7 @@ async def check_exactly_once(js: JetStreamContext, tasks: set[str], terminal: st
         records = await asyncio.gather(*(repo.get(t) for t in tasks))
         return all(r is not None and r[0].state == terminal for r in records)
 
-    await wait_for(projected, 60, f"every KV record {terminal}", interval_s=1.0)
+    # The projector's retries back off (1, 2, 5, 10, 15, 30 s ...): a write that failed
+    # during the fault may wait a minute for its turn, so the same bound as the stream's.
+    await wait_for(projected, timeout_s, f"every KV record {terminal}", interval_s=1.0)
     return counts
