@@ -31,7 +31,7 @@ from gateway.artifacts import public_event
 from gateway.body import require_json
 from gateway.errors import ApiError, from_validation
 from gateway.limits import stream_slot
-from gateway.tasks import task_record_for
+from gateway.task_records import task_record_for
 from infra.bus.dead_letters import finished, generation_of
 from infra.bus.publish import publish_event
 from infra.bus.topology import TASKS_STREAM

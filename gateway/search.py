@@ -17,9 +17,11 @@ from aiohttp import web
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from gateway.app_keys import JS
+from gateway.artifacts import public_record
 from gateway.auth import tenant_of
 from gateway.errors import ApiError
-from gateway.tasks import records_of, task_record_for
+from gateway.idempotency import unavailable
+from gateway.task_records import records_of, task_record_for
 from infra.bus.names import KV_SEARCHES
 from schemas.api import TaskPage
 from schemas.search_state import SearchState, search_view
@@ -34,7 +36,7 @@ async def search_state(request: web.Request, task_id: str) -> SearchState | None
     except (KeyNotFoundError, BucketNotFoundError):
         return None
     except (nats.errors.Error, TimeoutError) as exc:
-        raise ApiError(503, "unavailable", f"KV unavailable, retry later: {exc!r}") from exc
+        raise unavailable(exc) from exc
     return SearchState.model_validate_json(entry.value or b"{}")
 
 
@@ -59,7 +61,7 @@ async def children_page(request: web.Request, parent: str, limit: int,
     try:
         found = await records_of(request, ids[offset:offset + limit])
     except (nats.errors.Error, TimeoutError) as exc:
-        raise ApiError(503, "unavailable", f"KV unavailable, retry later: {exc!r}") from exc
-    items = [r for r in found if r.tenant == tenant_of(request)]
+        raise unavailable(exc) from exc
+    items = [public_record(r) for r in found if r.tenant == tenant_of(request)]
     body = TaskPage(items=items, total=len(ids), next=None)
     return web.json_response(text=body.model_dump_json())

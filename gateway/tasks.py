@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import nats.errors
 from aiohttp import web
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
-from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASK_LISTS, TASKS
+from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASK_LISTS
 from gateway.artifacts import public_record
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
@@ -24,15 +21,17 @@ from gateway.idempotency import (
 )
 from gateway.observe import traceparent_of
 from gateway.paging import cursor_param
+from gateway.search import children_page
+from gateway.task_records import records_of, task_record_for
 from infra.admission import Admission, admit
 from infra.bus.publish import publish_event
-from infra.bus.topology import KV_TASKS, TASKS_STREAM, streams_exist
+from infra.bus.topology import streams_exist
 from infra.telemetry.logging import task_id_var
 from schemas.admission import Ingress, request_digest
 from schemas.api import TaskAccepted, TaskPage
 from schemas.common import is_identifier
-from schemas.events import TaskRequestedEvent, parse_event
-from schemas.record import STATE_RANK, TaskRecord
+from schemas.events import TaskRequestedEvent
+from schemas.record import STATE_RANK
 from schemas.tasks import TaskRequest, TaskRequested
 
 MAX_PAGE = 500
@@ -105,34 +104,6 @@ async def submit_task(request: web.Request) -> web.Response:
                               answer=accepted, publish=publish)
 
 
-async def _record_from_stream(js: JetStreamContext, task_id: str) -> TaskRecord | None:
-    """Between the 202 and the projector's first write, the stream already knows the task."""
-    try:
-        raw = await js.get_last_msg(TASKS_STREAM, f"tasks.requested.{task_id}")
-    except NotFoundError:
-        return None
-    event = parse_event(raw.data or b"")
-    if not isinstance(event, TaskRequestedEvent):
-        return None
-    d = event.data
-    return TaskRecord(task_id=task_id, tenant=d.tenant, name=d.name, state="requested",
-                      flow=d.flow, task_type=d.task_type, dataset_id=d.dataset_id,
-                      created_at=event.time, updated_at=event.time)
-
-
-async def task_record_for(request: web.Request) -> TaskRecord:
-    """The ``{task_id}`` of the path as the caller's tenant may see it, or a 404."""
-    task_id = request.match_info["task_id"]
-    not_found = ApiError(404, "not_found", f"task {task_id!r} not found")
-    if not is_identifier(task_id):
-        raise not_found
-    found = await request.app[TASKS].get(task_id)
-    record = found[0] if found else await _record_from_stream(request.app[JS], task_id)
-    if record is None or record.tenant != tenant_of(request):
-        raise not_found
-    return record
-
-
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     record = public_record(await task_record_for(request))  # no server paths (issue 17)
@@ -150,7 +121,6 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", f"state must be one of {sorted(STATE_RANK)}")
     parent = request.query.get("parent")
     if parent is not None:  # issue 18: a search's trials, in trial order
-        from gateway.search import children_page  # gateway/search.py imports this module
         if not is_identifier(parent):
             raise ApiError(400, "invalid_query", "parent must be a task id")
         return await children_page(request, parent, limit, offset)
@@ -159,7 +129,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     try:
         page = await request.app[TASK_LISTS].page(tenant, state=state, limit=limit,
                                                   offset=offset, cursor=cursor)
-        found = await _records(request, page.ids)
+        found = await records_of(request, page.ids)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
     # The lists follow the records a moment later: show each task as it is now.
@@ -167,22 +137,6 @@ async def list_tasks(request: web.Request) -> web.Response:
     body = TaskPage(items=[public_record(r) for r in records], total=page.total,
                     next=page.next.encode() if page.next else None)
     return web.json_response(text=body.model_dump_json())
-
-
-async def _records(request: web.Request, task_ids: list[str]) -> list[TaskRecord]:
-    """The records of ``task_ids`` in that order, in one batched direct get (else one
-    get each); a task without a record (yet) is left out."""
-    direct = request.app[TASK_LISTS].direct
-    raw = await direct.get_last(KV_TASKS, task_ids) if direct else None
-    if raw is not None:
-        return [TaskRecord.model_validate_json(raw[t]) for t in task_ids if t in raw]
-    repo = request.app[TASKS]
-    found = await asyncio.gather(*(repo.get(task_id) for task_id in task_ids))
-    return [f[0] for f in found if f is not None]
-
-
-records_of = _records
-"""The records of some task ids, for the other route modules (gateway/search.py)."""
 
 
 @routes.get("/healthz")

@@ -106,9 +106,7 @@ def up(
     from radtrain.stack import start_stack
 
     stack = start_stack(settings)
-    stop = {"now": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    stop = _stop_on_signals()
     console.print(f"API key (tenant {stack.settings.default_tenant}): [bold]{stack.api_key}[/]\n"
                   f"  curl -H 'Authorization: Bearer {stack.api_key}' "
                   f"{stack.gateway_url}/v1/tasks")
@@ -117,16 +115,7 @@ def up(
     console.print(f"web console: [bold]{stack.console_url}[/] (sign in with the API key)")
     _print_upstream_help(stack.settings)
     console.print(f"logs in {stack.settings.data_dir.resolve() / 'logs'}; Ctrl-C stops everything")
-    try:
-        while not stop["now"]:
-            dead = stack.dead_services()
-            if dead:
-                console.print(f"[red]{dead[0]} exited[/]:\n{stack.log_tail(dead[0])}")
-                raise typer.Exit(1)
-            time.sleep(0.5)
-    finally:
-        console.print("stopping ...")
-        stack.stop()
+    _serve_until_stopped(stack, stop)
 
 
 def _up_cluster(settings: Settings, runners: int) -> None:
@@ -135,9 +124,7 @@ def _up_cluster(settings: Settings, runners: int) -> None:
     from radtrain.stack import console_url
 
     cluster = start_cluster(settings, runners=runners)
-    stop = {"now": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    stop = _stop_on_signals()
     s = cluster.settings
     console.print(f"API key (tenant {s.default_tenant}): [bold]{cluster.api_key}[/]")
     console.print(f"radtrain cluster is up: gateways {', '.join(cluster.gateway_urls)}\n"
@@ -148,16 +135,30 @@ def _up_cluster(settings: Settings, runners: int) -> None:
                                               for u in cluster.gateway_urls))
     _print_upstream_help(s)
     console.print(f"logs in {s.data_dir / 'logs'}; Ctrl-C stops everything")
+    _serve_until_stopped(cluster, stop)
+
+
+def _stop_on_signals() -> dict[str, bool]:
+    """``{"now": True}`` once SIGINT or SIGTERM arrives."""
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    return stop
+
+
+def _serve_until_stopped(stack: Any, stop: dict[str, bool]) -> None:
+    """Until a signal (or a service dies: exit 1), then stop every process of ``stack``
+    (an embedded stack or a cluster)."""
     try:
         while not stop["now"]:
-            dead = cluster.dead_services()
+            dead = stack.dead_services()
             if dead:
-                console.print(f"[red]{dead[0]} exited[/]:\n{cluster.log_tail(dead[0])}")
+                console.print(f"[red]{dead[0]} exited[/]:\n{stack.log_tail(dead[0])}")
                 raise typer.Exit(1)
             time.sleep(0.5)
     finally:
         console.print("stopping ...")
-        cluster.stop()
+        stack.stop()
 
 
 def _print_upstream_help(settings: Settings) -> None:
