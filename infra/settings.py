@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """How long an ``Idempotency-Key`` returns the same task and response; after it a
     reused key creates a new task (the answer names the new id)."""
     dead_letter_days: float = Field(30.0, gt=0)
+    uvloop: bool = True
+    """Run the services on uvloop where it is installed (infra/event_loop.py)."""
 
     # --- object store -----------------------------------------------------
     store_backend: Literal["local", "s3"] = "local"

@@ -1,0 +1,32 @@
+"""The services' event loop: uvloop (libuv) where it is installed, asyncio's otherwise.
+
+uvloop takes a large share off the CPU each request and each NATS message costs
+(the gateway and the handlers are CPU-bound under load: bench/README.md), and it is
+a drop-in loop, so the choice is made here once, from a setting, not in each service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def loop_factory(use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop]:
+    """``uvloop.new_event_loop`` when asked for and importable, else asyncio's default."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # Windows, or an install without it: the default loop works
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
+    """``asyncio.run`` on the chosen loop (Python 3.11's Runner takes the factory)."""
+    with asyncio.Runner(loop_factory=loop_factory(use_uvloop)) as runner:
+        return runner.run(main)
