@@ -12,7 +12,9 @@ the handlers processes) on loopback:
   KV ``tasks`` in state ``rejected``, seen by a core subscription on the bucket's
   subjects; tasks/s from the first POST to the last ``rejected`` write, and p50/p99
   of POST → KV ``rejected`` per task; beside it the gateway's own rate over the
-  same POSTs (202s/s), the most the e2e path can reach in that run.
+  same POSTs (202s/s), the most the e2e path can reach in that run; CPU ms per task
+  of each process at the last ``rejected``, and again once every consumer of the task
+  events (the task index is the last) has caught up: the whole cost of a task.
 - then the handlers process is stopped and, in this process:
   **raw (one by one)**: fetch a batch, publish each message to another subject
   (JetStream-acked, ``Nats-Msg-Id``) then ack it, one after the other;
@@ -47,7 +49,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from bench.bench_submit import BODY
 from bench.cpu import CpuMeter, ceiling_per_s
 from infra.bus.subscriber import Subscriber, run_subscriber
-from infra.bus.topology import ENRICH, KV_TASKS, connect, consumer_configs
+from infra.bus.topology import ENRICH, KV_TASKS, TASKS_STREAM, connect, consumer_configs, stream_of
 from infra.settings import Settings
 from radtrain.stack import Stack, start_stack
 from schemas.events import TaskRequestedEvent, encode_event
@@ -193,13 +195,27 @@ def stack_meter(stack: Stack) -> CpuMeter:
     return CpuMeter(pids | {"bench client": os.getpid()})
 
 
-async def bench_e2e(stack: Stack, n: int, concurrency: int,
-                    cpu: dict[str, float] | None = None) -> list[Rate]:
+async def wait_settled(js: JetStreamContext, settings: Settings) -> float:
+    """Until every handlers consumer on ``TASKS`` has nothing left to deliver or to ack
+    (the task index and webhooks still work after the last KV ``rejected``): seconds."""
+    durables = [d for d in consumer_configs(settings) if stream_of(d) == TASKS_STREAM]
+    started = time.perf_counter()
+    while time.perf_counter() - started < DONE_TIMEOUT_S:
+        infos = [await js.consumer_info(TASKS_STREAM, d) for d in durables]
+        if all(not i.num_pending and not i.num_ack_pending for i in infos):
+            break
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - started
+
+
+async def bench_e2e(stack: Stack, n: int, concurrency: int, cpu: dict[str, float] | None = None,
+                    settled: dict[str, float] | None = None) -> list[Rate]:
     """The e2e rate, and the gateway's own rate over the same POSTs (its 202s); ``cpu``
-    receives each process's CPU milliseconds per task over the run."""
+    receives each process's CPU milliseconds per task over the run, ``settled`` the same
+    once every consumer of the task events is done (``after_s``: how long after)."""
     meter = stack_meter(stack)
     meter.begin()
-    nc, _ = await connect(stack.settings, "bench-e2e")
+    nc, js = await connect(stack.settings, "bench-e2e")
     rejected_at: dict[str, float] = {}
     posted: dict[str, float] = {}
     finished = asyncio.Event()
@@ -232,11 +248,14 @@ async def bench_e2e(stack: Stack, n: int, concurrency: int,
             if posted.keys() <= rejected_at.keys():
                 finished.set()
             await asyncio.wait_for(finished.wait(), DONE_TIMEOUT_S)
+        if cpu is not None:
+            cpu.update(meter.per_item_ms(n))
+        if settled is not None:
+            after_s = await wait_settled(js, stack.settings)
+            settled.update(meter.per_item_ms(n) | {"after_s": after_s})
     finally:
         await kv_sub.unsubscribe()
         await nc.close()
-    if cpu is not None:
-        cpu.update(meter.per_item_ms(n))
     latencies = sorted(rejected_at[t] - posted[t] for t in posted)
     seconds = max(rejected_at[t] for t in posted) - started
     return [Rate("e2e rejected (POST → KV)", n, seconds, statistics.median(latencies) * 1000,
@@ -253,8 +272,8 @@ def stop_service(stack: Stack, name: str) -> None:
     proc.wait(30)
 
 
-def run(args: argparse.Namespace, data: Path,
-        cpu: dict[str, float] | None = None) -> list[Rate]:
+def run(args: argparse.Namespace, data: Path, cpu: dict[str, float] | None = None,
+        settled: dict[str, float] | None = None) -> list[Rate]:
     settings = Settings(data_dir=data, store_dir=data / "store", cache_dir=data / "cache",
                         work_dir=data / "work", gateway_port=0, nats_port=0,
                         rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000,
@@ -262,9 +281,11 @@ def run(args: argparse.Namespace, data: Path,
     stack = start_stack(settings, services=("gateway", "handlers"))
     results: list[Rate] = []
     try:
-        asyncio.run(bench_e2e(stack, min(100, args.tasks), min(16, args.concurrency)))  # warm-up
+        asyncio.run(bench_e2e(stack, min(100, args.tasks), min(16, args.concurrency),
+                              settled={}))  # warm-up, and nothing left of it to do
         for _ in range(args.rounds):
-            results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency, cpu))
+            results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency, cpu,
+                                             settled))
         stop_service(stack, "handlers")
 
         async def in_process() -> list[Rate]:
@@ -309,12 +330,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     cpu: dict[str, float] = {}
+    settled: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="radtrain-bench-") as tmp:
-        results = run(args, Path(tmp), cpu)
+        results = run(args, Path(tmp), cpu, settled)
     report = {"events": args.events, "tasks": args.tasks, "concurrency": args.concurrency,
               "results": [asdict(r) | {"rate": r.rate} for r in results],
               "ratios": ratios(results),
-              "e2e_cpu_ms_per_task": cpu, "e2e_cpu_ceiling_per_s": ceiling_per_s(cpu)}
+              "e2e_cpu_ms_per_task": cpu, "e2e_cpu_ceiling_per_s": ceiling_per_s(cpu),
+              "e2e_settled_cpu_ms_per_task": {k: v for k, v in settled.items() if k != "after_s"},
+              "e2e_settled_after_s": settled.get("after_s")}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -338,6 +362,10 @@ def _print(report: dict[str, Any]) -> None:
         print("e2e CPU ms per task: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         print(f"  ceiling on {os.cpu_count()} cores at that cost: "
               f"{report['e2e_cpu_ceiling_per_s']:.0f} tasks/s")
+    done = report["e2e_settled_cpu_ms_per_task"]
+    if done:  # the consumers that finish after the last KV rejected (task index, webhooks)
+        print(f"  once every consumer is done ({report['e2e_settled_after_s']:.1f} s later): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in done.items()))
 
 
 if __name__ == "__main__":

@@ -6,21 +6,31 @@ bound measured in the same run on the same files: a bare pydicom header read
 (``dcmread(stop_before_pixels=True)``) per file, the least any validating
 import must do. Prints cases/s for both and their ratio.
 
+With ``--s3`` the same files are then imported to S3 on a real SeaweedFS
+(``weed mini``, stopped with SIGINT) against a bare boto3 ``put_object`` of them
+from as many threads as the import stores with (``Settings.import_upload_workers``),
+measured in the same run; that ratio is ``s3_ratio``.
+
     python -m bench.bench_import              # 10,000 cases
     python -m bench.bench_import --cases 500  # quicker
+    python -m bench.bench_import --s3 --cases 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -29,7 +39,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from handlers.datasets_import.base import ImportOptions
 from handlers.datasets_import.pipeline import import_dataset
-from infra.store import LocalStore
+from infra.settings import Settings
+from infra.store import LocalStore, ObjectStore, open_store
 from schemas.dataset import DatasetSummary
 
 SIZE = 32
@@ -102,21 +113,25 @@ class MemoryRepo:
         self.items[summary.id] = summary
 
 
-async def timed_import(root: Path, store_dir: Path, memory_kv: bool) -> tuple[float, int]:
-    store = LocalStore(store_dir)
-    opts = ImportOptions(name="bench", format="folder-csv", tenant="bench")
+async def timed_import(root: Path, store_dir: Path, memory_kv: bool,
+                       store: ObjectStore | None = None) -> tuple[float, int]:
+    store = store or LocalStore(store_dir)
+    settings = Settings()
+    opts = ImportOptions(name="bench", format="folder-csv", tenant="bench",
+                         upload_workers=settings.import_upload_workers,
+                         header_workers=settings.import_header_workers,
+                         header_pool_min=settings.import_header_pool_min)
     if memory_kv:
         started = time.perf_counter()
         report = await import_dataset(store, MemoryRepo(), root, opts)  # type: ignore[arg-type]
         return time.perf_counter() - started, report.num_cases if report.registered else -1
     from infra.bus.topology import apply, connect
     from infra.kv import DatasetRepo
-    from infra.settings import Settings
     from radtrain.servers.nats import start_nats
 
     proc, url = start_nats(store_dir.parent / "nats", port=0, sync_always=False)
     try:
-        settings = Settings(nats_url=url)
+        settings = settings.model_copy(update={"nats_url": url})
         nc, js = await connect(settings, "bench-import")
         await apply(js, settings)
         repo = await DatasetRepo.open(js)
@@ -131,10 +146,100 @@ async def timed_import(root: Path, store_dir: Path, memory_kv: bool) -> tuple[fl
     return elapsed, report.num_cases
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def bare_s3_upload(root: Path, endpoint: Any, bucket: str, workers: int) -> float:
+    """Seconds for a bare boto3 ``put_object`` of every file, ``workers`` at a time: the
+    S3 bound. One client, a pool as large as the concurrency, each file read once."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint.url, region_name=endpoint.region,
+        aws_access_key_id=endpoint.access_key_id,
+        aws_secret_access_key=endpoint.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=workers,
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"))
+    files = sorted((root / "images").iterdir())
+
+    def put(path: Path) -> None:
+        client.put_object(Bucket=bucket, Key=f"bare/{path.name}", Body=path.read_bytes())
+
+    put(files[0])  # connection and bucket warm, as for the import below
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(put, files))
+    return time.perf_counter() - started
+
+
+def s3_run(tmp: Path, memory_kv: bool) -> dict[str, Any]:
+    """Bare upload, then the import, against one SeaweedFS started for the run."""
+    from infra.store.s3 import S3Store
+    from radtrain.servers.seaweedfs import start_seaweedfs
+
+    proc, endpoint = start_seaweedfs(tmp / "weed")
+    try:
+        settings = Settings(**endpoint.settings_overrides(), s3_bucket="bench-import")
+        store = open_store(settings)
+        assert isinstance(store, S3Store)
+        store.put_bytes("warm/x", b"x")
+        workers = settings.import_upload_workers
+        cpu0 = time.process_time()
+        bare_s = bare_s3_upload(tmp / "src", endpoint, settings.s3_bucket, workers)
+        bare_cpu = time.process_time() - cpu0
+        cpu0 = _importer_cpu_s()
+        import_s, cases = asyncio.run(timed_import(tmp / "src", tmp / "store", memory_kv,
+                                                   store))
+        import_cpu = _importer_cpu_s() - cpu0
+    finally:
+        proc.stop()  # SIGINT, then SIGKILL if it hangs
+    files = len(list((tmp / "src" / "images").iterdir()))
+    return {"s3_cases": cases, "s3_import_s": round(import_s, 3),
+            "s3_import_cases_per_s": round(cases / import_s, 1),
+            "s3_bare_upload_cases_per_s": round(files / bare_s, 1),
+            "s3_ratio": round((cases / import_s) / (files / bare_s), 3),
+            "s3_import_cpu_ms_per_case": round(import_cpu * 1000 / files, 3),
+            "s3_bare_cpu_ms_per_case": round(bare_cpu * 1000 / files, 3),
+            "upload_workers": workers}
+
+
+def _importer_cpu_s() -> float:
+    """CPU seconds of this process (all threads) and of the header workers so far: the
+    workers are the forkserver's children, counted in its ``cutime``/``cstime``."""
+    import multiprocessing.forkserver as forkserver
+
+    from bench.cpu import TICKS_PER_S, cpu_seconds
+
+    total = cpu_seconds(os.getpid()) or 0.0
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if server:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / TICKS_PER_S
+    return total
+
+
+def local_run(tmp: Path, memory_kv: bool) -> dict[str, Any]:
+    files = len(list((tmp / "src" / "images").iterdir()))
+    cpu0 = time.process_time()
+    bound_s = header_bound(tmp / "src")
+    bound_cpu = time.process_time() - cpu0
+    cpu0 = _importer_cpu_s()
+    import_s, cases = asyncio.run(timed_import(tmp / "src", tmp / "store", memory_kv))
+    import_cpu = _importer_cpu_s() - cpu0  # nats-server start and stop included
+    return {"cases": cases, "import_s": round(import_s, 3),
+            "import_cases_per_s": round(cases / import_s, 1),
+            "header_bound_cases_per_s": round(files / bound_s, 1),
+            "ratio": round((cases / import_s) / (files / bound_s), 3),
+            "import_cpu_ms_per_case": round(import_cpu * 1000 / files, 3),
+            "bound_cpu_ms_per_case": round(bound_cpu * 1000 / files, 3)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--memory-kv", action="store_true", help="skip nats-server")
+    parser.add_argument("--s3", action="store_true",
+                        help="also import to S3 (SeaweedFS), against a bare boto3 upload")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of text")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="radtrain-bench-import-"))
@@ -142,23 +247,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         t0 = time.perf_counter()
         write_cases(tmp / "src", args.cases)
         generated = time.perf_counter() - t0
-        bound_s = header_bound(tmp / "src")
-        import_s, cases = asyncio.run(timed_import(tmp / "src", tmp / "store", args.memory_kv))
+        result = {**local_run(tmp, args.memory_kv), "generate_s": round(generated, 2)}
+        if args.s3:
+            result.update(s3_run(tmp, args.memory_kv))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"cases": cases, "import_s": round(import_s, 3),
-              "import_cases_per_s": round(cases / import_s, 1),
-              "header_bound_cases_per_s": round(args.cases / bound_s, 1),
-              "ratio": round((cases / import_s) / (args.cases / bound_s), 3),
-              "generate_s": round(generated, 2)}
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"import of {cases} cases ({SIZE}x{SIZE} CT DICOM, folder-csv): "
-              f"{result['import_s']:.2f} s = {result['import_cases_per_s']:.0f} cases/s")
-        print(f"bound (bare pydicom header reads, same files): "
-              f"{result['header_bound_cases_per_s']:.0f} cases/s")
-        print(f"ratio import/bound: {result['ratio']:.3f}")
+        return result
+    print(f"import of {result['cases']} cases ({SIZE}x{SIZE} CT DICOM, folder-csv): "
+          f"{result['import_s']:.2f} s = {result['import_cases_per_s']:.0f} cases/s")
+    print(f"bound (bare pydicom header reads, same files): "
+          f"{result['header_bound_cases_per_s']:.0f} cases/s")
+    print(f"ratio import/bound: {result['ratio']:.3f}")
+    print(f"CPU per case (importer and header workers / bare header read): "
+          f"{result['import_cpu_ms_per_case']:.3f} / {result['bound_cpu_ms_per_case']:.3f} ms")
+    if args.s3:
+        print(f"import of the same cases to S3 (SeaweedFS): {result['s3_import_s']:.2f} s = "
+              f"{result['s3_import_cases_per_s']:.0f} cases/s")
+        print(f"bound (bare boto3 put_object, same files, {result['upload_workers']} threads): "
+              f"{result['s3_bare_upload_cases_per_s']:.0f} cases/s")
+        print(f"ratio S3 import/bound: {result['s3_ratio']:.3f}")
+        print(f"CPU per case, this process (S3 import / bare upload): "
+              f"{result['s3_import_cpu_ms_per_case']:.3f} / "
+              f"{result['s3_bare_cpu_ms_per_case']:.3f} ms")
     return result
 
 

@@ -3,11 +3,18 @@
 concurrency, each with ``sync_interval: always`` (fsync before every ack,
 what radtrain configures) and with the server's default lazy fsync.
 
-    python -m bench.bench_submit [--requests 2000] [--concurrency 32] [--json]
+    python -m bench.bench_submit [--requests 2000] [--concurrency 32]
+                                 [--gateway-workers N] [--json]
 
-Each mode gets a fresh embedded stack (nats-server + the gateway process) on
-loopback; the client runs in this process. Numbers depend on the disk: fsync
-costs little on a tmpfs and a lot on a network volume.
+Each mode gets a fresh embedded stack (nats-server + the gateway: one process,
+or a supervisor and N worker processes on one port) on loopback; the client
+runs in this process. Numbers depend on the disk: fsync costs little on a
+tmpfs and a lot on a network volume.
+
+Each path also reports the CPU milliseconds per request of each process (the
+gateway's workers summed, nats-server, this client) and the rate the
+machine's cores allow at that cost: on a small machine the HTTP client and
+nats-server share the cores with the gateway, which a rate alone hides.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cpu import CpuMeter, ceiling_per_s
 from infra.bus.topology import connect
 from infra.settings import Settings
 from radtrain.stack import Stack, start_stack
@@ -38,6 +47,10 @@ BODY: dict[str, Any] = {
 }
 
 
+BODY_BYTES = json.dumps(BODY).encode()
+"""Encoded once, as a client holding its request would send it."""
+
+
 @dataclass(frozen=True)
 class Result:
     sync: str
@@ -46,6 +59,8 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: dict[str, float]
+    """CPU milliseconds per request of each process over the measured run, and ``total``."""
 
     @property
     def rps(self) -> float:
@@ -69,34 +84,71 @@ async def _measure(n: int, concurrency: int, one: Callable[[int], Awaitable[None
     return time.perf_counter() - started, latencies
 
 
-def _result(sync: str, path: str, seconds: float, latencies: list[float]) -> Result:
+def _result(sync: str, path: str, seconds: float, latencies: list[float],
+            cpu_ms: dict[str, float]) -> Result:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return Result(sync, path, len(latencies), seconds, statistics.median(ordered) * 1000,
-                  p99 * 1000)
+                  p99 * 1000, cpu_ms)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (a gateway supervisor's workers); Linux only."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def stack_meter(stack: Stack) -> CpuMeter:
+    """The processes of the submit path: each gateway process, nats-server, this client."""
+    pids: dict[str, int] = {}
+    gateway = stack.procs.get("gateway")
+    if gateway is not None:
+        workers = _children(gateway.pid)
+        pids |= {f"gateway worker {i}": p for i, p in enumerate(sorted(workers), 1)}
+        pids["gateway" if not workers else "gateway supervisor"] = gateway.pid
+    if stack.nats is not None:
+        pids["nats-server"] = stack.nats.pid
+    return CpuMeter(pids | {"bench client": os.getpid()})
+
+
+def _gateway_total(cpu: dict[str, float]) -> dict[str, float]:
+    """Workers summed into ``gateway`` (each worker's share stays, for the balance)."""
+    parts = {k: v for k, v in cpu.items() if k.startswith("gateway")}
+    return {"gateway": sum(parts.values())} | cpu if len(parts) > 1 else cpu
 
 
 async def bench_gateway(stack: Stack, n: int, concurrency: int, sync: str,
                         with_key: bool) -> Result:
     url = f"{stack.gateway_url}/v1/tasks"
     run = uuid.uuid4().hex[:8]
-    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    headers = {"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
         async def one(i: int) -> None:
-            extra = {"Idempotency-Key": f"bench-{run}-{i}"} if with_key else {}
-            async with session.post(url, json=BODY, headers=extra) as resp:
+            extra = {"Idempotency-Key": f"bench-{run}-{i}"} if with_key else None
+            async with session.post(url, data=BODY_BYTES, headers=extra) as resp:
                 if resp.status != 202:
                     raise RuntimeError(f"gateway answered {resp.status}: {await resp.text()}")
 
         await _measure(min(50, n), concurrency, one)  # warm-up: connections, key cache
+        meter = stack_meter(stack)
+        meter.begin()
         seconds, lat = await _measure(n, concurrency, one)
-    return _result(sync, "gateway+idempotency-key" if with_key else "gateway", seconds, lat)
+        cpu = _gateway_total(meter.per_item_ms(n))
+    return _result(sync, "gateway+idempotency-key" if with_key else "gateway", seconds, lat,
+                   cpu)
 
 
-async def bench_raw(settings: Settings, n: int, concurrency: int, sync: str) -> Result:
+async def bench_raw(stack: Stack, n: int, concurrency: int, sync: str) -> Result:
     """The bound: nats-py publishing the same event bytes, acked by JetStream."""
-    nc, js = await connect(settings, "bench-raw")
+    nc, js = await connect(stack.settings, "bench-raw")
     try:
         async def one(i: int) -> None:
             task_id = uuid.uuid4().hex
@@ -106,22 +158,28 @@ async def bench_raw(settings: Settings, n: int, concurrency: int, sync: str) -> 
                              headers={"Nats-Msg-Id": event.msg_id})
 
         await _measure(min(50, n), concurrency, one)
+        meter = stack_meter(stack)
+        meter.begin()
         seconds, lat = await _measure(n, concurrency, one)
+        cpu = {k: v for k, v in meter.per_item_ms(n).items() if not k.startswith("gateway")}
+        cpu["total"] = sum(v for k, v in cpu.items() if k != "total")
     finally:
         await nc.close()
-    return _result(sync, "raw nats-py", seconds, lat)
+    return _result(sync, "raw nats-py", seconds, lat, cpu)
 
 
-def run_mode(sync_always: bool, n: int, concurrency: int, data: Path) -> list[Result]:
+def run_mode(sync_always: bool, n: int, concurrency: int, data: Path,
+             gateway_workers: int = 1) -> list[Result]:
     sync = "always" if sync_always else "default"
     settings = Settings(data_dir=data, store_dir=data / "store", cache_dir=data / "cache",
                         work_dir=data / "work", gateway_port=0, nats_port=0,
                         nats_sync_always=sync_always, rate_limit_per_s=1e9,
-                        rate_limit_burst=1_000_000_000, log_level="WARNING")
+                        rate_limit_burst=1_000_000_000, log_level="WARNING",
+                        gateway_workers=gateway_workers)
     stack = start_stack(settings, services=("gateway",))
     try:
         async def all_paths() -> list[Result]:
-            return [await bench_raw(stack.settings, n, concurrency, sync),
+            return [await bench_raw(stack, n, concurrency, sync),
                     await bench_gateway(stack, n, concurrency, sync, with_key=False),
                     await bench_gateway(stack, n, concurrency, sync, with_key=True)]
 
@@ -148,15 +206,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--gateway-workers", type=int, default=1,
+                        help="gateway processes on the port (RADTRAIN_GATEWAY_WORKERS)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="radtrain-bench-") as tmp:
         for sync_always in (True, False):
             results += run_mode(sync_always, args.requests, args.concurrency,
-                                Path(tmp) / ("always" if sync_always else "default"))
+                                Path(tmp) / ("always" if sync_always else "default"),
+                                args.gateway_workers)
     report = {"requests": args.requests, "concurrency": args.concurrency,
-              "results": [asdict(r) | {"rps": r.rps} for r in results],
+              "gateway_workers": args.gateway_workers, "cpus": os.cpu_count(),
+              "results": [asdict(r) | {"rps": r.rps, "cpu_ceiling_per_s": ceiling_per_s(r.cpu_ms)}
+                          for r in results],
               "ratios": ratios(results)}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -166,11 +229,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _print(report: dict[str, Any]) -> None:
-    print(f"submit: {report['requests']} requests, concurrency {report['concurrency']}")
+    print(f"submit: {report['requests']} requests, concurrency {report['concurrency']}, "
+          f"{report['gateway_workers']} gateway process(es), {report['cpus']} CPUs")
     print(f"{'sync_interval':<14}{'path':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for r in report["results"]:
         print(f"{r['sync']:<14}{r['path']:<26}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}")
+    print("CPU ms per request (what bounds the path whatever else shares the machine):")
+    for r in report["results"]:
+        cpu = r["cpu_ms"]
+        if not cpu:
+            continue
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()
+                          if not k.startswith("gateway ") and k != "total")
+        ceiling = r["cpu_ceiling_per_s"]
+        print(f"  {r['sync']:<8}{r['path']:<26}{parts}; total {cpu['total']:.3f}"
+              + (f" -> at most {ceiling:.0f} req/s on {report['cpus']} CPUs" if ceiling else ""))
     print("ratios (DESIGN.md §12 bound: raw nats-py at the same concurrency):")
     for name, value in report["ratios"].items():
         print(f"  {name:<52}{value:>6.2f}")

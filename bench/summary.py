@@ -71,7 +71,25 @@ def _submit_figures() -> tuple[Figure, ...]:
                 Figure(f"Idempotency-Key path / plain path, req/s, sync {sync}",
                        ratio_of(f"gateway+idempotency-key/raw throughput, sync {sync}",
                                 f"gateway/raw throughput, sync {sync}"), (">=", 0.8))]
+    # Issue 16 item 3 (H4): what bounds the path whatever else shares the machine.
+    out += [Figure("gateway CPU ms per request (plain, sync default)",
+                   _submit_cpu("gateway", "gateway")),
+            Figure("submit CPU-bound ceiling, req/s (plain, sync default)",
+                   _submit_cpu("gateway", None))]
     return tuple(out)
+
+
+def _submit_cpu(path: str, process: str | None) -> Extract:
+    """One process's CPU ms per request on ``path`` (sync default), or (``None``) the rate
+    the machine's cores allow at the whole path's cost."""
+    def get(r: dict[str, Any]) -> float | None:
+        for row in r.get("results", []):
+            if row.get("sync") == "default" and row.get("path") == path:
+                if process is None:
+                    return row.get("cpu_ceiling_per_s")
+                return row.get("cpu_ms", {}).get(process)
+        return None
+    return get
 
 
 BENCHES: tuple[Bench, ...] = (
@@ -84,12 +102,24 @@ BENCHES: tuple[Bench, ...] = (
         Figure("e2e rejected tasks/s / 500", ratio("e2e rejected / target 500 tasks/s"),
                (">=", 1.0)),
         Figure("e2e CPU-bound ceiling, tasks/s", lambda r: r.get("e2e_cpu_ceiling_per_s")))),
-    Bench("import", "bench_import", ["--cases", "5000"], ["--cases", "300"], (
-        Figure("import / bare header reads", lambda r: r.get("ratio"), (">=", 0.6)),)),
+    Bench("import", "bench_import", ["--cases", "5000", "--s3"], ["--cases", "300", "--s3"], (
+        Figure("import / bare header reads", lambda r: r.get("ratio"), (">=", 0.6)),
+        Figure("S3 import / bare boto3 upload, same threads", lambda r: r.get("s3_ratio"),
+               (">=", 0.5)))),
     Bench("data", "bench_data", [], ["--cases", "40", "--epochs", "1"], (
         Figure("first epoch / bare decode", ratio("first epoch / raw decode"), (">=", 0.8)),
         Figure("cached epoch / bare decode", ratio("cached epoch / raw decode"),
                (">=", 10.0)))),
+    Bench("stream", "bench_stream", [], ["--cases", "60", "--size", "96", "--epochs", "1"], (
+        Figure("over-budget first pass (shard build) / in-budget first pass",
+               ratio("stream first pass / in-budget first pass"), (">=", 0.8)),
+        Figure("over-budget later pass / in-budget first pass (decode)",
+               ratio("stream later pass / in-budget first pass"), (">=", 3.0)),
+        Figure("over-budget later pass / in-budget later pass",
+               ratio("stream later pass / in-budget later pass")),
+        Figure("over-budget first pass / in-budget first pass, by CPU per case",
+               ratio("stream first pass / in-budget first pass, by CPU per case")),
+        Figure("peak local disk / budget", ratio("peak local disk / budget"), ("<=", 1.0)))),
     Bench("train", "bench_train", [], ["--cases", "64", "--epochs", "2", "--steps", "5"], (
         Figure("runner loop / synthetic tensors", ratio("runner loop / synthetic on device"),
                (">=", 0.9)),)),

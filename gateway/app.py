@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import AsyncIterator
 from functools import partial
@@ -49,8 +50,10 @@ from gateway.ratelimit import RateLimiter
 from gateway.search import routes as search_routes
 from gateway.tasks import routes
 from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
+from gateway.workers import Supervisor, watch_parent
 from infra.admission import AdmissionRepo
 from infra.bus.topology import connect
+from infra.event_loop import loop_factory
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.kv.listing import TASKS as TASK_KIND
 from infra.kv.listing import ListingIndex
@@ -109,8 +112,27 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     await nc.drain()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gateway``: one gateway process, or with ``gateway_workers`` > 1 the
+    supervisor of that many (gateway/workers.py); ``--worker`` is how it starts them."""
+    parser = argparse.ArgumentParser(prog="python -m gateway")
+    parser.add_argument("--worker", type=int, metavar="INDEX",
+                        help="serve as worker INDEX of a supervisor (SO_REUSEPORT)")
+    args = parser.parse_args(argv)
     settings = Settings()
     setup_process("gateway", settings)  # /metrics is served by the app itself
-    web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                print=lambda msg: log.info("%s", msg), handle_signals=True)
+    if settings.gateway_workers > 1 and args.worker is None:
+        raise SystemExit(Supervisor(settings).run())
+    serve(settings, worker=args.worker is not None)
+
+
+def serve(settings: Settings, *, worker: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, on uvloop when ``settings.uvloop`` (a large share of
+    each request's CPU is the loop's); a worker shares the port and watches its parent."""
+    app = create_app(settings)
+    if worker:
+        app.cleanup_ctx.append(watch_parent)
+    # access_log=None: observe_middleware logs every request already.
+    web.run_app(app, host=settings.gateway_host, port=settings.gateway_port,
+                print=lambda msg: log.info("%s", msg), handle_signals=True, access_log=None,
+                reuse_port=worker or None, loop=loop_factory(settings.uvloop)())

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.app_keys import TRACEPARENT
-from infra.telemetry.logging import log_context
+from infra.telemetry.logging import traceparent_var
 from infra.telemetry.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.telemetry.tracing import new_traceparent, parse_traceparent
 
@@ -37,29 +38,54 @@ def traceparent_of(request: web.Request) -> str:
     return request.get(TRACEPARENT) or str(new_traceparent())
 
 
+class _Instruments:
+    """The labelled children of the request metrics, looked up once per label set:
+    ``labels()`` takes a lock and builds a key on every call. Bounded: routes are
+    templates, methods and statuses few (``MAX`` label sets, then no caching)."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        found = self._children.get((method, route, status))
+        if found is None:
+            found = (HTTP_REQUESTS.labels(method, route, str(status)),
+                     HTTP_LATENCY.labels(method, route))
+            if len(self._children) < self.MAX:
+                self._children[(method, route, status)] = found
+        found[0].inc()
+        found[1].observe(elapsed)
+
+
+_INSTRUMENTS = _Instruments()
+
+
 @web.middleware
 async def observe_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
     incoming = parse_traceparent(request.headers.get("traceparent"))
-    span = incoming.child() if incoming else new_traceparent()
-    request[TRACEPARENT] = str(span)
+    span = str(incoming.child() if incoming else new_traceparent())
+    request[TRACEPARENT] = span
     started = time.perf_counter()
     status = 500
-    with log_context(traceparent=str(span)):
-        try:
-            response = await handler(request)
-            status = response.status
-            response.headers["traceparent"] = str(span)
-            return response
-        except web.HTTPException as exc:  # redirects and the like, re-raised by errors
-            status = exc.status
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_label(request)
-            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-            HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+    token = traceparent_var.set(span)  # tags this request's log lines (and its events)
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["traceparent"] = span
+        return response
+    except web.HTTPException as exc:  # redirects and the like, re-raised by errors
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = _route_label(request)
+        _INSTRUMENTS.observe(request.method, route, status, elapsed)
+        if log.isEnabledFor(logging.INFO):
             log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
                      extra={"http_status": status, "route": route})
+        traceparent_var.reset(token)
 
 
 @routes.get("/metrics")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from functools import partial
 
 import nats.errors
 from aiohttp import web
@@ -15,7 +17,6 @@ from gateway.errors import ApiError
 from gateway.idempotency import (
     StoredResponse,
     request_key,
-    respond,
     submit_keyed,
     unavailable,
 )
@@ -23,7 +24,7 @@ from gateway.observe import traceparent_of
 from gateway.paging import cursor_param
 from gateway.search import children_page
 from gateway.task_records import records_of, task_record_for
-from infra.admission import Admission, admit
+from infra.admission import Admission, admit, admit_minted
 from infra.bus.publish import publish_event
 from infra.bus.topology import streams_exist
 from infra.telemetry.logging import task_id_var
@@ -62,12 +63,21 @@ def refusal(admission: Admission, task_id: str) -> ApiError | None:
 
 
 async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
-                            ingress: Ingress, *, minted: bool = False) -> Admission:
+                            ingress: Ingress, *, minted: bool = False,
+                            digest: str | None = None) -> Admission:
     """Admission, then ``tasks.requested.<id>``: 409 when refused, 503 when NATS is not
-    there (nothing refused is published; a retry publishes only what the stream lacks)."""
+    there (nothing refused is published; a retry publishes only what the stream lacks).
+
+    ``minted``: this request drew the id (nobody else can name it yet), so the claim and
+    the publish go out together (:func:`~infra.admission.admit_minted`): one round trip."""
     js = request.app[JS]
     try:
-        admission = await admit(request.app[ADMISSIONS], js, event, ingress, minted=minted)
+        if minted:
+            admission = await admit_minted(request.app[ADMISSIONS], event, ingress,
+                                           partial(publish_event, js, event), digest=digest)
+        else:
+            admission = await admit(request.app[ADMISSIONS], js, event, ingress,
+                                    digest=digest)
         problem = refusal(admission, event.data.task_id)
         if problem is not None:
             raise problem
@@ -78,29 +88,43 @@ async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
     return admission
 
 
+def accepted_now(task_id: str) -> web.Response:
+    """The 202 of a new task, encoded once by its contract (the hot path's answer)."""
+    return web.Response(body=TaskAccepted(task_id=task_id).model_dump_json().encode(),
+                        status=202, content_type="application/json",
+                        headers={"Location": f"/v1/tasks/{task_id}"})
+
+
 @routes.post("/v1/tasks")
 async def submit_task(request: web.Request) -> web.Response:
+    """Validated once (the body straight into :class:`TaskRequest`); its digest is
+    computed once and serves both the Idempotency-Key record and admission."""
     req = await read_model(request, TaskRequest)
     tenant = tenant_of(request)
     key = request_key(request)
     if not getattr(request.app[CONNECTED], "is_connected", False):
         # Fail fast: a publish now would wait for its ack timeout, buffered in the client.
         raise unavailable(ConnectionError("not connected to NATS"))
+    digest = request_digest(req)
+    traceparent = traceparent_of(request)
 
     async def publish(task_id: str, won: bool = True) -> None:
         """``won``: this request drew ``task_id`` (a replay's id is judged by admission)."""
         task_id_var.set(task_id)  # this request's context only: tags its log lines
+        # The request's fields are validated already: validating a dict of them (nested
+        # models pass as they are) costs a third of re-dumping and re-parsing them.
+        data = TaskRequested.model_validate({**req.__dict__, "task_id": task_id,
+                                             "tenant": tenant, "idempotency_key": key})
         await admit_and_publish(request, TaskRequestedEvent(
-            source="radtrain/gateway", subject=task_id, traceparent=traceparent_of(request),
-            data=TaskRequested(**req.model_dump(), task_id=task_id, tenant=tenant,
-                               idempotency_key=key)), "http", minted=won)
+            source="radtrain/gateway", subject=task_id, traceparent=traceparent, data=data),
+            "http", minted=won, digest=digest)
 
     if key is None:
         task_id = new_task_id()
         await publish(task_id)
-        return respond(accepted(task_id), replayed=False)
-    return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(),
-                              request_digest(req), ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+        return accepted_now(task_id)
+    return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(), digest,
+                              ttl_s=request.app[SETTINGS].idempotency_ttl_s,
                               answer=accepted, publish=publish)
 
 
@@ -141,7 +165,8 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Alive; ``pid`` names the process that answered (one of ``gateway_workers``)."""
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.get("/readyz")

@@ -26,12 +26,19 @@ from handlers.enrich import WeightsIndex
 from handlers.enrich.handler import handle_requested
 from handlers.inbound import decode_inbound, handle_inbound
 from handlers.projector import RecordCache, handle_event
-from handlers.search.handler import SearchRepo, handle_search_event, search_lane
+from handlers.search.handler import (
+    SearchRepo,
+    handle_search_event,
+    not_for_search,
+    search_lane,
+)
 from handlers.task_index import handle_event as index_event
 from handlers.weights_index import StoreWeightsIndex
+from infra import event_loop
 from infra.admission import AdmissionRepo
 from infra.bus.dead_letters import parse_advisory
 from infra.bus.subscriber import (
+    DecodeCache,
     SharedReads,
     Subscriber,
     event_decoder,
@@ -76,21 +83,24 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
                 index: ListingIndex | None = None,
                 searches: SearchRepo | None = None) -> dict[str, Subscriber[Any]]:
     """The table: durable consumer → how its messages decode, and the bound handler
-    (``index`` omitted: no task-index consumer, for benches of single consumers)."""
+    (``index`` omitted: no task-index consumer, for benches of single consumers).
+    The consumers of task events share one decode cache: each event is decoded once."""
+    decoded = DecodeCache(settings.decode_cache_bytes)
+    records = RecordCache()  # the projector's last writes; the task index reads them too
     table: list[Subscriber[Any]] = [
-        Subscriber(ENRICH, event_decoder(TaskRequestedEvent), partial(
+        Subscriber(ENRICH, event_decoder(TaskRequestedEvent, cache=decoded), partial(
             handle_requested, datasets=datasets, tasks=tasks, store=store, weights=weights,
             pools=settings.runner_pools, dataset_reads=SharedReads(datasets.get))),
         # task.ready -> dispatch.<pool>.<id>: the queue of the pool enrich placed it on.
-        Subscriber(DISPATCHER, event_decoder(TaskReadyEvent), partial(
+        Subscriber(DISPATCHER, event_decoder(TaskReadyEvent, cache=decoded), partial(
             dispatch_ready, js=js, pools=settings.runner_pools)),
         # Upstream systems over NATS: admission, then tasks.requested.<id> (for enrich).
         Subscriber(ADMISSION, decode_inbound, partial(handle_inbound, admissions=admissions,
                                                       js=js)),
-        Subscriber(PROJECTOR, event_decoder(), partial(handle_event, tasks=tasks,
-                                                       cache=RecordCache())),
+        Subscriber(PROJECTOR, event_decoder(cache=decoded), partial(handle_event, tasks=tasks,
+                                                                    cache=records)),
         # One event at a time: each lists its tenant's subscriptions with a KV watch.
-        Subscriber(WEBHOOKS, event_decoder(), partial(
+        Subscriber(WEBHOOKS, event_decoder(cache=decoded), partial(
             on_status_event, js=js, tasks=tasks, ctx=hooks), lane=one_lane),
         # Receivers may take up to the HTTP timeout each: attempt a batch side by side.
         Subscriber(WEBHOOK_DELIVERIES, model_decoder(WebhookJob),
@@ -107,12 +117,12 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
     if index is not None:  # per-tenant task lists (GET /v1/tasks), after the projector's records
         # One event at a time: a tenant's list positions are taken by create-if-absent,
         # which tasks of one tenant side by side would contend for.
-        table.append(Subscriber(TASK_INDEX, event_decoder(), partial(
-            index_event, tasks=tasks, index=index), lane=one_lane))
+        table.append(Subscriber(TASK_INDEX, event_decoder(cache=decoded), partial(
+            index_event, tasks=tasks, index=index, records=records), lane=one_lane))
     if searches is not None:  # issue 18: hyperparameter search parents and their trials
-        table.append(Subscriber(SEARCH, event_decoder(), partial(
+        table.append(Subscriber(SEARCH, event_decoder(cache=decoded), partial(
             handle_search_event, js=js, searches=searches, store=store, admissions=admissions),
-            lane=search_lane))
+            lane=search_lane, skip=not_for_search))  # most events: acked undecoded
     return {sub.durable: sub for sub in table}
 
 
@@ -151,7 +161,7 @@ async def run(settings: Settings, stop: asyncio.Event,
 def main() -> None:
     settings = Settings()
     setup_process("handlers", settings, settings.handlers_metrics_port)
-    asyncio.run(_main(settings))
+    event_loop.run(_main(settings), use_uvloop=settings.uvloop)
 
 
 async def _main(settings: Settings) -> None:

@@ -136,12 +136,14 @@ async def on_status_event(event: Event, delivery: bus.Delivery, *, js: JetStream
     wtype = webhook_event_type(event.type)
     if wtype is None:
         return []
-    # The event as published, not re-encoded (one that came in binary mode, with ce-*
-    # headers, becomes its structured form: a webhook body is a whole CloudEvent).
-    body = event_bytes(delivery.msg.headers, delivery.msg.data).decode()
     try:
         tenant = await _tenant_of(js, tasks, event)
         subs = subscribers(await ctx.subs.list(tenant), wtype)
+        if not subs:  # most tenants subscribe to few events: nothing to encode
+            return []
+        # The event as published, not re-encoded (one that came in binary mode, with ce-*
+        # headers, becomes its structured form: a webhook body is a whole CloudEvent).
+        body = event_bytes(delivery.msg.headers, delivery.msg.data).decode()
         for sub in subs:
             await _enqueue(js, ctx, tenant, sub, event, wtype, body)
     except (nats.errors.Error, TimeoutError) as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
+from handlers.projector import RecordCache
 from infra.errors import TransientError
 from infra.kv import TaskRepo
 from infra.kv.listing import ListingIndex
@@ -67,13 +68,23 @@ def reflects(record: TaskRecord, event: Event) -> bool:
 
 
 async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
-                       index: ListingIndex, wait_s: float = WAIT_S) -> list[Envelope]:
-    """List the event's task under its tenant, in the state its record is in now."""
+                       index: ListingIndex, wait_s: float = WAIT_S,
+                       records: RecordCache | None = None) -> list[Envelope]:
+    """List the event's task under its tenant, in the state its record is in now.
+
+    ``records``: the projector's cache in the same process, the records it last wrote:
+    one that already shows the event saves the read (a newer record has events of its
+    own, which move the lists on)."""
     attempt = delivery.attempt if delivery is not None else 1
+    state = event_state(event)
+    if state is not None and index.listed_at(event.subject, order(event.taskgeneration, state)):
+        return []  # listed in this state or a later one already (an event behind the record)
     try:
         if isinstance(event, TaskRequestedEvent):  # listed at once; its state follows
             await index.add(event.data.tenant, event.data.task_id)
-        record = await _record_reflecting(tasks, event, wait_s, attempt)
+        known = records.get(event.subject) if records is not None else None
+        record = known[0] if known is not None and reflects(known[0], event) else (
+            await _record_reflecting(tasks, event, wait_s, attempt))
         await index.converge(record.tenant, record.task_id, record.state,
                              order(record.generation, record.state))
     except (nats.errors.Error, TimeoutError) as exc:

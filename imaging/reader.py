@@ -29,6 +29,7 @@ from imaging.budget import (
     deflated_header,
     is_deflated,
 )
+from imaging.dicom_meta import HEAD_BYTES, surely_not_deflated
 from imaging.series import SliceGeometry, geometry_of
 from imaging.transforms import ImageArray
 
@@ -72,15 +73,16 @@ def read_image(
     budget = budget or default_budget()
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _read_pillow(path, name, max_bytes, budget, size)
-    return _read_dicom(path, name, max_bytes, budget, size, preamble=head[128:132] == b"DICM")
+    return _read_dicom(path, name, max_bytes, budget, size, head)
 
 
 def _open_checked(path: Path, name: str, max_bytes: int) -> tuple[int, bytes]:
-    """File size and first 132 bytes, refusing empty and oversized files up front."""
+    """File size and first bytes (the preamble, a usual file meta), refusing empty and
+    oversized files up front."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(HEAD_BYTES)
     except OSError as exc:
         raise CaseReadError(name, f"cannot open file ({exc.strerror or exc})") from exc
     if size > max_bytes:
@@ -91,8 +93,8 @@ def _open_checked(path: Path, name: str, max_bytes: int) -> tuple[int, bytes]:
     return size, head
 
 
-def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, size: int, *,
-                preamble: bool) -> ImageArray:
+def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, size: int,
+                head: bytes) -> ImageArray:
     """pydicom with ``force`` (preamble-less files exist); modality LUT applied.
 
     The header is read first (pixels deferred; for a deflated file, only a bounded
@@ -100,8 +102,9 @@ def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, siz
     Any exception from the parser or a decoder becomes a CaseReadError: the
     input is untrusted, so no failure mode of a third-party decoder may escape.
     """
+    preamble = head[128:132] == b"DICM"
     try:
-        deflated = is_deflated(path)
+        deflated = not surely_not_deflated(head) and is_deflated(path)
         if deflated:
             ds, pixel_tag = deflated_header(path)
         else:
@@ -300,7 +303,7 @@ def read_header(
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _pillow_header(path, name, max_bytes, "png" if head[:1] == b"\x89" else "jpeg")
     try:
-        if is_deflated(path):  # pydicom would inflate the pixels to read the header
+        if not surely_not_deflated(head) and is_deflated(path):  # pydicom would inflate
             ds, tag = deflated_header(path)
         else:
             ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)

@@ -4,12 +4,13 @@ Kept apart from reading (runner/data.py) the way MONAI keeps ImageReader apart
 from ScaleIntensityRange: reading knows file formats and physical units (HU),
 these functions know only arrays, so they are testable on hand-made values
 and reusable for previews. numpy and Pillow only: they run once per case at
-cache-build time, never per training step.
+cache-build time, never per training step. The runner builds its cache with the
+8-bit path (``preprocess_uint8``), held to ``to_uint8(preprocess(...))`` by tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from schemas.spec import Preprocessing, Window
 
 COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"})
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+Resize = Callable[[np.ndarray, int], np.ndarray]
+"""Square (C, H, W) uint8 -> (C, size, size) uint8: ``resize_uint8`` or a faster equal."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,82 @@ def preprocess(image: ImageArray, prep: Preprocessing) -> np.ndarray:
     stack = intensity_channels(image, prep.windows)
     stack = resize(pad_square(stack), prep.image_size)
     return match_channels(stack, prep.channels)
+
+
+def preprocess_uint8(image: ImageArray, prep: Preprocessing,
+                     resize: Resize | None = None) -> np.ndarray:
+    """``to_uint8(preprocess(image, prep))`` within one grey level, in about a third of the
+    time with torch's resize (two thirds with Pillow's).
+
+    The cache stores uint8, so a grayscale image is windowed straight to uint8 (all
+    windows in one broadcast, into the zero-padded square) and resized as 8-bit
+    planes, three to a Pillow RGB image: quantising before the antialiasing filter
+    instead of after moves a value by at most one level. Colour images, and three
+    windows mixed down to one luminance channel, take the float path. ``resize``:
+    ``resize_uint8`` unless the caller has a faster equal (the runner: torch's).
+    """
+    pixels = image.frame()
+    planes = len(prep.windows) or 1
+    if image.is_colour or (planes == 3 and prep.channels == 1):
+        return to_uint8(preprocess(image, prep))
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    low, scale = linear_maps(pixels, prep.windows)
+    square = quantise_square(pixels, low, scale, invert=image.photometric == "MONOCHROME1")
+    return match_channels((resize or resize_uint8)(square, prep.image_size), prep.channels)
+
+
+def linear_maps(pixels: np.ndarray, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel ``(low, scale)``: ``(value - low) * scale`` is the channel in 0..255
+    before clipping; each window, or the image's own range (a flat image maps to 0)."""
+    if windows:
+        if any(w.width <= 0 for w in windows):
+            raise ValueError("window width must be > 0")
+        width = np.array([w.width for w in windows], np.float64)
+        low = np.array([w.center for w in windows], np.float64) - width / 2.0
+        return low.astype(np.float32), (255.0 / width).astype(np.float32)
+    lo, hi = float(np.min(pixels)), float(np.max(pixels))
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(1, np.float32), np.zeros(1, np.float32)
+    return np.array([lo], np.float32), np.array([255.0 / (hi - lo)], np.float32)
+
+
+def quantise_square(pixels: np.ndarray, low: np.ndarray, scale: np.ndarray, *,
+                    invert: bool = False) -> np.ndarray:
+    """(C, side, side) uint8: each channel's linear map of a 2-D image, clipped and
+    rounded, centred on a zero square as ``pad_square`` does (one pass per step, all
+    channels at once; ``invert``: MONOCHROME1)."""
+    h, w = pixels.shape
+    values = pixels[None] - low[:, None, None]
+    values *= scale[:, None, None]
+    np.clip(values, 0.0, 255.0, out=values)
+    if invert:
+        np.subtract(255.0, values, out=values)
+    np.rint(values, out=values)
+    side = max(h, w)
+    if h == w:
+        return values.astype(np.uint8)
+    out = np.zeros((len(low), side, side), np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[:, top : top + h, left : left + w] = values
+    return out
+
+
+def resize_uint8(planes: np.ndarray, size: int) -> np.ndarray:
+    """Square (C, H, W) uint8 -> (C, size, size) with ``resize``'s filter, three planes
+    to one Pillow RGB image (its 8-bit bands resample independently)."""
+    if planes.shape[1:] == (size, size):
+        return planes
+    out = np.empty((planes.shape[0], size, size), np.uint8)
+    for start in range(0, planes.shape[0], 3):
+        group = [Image.fromarray(np.ascontiguousarray(p)) for p in planes[start : start + 3]]
+        if len(group) == 3:
+            rgb = Image.merge("RGB", group).resize((size, size), Image.Resampling.BILINEAR)
+            out[start : start + 3] = np.asarray(rgb).transpose(2, 0, 1)
+            continue
+        for i, plane in enumerate(group):
+            out[start + i] = np.asarray(plane.resize((size, size), Image.Resampling.BILINEAR))
+    return out
 
 
 def to_uint8(stack: np.ndarray) -> np.ndarray:

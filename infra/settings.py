@@ -107,6 +107,24 @@ class Settings(BaseSettings):
     eval_bootstrap_resamples: int = Field(2000, ge=0, le=100_000)
     """Bootstrap resamples of the 95 % intervals when a task does not say (0: none)."""
 
+    # --- issue 13 (H6): attempt-scoped checkpoints (runner/checkpoint.py) ----------
+    checkpoints_kept: int = Field(2, ge=1, le=100)
+    """Checkpoints a task keeps, one per attempt (``runs/<id>/attempts/<n>/checkpoints/``):
+    once an attempt writes its first, older attempts' beyond the newest ``N - 1`` go."""
+
+    # --- issue 16: datasets over the runner's disk (runner/shards.py, shard_cache.py) ---
+    runner_cache_budget_bytes: int = Field(20 << 30, ge=1 << 20, le=1 << 50)
+    """Most local disk one task's decoded data may take: a dataset whose decoded cache is
+    larger streams from shards built once and shared through the store, through a local
+    least-recently-used copy of at most this many bytes."""
+
+    # --- issue 16 item 1 (H1): first-epoch decoding (runner/decode_pool.py) -------
+    runner_decode_workers: int = Field(0, ge=0, le=256)
+    """Processes decoding a task's cases into the cache (pydicom and numpy are CPU bound
+    and hold the GIL); 0 = one per available CPU core, 1 = in the runner's process. They
+    share the runner's decode memory budget (``decode_budget_process_bytes``)."""
+    # --- end issue 16 item 1 (H1) -----------------------------------------------
+
     # --- embedded stack ---------------------------------------------------
     data_dir: Path = Path(".radtrain")
     nats_port: int = Field(4222, ge=0, le=65535)
@@ -198,6 +216,41 @@ class Settings(BaseSettings):
     """How long KV ``dataset_imports`` keeps an import's status."""
     import_max_objects: int = Field(200_000, ge=1)
     """An import source with more objects than this fails at once."""
+
+    # --- issue 16 item 2 (H3): import throughput ----------------------------
+    import_upload_workers: int = Field(16, ge=1, le=256)
+    """Threads storing an import's images at once (the store is I/O bound: fsyncs, requests)."""
+    import_header_workers: int = Field(0, ge=0, le=64)
+    """Processes reading image headers in parallel (pydicom is CPU bound and holds the GIL);
+    0 = one per idle CPU core (cores less the load average), 1 = in the importing process."""
+    import_header_pool_min: int = Field(20_000, ge=1)
+    """Fewer images than this are read in-process: starting the workers (a forkserver that
+    imports pydicom, then each worker) costs about a second of CPU, more than they save on
+    a few thousand headers."""
+    s3_max_connections: int = Field(32, ge=1, le=1024)
+    """Pooled HTTP connections of the S3 client; at least ``import_upload_workers``, or
+    uploads queue for a connection."""
+    # --- end issue 16 item 2 (H3) -------------------------------------------
+
+    # --- issue 16 item 3 (H4): gateway worker processes (gateway/workers.py) ---
+    gateway_workers: int = Field(1, ge=1, le=64)
+    """Gateway processes sharing ``gateway_port`` (SO_REUSEPORT; the kernel spreads the
+    connections), under one supervisor that restarts a dead one and stops them all on
+    SIGTERM/SIGINT. 1 = the gateway serves in its own process. The SSE caps, the preview
+    cache and decoding budget and the rate limits are per process: N workers allow up to
+    N times each."""
+    gateway_stop_timeout_s: float = Field(15.0, gt=0, le=300)
+    """How long the supervisor waits for its workers to finish after SIGTERM before it
+    kills them (less than what ``radtrain up`` waits for the supervisor)."""
+    # --- end issue 16 item 3 (H4) ----------------------------------------------
+
+    # --- issue 13 item 7 (H5): handlers CPU per task (infra/bus/subscriber.py) -----
+    decode_cache_bytes: int = Field(4 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    """Task events the handlers keep decoded (bytes of their JSON; in memory about 6
+    times more), so that the consumers that receive the same event (projector, task
+    index, webhooks, enrich) decode it once. The projector can run a thousand tasks
+    behind enrich under load, hence megabytes. 0 = every consumer decodes for itself."""
+    # --- end issue 13 item 7 (H5) ----------------------------------------------
 
     # --- issue 14: browser uploads (gateway/uploads.py) ---------------------
     upload_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)

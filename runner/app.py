@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from imaging.budget import DecodeBudget, set_default_budget
+from infra import event_loop
 from infra.bus.subscriber import Subscriber, event_decoder, run_subscriber
 from infra.bus.topology import (
     DISPATCH_STREAM,
@@ -149,7 +150,7 @@ def settings_from(args: argparse.Namespace, base: Settings) -> Settings:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = with_runner_id(settings_from(parse_args(argv), Settings()))
     setup_process("runner", settings, settings.runner_metrics_port)
-    asyncio.run(_main(settings))
+    event_loop.run(_main(settings), use_uvloop=settings.uvloop)
 
 
 async def _main(settings: Settings) -> None:

@@ -5,42 +5,56 @@ preprocessing, targets); the result is cached on local disk as plain ``.npy``
 files, so a retry, a resume or a second task on the same data starts training
 at once, and the training loop memory-maps the cache instead of holding a
 second copy (DataLoader workers share the mapped pages).
+
+The first build decodes on every core (runner/decode_pool.py, ``runner_decode_workers``),
+reads a local store's files where they lie (runner/case_files.py), and writes the pixels
+once, straight into the cache file being built (issue 16).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imaging.budget import DecodeBusy
 from imaging.reader import MAX_IMAGE_BYTES, CaseReadError, read_image
-from imaging.transforms import preprocess, to_uint8
-from infra.errors import TransientError
-from infra.store import InvalidKey, ObjectNotFound, ObjectStore, StoreUnavailable
-from runner.slices import adjacent_stack, anatomical, neighbour_keys
+from infra.store import LocalStore, ObjectStore
+from runner import case_files
+from runner.case_files import label_of, located
+from runner.decode_pool import Decoded, DecodePool, Recipe, Target, resolve_workers
+from runner.slices import neighbour_keys
 from runner.split import DatasetError, assign_splits, encode_labels
 from runner.targets import (
     pack_boxes,
     presence_from_boxes,
     presence_from_masks,
-    read_mask,
     scale_boxes,
     unpack_boxes,
 )
 from schemas.dataset import Case, DatasetManifest, SeriesInfo
 from schemas.spec import TrainingSpec
 
-CACHE_VERSION = 2
+if TYPE_CHECKING:  # runner/shards.py imports this module (issue 16)
+    from runner.shards import ShardedArray, ShardSet
+
+CACHE_VERSION = 3
+CHUNK_CASES = 16
+"""Most cases in one decode worker's task (runner/decode_pool.py)."""
+POOL_MIN_CASES = 32
+"""Fewer cases are decoded in this process: starting workers would cost more."""
 ANNOTATION_OF = {"single_label": ("single_label", "multi_label"),
                  "multi_label": ("single_label", "multi_label"),
                  "boxes": ("boxes",), "masks": ("masks",)}
@@ -57,8 +71,9 @@ __all__ = ["MAX_IMAGE_BYTES", "CaseReadError", "DatasetError", "PreparedData", "
 class PreparedData:
     """Everything the training loop needs, memory-mapped or in memory."""
 
-    x: np.ndarray
-    """(N, C, H, W) uint8, values 0..255 for [0, 1]; normalised on the device."""
+    x: np.ndarray | ShardedArray
+    """(N, C, H, W) uint8, values 0..255 for [0, 1]; normalised on the device. Over the cache
+    budget a ``ShardedArray``: indexing gathers the rows from shards (runner/shards.py)."""
     y: np.ndarray
     """Class indices (single-label), multi-hot (multi-label), or for boxes and masks the
     multi-hot of the classes a case shows (what the split balances on)."""
@@ -71,12 +86,14 @@ class PreparedData:
     cache_hit: bool
     boxes: list[np.ndarray] | None = None
     """Per case (k, 5) float32 ``x1, y1, x2, y2, label`` (label 1-based) in pixels."""
-    masks: np.ndarray | None = None
+    masks: np.ndarray | ShardedArray | None = None
     """(N, H, W) uint8 class indices, 0 background."""
     series: dict[str, SeriesInfo] = field(default_factory=dict)
     """The manifest's series table (slice order, exam labels: runner/pe_metrics.py)."""
     case_series: list[str | None] = field(default_factory=list)
     """Each case's series key, in case order."""
+    shards: ShardSet | None = None
+    """Set when the data streams from shards (over ``runner_cache_budget_bytes``)."""
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -110,20 +127,29 @@ def prepare(
     cache_dir: Path,
     progress: Progress | None = None,
     *,
-    workers: int = 4,
+    workers: int = 0,
+    budget_bytes: int | None = None,
 ) -> PreparedData:
-    """Download, decode and preprocess every case once; later calls hit the cache."""
+    """Download, decode and preprocess every case once; later calls hit the cache.
+
+    With ``budget_bytes`` (``runner_cache_budget_bytes``) and a cache that would not fit
+    in it, the cases go to shards shared through the store instead (runner/shards.py)."""
     _check_compatible(spec, manifest)
     classification = spec.label_mode in ("single_label", "multi_label")
     if classification:  # label errors are reported before any download
         labels = encode_labels(manifest.cases, spec.classes, spec.label_mode, spec.class_map)
+    if budget_bytes is not None:  # issue 16: over the budget, stream from shared shards
+        from runner.shards import over_budget, prepare_sharded
+        if over_budget(spec, len(manifest.cases), budget_bytes):
+            return prepare_sharded(spec, manifest, store, cache_dir, budget_bytes, progress,
+                                   workers)
     case_ids = [c.case_id for c in manifest.cases]
     path = cache_dir / cache_key(spec)
     arrays = _load_cache(path, case_ids, spec)
     hit = arrays is not None
     if arrays is None:
-        arrays = _build(spec, manifest, store, progress, workers)
-        _save_cache(path, arrays, case_ids)
+        build = partial(_build, spec, manifest, store, progress, workers)
+        arrays = _save_cache(path, case_ids, build, _x_shape(spec, len(case_ids)))
         arrays = _load_cache(path, case_ids, spec) or arrays  # train from the mapped copy
     elif progress is not None:
         progress(len(case_ids), len(case_ids))
@@ -164,103 +190,102 @@ def _build(
     store: ObjectStore,
     progress: Progress | None,
     workers: int,
+    out: np.ndarray | None = None,
 ) -> _Arrays:
-    """Download ahead in threads (I/O), decode here (CPU), gather every failure at once.
+    """Locate (local store: in place) or download (threads: I/O) the files, decode them
+    on ``workers`` processes (runner/decode_pool.py; 0: every core), gather every
+    failure at once.
 
-    The look-ahead window bounds the temporary disk used to a few files, not
-    the whole dataset.
+    The pixels go straight into ``out`` (the cache file being written, memory-mapped)
+    or a new array, in case order. A few chunks of cases are in flight at a time, which
+    bounds the temporary disk and memory to a few files per worker, not the dataset.
     """
-    cases, errors = manifest.cases, []
-    xs: list[np.ndarray] = []
-    boxes: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    ahead = max(1, workers) * 4
-    plan = neighbour_keys(manifest) if spec.preprocessing.slices == "adjacent" else {}
+    cases, p = manifest.cases, spec.preprocessing
+    got = _Gathered(out if out is not None else np.empty(_x_shape(spec, len(cases)), np.uint8),
+                    masks=np.zeros((len(cases), p.image_size, p.image_size), np.uint8)
+                    if spec.label_mode == "masks" else None)
+    workers = resolve_workers(workers)
+    size = _chunk_size(spec, len(cases), workers)
+    chunks = [range(i, min(i + size, len(cases))) for i in range(0, len(cases), size)]
+    recipe = Recipe(p, spec.label_mode == "masks", len(spec.classes))
+    plan = neighbour_keys(manifest) if p.slices == "adjacent" else {}
+    copy = type(store) is not LocalStore  # a subclass may not keep its files where uri() says
     with (
         tempfile.TemporaryDirectory(prefix="radtrain-prep-") as tmp,
-        ThreadPoolExecutor(max(1, workers)) as pool,
+        ThreadPoolExecutor(max(4, workers)) if copy else nullcontext() as io,
+        DecodePool(min(workers, len(chunks)) if len(cases) >= POOL_MIN_CASES else 1,
+                   recipe, Target.of(out)) as pool,
     ):
-        fetch = partial(_download, dataset_id=manifest.id, store=store, tmp=Path(tmp),
-                        plan=plan)
-        pending = deque(pool.submit(fetch, c) for c in cases[:ahead])
-        for done, case in enumerate(cases, start=1):
-            job = pending.popleft()
-            if done - 1 + ahead < len(cases):
-                pending.append(pool.submit(fetch, cases[done - 1 + ahead]))
-            try:
-                x, box, mask = _decode(case, job.result(), spec)
-                xs.append(x)
-                if box is not None:
-                    boxes.append(box)
-                if mask is not None:
-                    masks.append(mask)
-            except CaseReadError as exc:
-                errors.append(exc.message)
-            if progress is not None:
-                progress(done, len(cases))
-    if errors:
-        raise DatasetError(errors)
-    return _Arrays(np.stack(xs), boxes if spec.label_mode == "boxes" else None,
-                   np.stack(masks) if spec.label_mode == "masks" else None)
+        locate = partial(case_files.locate, dataset_id=manifest.id, store=store, tmp=Path(tmp),
+                         plan=plan, copy=copy)
+        inflight: set[Future[list[Decoded]]] = set()
+        for jobs in located(chunks, cases, locate, io, got.errors):
+            while len(inflight) >= 2 * pool.workers:
+                inflight = _take(inflight, got, progress, len(cases))
+            inflight.add(pool.submit(jobs))
+        while inflight:
+            inflight = _take(inflight, got, progress, len(cases))
+    boxes = _boxes(spec, cases, got) if spec.label_mode == "boxes" else None
+    if got.errors:
+        raise DatasetError([got.errors[i] for i in sorted(got.errors)])
+    return _Arrays(got.x, boxes, got.masks)
 
 
-def _label(case: Case) -> str:
-    return f"{case.case_id} ({case.images[len(case.images) // 2]})"
+@dataclass
+class _Gathered:
+    """Where the workers' results land, by case index."""
+
+    x: np.ndarray
+    masks: np.ndarray | None = None
+    hw: dict[int, tuple[int, int]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
 
 
-def _fetch(store: ObjectStore, key: str, local: Path, label: str, what: str) -> Path:
-    try:
-        return store.get_file(key, local)
-    except ObjectNotFound as exc:
-        raise CaseReadError(label, f"{what} not found in the store") from exc
-    except InvalidKey as exc:
-        raise CaseReadError(label, f"invalid {what} key ({exc})") from exc
-    except StoreUnavailable as exc:
-        raise TransientError("store_unavailable", f"reading {key}: {exc}") from exc
+def _x_shape(spec: TrainingSpec, n: int) -> tuple[int, int, int, int]:
+    p = spec.preprocessing
+    return (n, p.channels, p.image_size, p.image_size)
 
 
-def _download(case: Case, *, dataset_id: str, store: ObjectStore, tmp: Path,
-              plan: dict[str, list[str]] | None = None) -> tuple[list[Path], Path | None]:
-    """The middle image of the case's stack (the 2-D networks see one slice), and its mask;
-    with 2.5D input (``plan``, runner/slices.py) its previous and next slice too."""
-    label = _label(case)
-    keys = (plan or {}).get(case.case_id) or [case.images[len(case.images) // 2]]
-    images = [_fetch(store, f"datasets/{dataset_id}/{key}", tmp / f"{case.case_id}.{i}.img",
-                     label, "image") for i, key in enumerate(keys)]
-    mask = None
-    if case.mask is not None:
-        mask = _fetch(store, f"datasets/{dataset_id}/{case.mask}", tmp / f"{case.case_id}.mask",
-                      label, "mask")
-    return images, mask
+def _chunk_size(spec: TrainingSpec, n: int, workers: int) -> int:
+    """Cases per worker task: enough to amortise the hand-off, at most ~4 MiB of pixels
+    each, and small enough that every worker gets several."""
+    per_case = int(np.prod(_x_shape(spec, 1)))
+    return max(1, min(CHUNK_CASES, (4 << 20) // per_case, n // (workers * 4)))
 
 
-def _decode(case: Case, local: tuple[list[Path], Path | None], spec: TrainingSpec
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Pixels, and the targets mapped into the same preprocessed frame."""
-    image_paths, mask_path = local
-    size = spec.preprocessing.image_size
-    try:
-        imgs = [anatomical(read_image(p, source=_label(case)), p) for p in image_paths]
-        img = imgs[len(imgs) // 2]
-        frame = img.frame()
-        hw = (int(frame.shape[0]), int(frame.shape[1]))
-        if spec.preprocessing.slices == "adjacent":
-            x = to_uint8(adjacent_stack(imgs, spec.preprocessing))
-        else:
-            x = to_uint8(preprocess(img, spec.preprocessing))
-        box = mask = None
-        if spec.label_mode == "boxes":
-            box = scale_boxes(case.boxes, spec.classes, hw, size)
-        elif spec.label_mode == "masks" and mask_path is not None:
-            mask = read_mask(mask_path, hw, size, len(spec.classes), _label(case))
-        return x, box, mask
-    except ValueError as exc:
-        raise CaseReadError(_label(case), str(exc)) from exc
-    finally:
-        for path in image_paths:
-            path.unlink(missing_ok=True)
-        if mask_path is not None:
-            mask_path.unlink(missing_ok=True)
+def _take(inflight: set[Future[list[Decoded]]], got: _Gathered, progress: Progress | None,
+          total: int) -> set[Future[list[Decoded]]]:
+    """Wait for a chunk, write its cases into place; the rest stay in flight."""
+    finished, rest = wait(inflight, return_when=FIRST_COMPLETED)
+    for fut in finished:
+        for r in fut.result():
+            if r.busy_s is not None:
+                raise DecodeBusy(r.busy_s)
+            if r.error is not None or r.hw is None:
+                got.errors[r.index] = r.error or f"case {r.index}: nothing decoded"
+                continue
+            if r.x is not None:  # else a worker wrote it into the cache file
+                got.x[r.index] = r.x
+            got.hw[r.index] = r.hw
+            if got.masks is not None and r.mask is not None:
+                got.masks[r.index] = r.mask
+    if progress is not None:
+        progress(len(got.hw) + len(got.errors), total)
+    return rest
+
+
+def _boxes(spec: TrainingSpec, cases: list[Case], got: _Gathered) -> list[np.ndarray]:
+    """Each case's boxes in the preprocessed frame of its decoded image."""
+    size, out = spec.preprocessing.image_size, []
+    for i, case in enumerate(cases):
+        if i not in got.hw:
+            out.append(np.zeros((0, 5), np.float32))
+            continue
+        try:
+            out.append(scale_boxes(case.boxes, spec.classes, got.hw[i], size))
+        except ValueError as exc:
+            got.errors[i] = CaseReadError(label_of(case), str(exc)).message
+    return out
 
 
 def _load_cache(path: Path, case_ids: list[str], spec: TrainingSpec) -> _Arrays | None:
@@ -284,12 +309,21 @@ def _load_cache(path: Path, case_ids: list[str], spec: TrainingSpec) -> _Arrays 
     return _Arrays(x, boxes, masks)
 
 
-def _save_cache(path: Path, arrays: _Arrays, case_ids: list[str]) -> None:
-    """Write a sibling directory and rename it into place: a crash never leaves half a cache."""
+def _save_cache(path: Path, case_ids: list[str], build: Callable[[np.ndarray], _Arrays],
+                shape: tuple[int, ...]) -> _Arrays:
+    """Decode straight into a sibling directory's ``x.npy`` (memory-mapped, its disk
+    reserved first, so a full disk is an error and not a crash), then rename it into
+    place: a crash never leaves half a cache, and the pixels are written once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        np.save(tmp / "x.npy", arrays.x)
+        arrays = build(_open_x(tmp / "x.npy", shape))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        if not isinstance(arrays.x, np.memmap):  # no cases: nothing to map
+            np.save(tmp / "x.npy", arrays.x)
         if arrays.boxes is not None:
             flat, offsets = pack_boxes(arrays.boxes)
             np.save(tmp / "boxes.npy", flat)
@@ -305,3 +339,20 @@ def _save_cache(path: Path, arrays: _Arrays, case_ids: list[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (path / "meta.json").is_file():
             raise
+    return arrays
+
+
+def _open_x(file: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new uint8 ``.npy`` of ``shape``, memory-mapped for writing, its blocks allocated
+    now: writing a mapped page past a full disk would kill the process (SIGBUS)."""
+    if not np.prod(shape):
+        return np.zeros(shape, np.uint8)
+    x = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(file, "rb+") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+    return x

@@ -8,7 +8,8 @@ processes), relays what rank 0 asks and what the attempt decides, and waits.
   ``on_progress`` (the rate-limited reporter, which asks ownership first).
 * Checkpoints: rank 0 serialises the state into the attempt's work directory
   and asks; the supervisor asks the fence (``Attempt.owns``, fail closed),
-  uploads (``Checkpointer.put``) and answers. No other rank ever writes.
+  uploads (``Checkpointer.put``: the attempt's own key, runner/checkpoint.py) and
+  answers. No other rank ever writes.
 * Stopping: ``should_stop`` (cancel, shutdown, fence) is polled every
   ``POLL_S`` into a shared flag; rank 0 reads it at every step and broadcasts
   it (runner.rank_group), so every rank stops at the same step, rank 0 after

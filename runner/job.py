@@ -77,7 +77,12 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
     started = time.monotonic()
     world = world_size(spec, device, settings.ddp_cpu_processes_max)
     manifest = load_manifest(store, spec)
-    data = prepare(spec, manifest, store, settings.cache_dir)
+    data = prepare(spec, manifest, store, settings.cache_dir,
+                   budget_bytes=settings.runner_cache_budget_bytes,
+                   workers=settings.runner_decode_workers)
+    if world > 1 and data.shards is not None:  # issue 16: ranks have no store to stream from
+        raise PermanentError("resources_unavailable", f"{world} processes cannot share a "
+                             "dataset over runner_cache_budget_bytes yet: train it on one")
     reason = should_stop()
     if reason:  # cancelled or shut down while the data was decoded
         raise TrainingStopped(str(reason) if isinstance(reason, str) else "stopped",

@@ -24,11 +24,23 @@ import numpy as np
 
 from imaging.reader import read_header
 from imaging.series import SliceGeometry, neighbours, order_frames
-from imaging.transforms import ImageArray, match_channels, minmax, pad_square, resize, window
+from imaging.transforms import (
+    ImageArray,
+    Resize,
+    linear_maps,
+    match_channels,
+    minmax,
+    pad_square,
+    quantise_square,
+    resize,
+    resize_uint8,
+    to_uint8,
+    window,
+)
 from schemas.dataset import Case, DatasetManifest
 from schemas.spec import Preprocessing
 
-__all__ = ["adjacent_stack", "anatomical", "frame_planes", "neighbour_keys"]
+__all__ = ["adjacent_stack", "adjacent_uint8", "anatomical", "frame_planes", "neighbour_keys"]
 
 
 def _middle(case: Case) -> str:
@@ -83,21 +95,49 @@ def frame_planes(image: ImageArray) -> list[np.ndarray]:
     return [np.asarray(pixels[j]) for j in neighbours(mid, pixels.shape[0])]
 
 
-def adjacent_stack(images: Sequence[ImageArray], prep: Preprocessing) -> np.ndarray:
-    """(channels, size, size) float32 in [0, 1]: previous/current/next in one window."""
+def _planes(images: Sequence[ImageArray]) -> list[tuple[np.ndarray, bool]]:
+    """The previous, current and next slice, each with whether it is MONOCHROME1."""
     if any(img.is_colour for img in images):
         raise ValueError("2.5D input needs grayscale slices; this case has colour images")
     if len(images) == 1:
         planes = frame_planes(images[0])
     else:
         planes = [img.frame() for img in images]
-    first = prep.windows[0] if prep.windows else None
-    channels = []
-    for plane, img in zip(planes, [*images, *[images[-1]] * 3][:len(planes)], strict=True):
+    owners = [*images, *[images[-1]] * 3][:len(planes)]
+    for plane in planes:
         if plane.ndim != 2:
             raise ValueError(f"expected 2-D slices, got shape {plane.shape}")
+    return [(p, img.photometric == "MONOCHROME1") for p, img in zip(planes, owners,
+                                                                     strict=True)]
+
+
+def adjacent_uint8(images: Sequence[ImageArray], prep: Preprocessing,
+                   resize: Resize | None = None) -> np.ndarray:
+    """``to_uint8(adjacent_stack(...))`` within one grey level, the way
+    ``imaging.transforms.preprocess_uint8`` is: each slice windowed to 8 bits, the
+    three resized together when they are the same size."""
+    planes = _planes(images)
+    if prep.channels == 1:  # three slices mixed down to luminance: the float path
+        return to_uint8(adjacent_stack(images, prep))
+    squares = []
+    for plane, invert in planes:
+        low, scale = linear_maps(plane, prep.windows[:1])
+        squares.append(quantise_square(plane, low, scale, invert=invert)[0])
+    fit = resize or resize_uint8
+    if len({s.shape for s in squares}) == 1:
+        stack = fit(np.stack(squares), prep.image_size)
+    else:  # a neighbour of another size: each on its own, so they still line up
+        stack = np.stack([fit(s[None], prep.image_size)[0] for s in squares])
+    return match_channels(stack, prep.channels)
+
+
+def adjacent_stack(images: Sequence[ImageArray], prep: Preprocessing) -> np.ndarray:
+    """(channels, size, size) float32 in [0, 1]: previous/current/next in one window."""
+    first = prep.windows[0] if prep.windows else None
+    channels = []
+    for plane, invert in _planes(images):
         ch = window(plane, first.center, first.width) if first else minmax(plane)
-        if img.photometric == "MONOCHROME1":
+        if invert:
             ch = 1.0 - ch
         # each slice resized on its own: a neighbour of another size still lines up
         channels.append(resize(pad_square(ch[None]), prep.image_size)[0])

@@ -22,7 +22,7 @@ from imaging.transforms import per_channel
 from infra.store import ObjectStore
 from runner.checkpoint import Sink, State, rng_state, set_rng_state
 from runner.data import PreparedData
-from runner.loader import BatchSource
+from runner.loader import BatchSource, epoch_order
 from runner.model import build_model
 from runner.pe_metrics import exam_scores
 from runner.rank_group import Group
@@ -181,8 +181,7 @@ class _Loop:
         """One pass over the train split (or its rest, when resumed); the mean training loss."""
         hp = self.spec.hyperparameters
         if self.order is None:
-            train_idx = torch.from_numpy(self.data.indices("train"))
-            self.order = train_idx[torch.randperm(len(train_idx), generator=self.gen)]
+            self.order = epoch_order(self.data, self.gen)  # shard by shard when streaming
             self.batch_index, self.loss_sum, self.seen, self.epoch_lr = 0, 0.0, 0, self.lr()
         self.model.train()
         set_backbone_frozen(self.model, epoch <= hp.freeze_backbone_epochs)

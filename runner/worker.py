@@ -4,8 +4,9 @@ Exactly one run per task (runner/ownership.py): each delivery first claims the
 task on the KV ``runs`` ledger by compare-and-set, as a new attempt numbered
 per task; a second ``task.ready`` for a running or finished task is acked and
 ignored, and a redelivery after the run ended republishes what it recorded.
-The attempt trains (resuming from the task's shared checkpoint), uploads its
-artifacts under its own prefix ``runs/<task_id>/attempts/<attempt>/``, and
+The attempt trains (resuming from the newest older attempt's checkpoint,
+runner/checkpoint.py), checkpoints and uploads its artifacts only under its own
+prefix ``runs/<task_id>/attempts/<attempt>/``, and
 completes by one compare-and-set naming that attempt; only then is
 ``task.completed`` returned, which the subscriber (infra/bus/subscriber.py)
 publishes (JetStream-acked) before it acks the message. A stale attempt that
@@ -42,7 +43,7 @@ from infra.store import StoreUnavailable
 from runner import ownership
 from runner.attempt import UNVERIFIED, Attempt, RunnerContext, cancel_request
 from runner.checkpoint import Checkpointer, State
-from runner.job import JobResult, checkpointer_for, run_job
+from runner.job import JobResult, run_job
 from runner.ownership import Claimant, claim
 from runner.progress import ProgressReporter
 from runner.train import TrainingStopped
@@ -134,7 +135,10 @@ class Run:
         sup = Attempt(self.delivery, self.ctx, self.ready, self.attempt)
         sup.start()  # heartbeats from here on: loading a large checkpoint takes a while
         try:
-            ckpt = checkpointer_for(self.ctx.store, self.spec, self.ctx.settings, sup.owns)
+            ckpt = Checkpointer(self.ctx.store, self.spec,
+                                self.ctx.settings.work_dir / self.task_id / "checkpoints",
+                                sup.owns, attempt=self.attempt,
+                                keep=self.ctx.settings.checkpoints_kept)
             resume = await asyncio.to_thread(ckpt.load)
             await publish_all(self.ctx.js, [TaskStartedEvent(data=TaskStarted(
                 task_id=self.task_id, runner_id=self.ctx.runner_id, attempt=self.attempt,

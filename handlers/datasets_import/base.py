@@ -50,6 +50,12 @@ class ImportOptions:
     rle: RleLayout = "relative"
     decode: DecodeMode = "auto"
     max_image_bytes: int = MAX_IMAGE_BYTES
+    upload_workers: int = 16
+    """Threads storing images at once (``Settings.import_upload_workers``)."""
+    header_workers: int = 0
+    """Processes reading headers; 0: one per idle core (``Settings.import_header_workers``)."""
+    header_pool_min: int = 20_000
+    """Fewer images are read in-process (``Settings.import_header_pool_min``)."""
 
     @classmethod
     def from_request(cls, req: ImportRequest, tenant: str, **overrides: Any) -> ImportOptions:

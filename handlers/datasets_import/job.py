@@ -88,18 +88,21 @@ class _Tracker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._progress = ImportProgress()
+        self._fields: dict[str, Any] = ImportProgress().model_dump()
         self.version = 0
 
     def set(self, phase: ImportPhase, done: int, total: int, **counts: int) -> None:
-        """Worker threads report out of order: within a phase, counts never go back."""
+        """Worker threads report out of order: within a phase, counts never go back.
+
+        Called once per case: plain numbers here, the model only in ``snapshot``
+        (read once per progress interval).
+        """
         with self._lock:
-            old = self._progress
-            if old.phase == phase:
-                done = max(done, old.done)
-                counts = {k: max(v, getattr(old, k)) for k, v in counts.items()}
-            self._progress = old.model_copy(
-                update={"phase": phase, "done": done, "total": total, **counts})
+            old = self._fields
+            if old["phase"] == phase:
+                done = max(done, old["done"])
+                counts = {k: max(v, old[k]) for k, v in counts.items()}
+            old.update(phase=phase, done=done, total=total, **counts)
             self.version += 1
 
     def __call__(self, phase: ImportPhase, done: int, total: int) -> None:
@@ -112,7 +115,7 @@ class _Tracker:
 
     def snapshot(self) -> tuple[int, ImportProgress]:
         with self._lock:
-            return self.version, self._progress
+            return self.version, ImportProgress(**self._fields)
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,10 @@ async def handle_import_job(
     try:
         opts = ImportOptions.from_request(
             job.request, job.tenant, dataset_id=dataset_id,
-            replace=job.request.replace or await _ours(datasets, job, dataset_id, first_start))
+            replace=job.request.replace or await _ours(datasets, job, dataset_id, first_start),
+            upload_workers=settings.import_upload_workers,
+            header_workers=settings.import_header_workers,
+            header_pool_min=settings.import_header_pool_min)
         report = await _run(job, opts, store, datasets, tracker, settings)
         retry = [p for p in report.problems if p.code in RETRYABLE_PROBLEMS]
         if retry and not delivery.plan.is_last(delivery.attempt):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from handlers.datasets_import import coco, folder_csv, masks, rsna, rsna_pe, siim
+from handlers.datasets_import import coco, folder_csv, headers, masks, rsna, rsna_pe, siim
 from handlers.datasets_import.base import (
     Candidate,
     ImportAbort,
@@ -38,7 +38,7 @@ from handlers.datasets_import.base import (
 from handlers.datasets_import.register import register_dataset
 from handlers.datasets_import.series_step import apply_series
 from handlers.datasets_import.stats import dataset_stats
-from handlers.datasets_import.validate import Validated, ValidCase, headers_of, validate
+from handlers.datasets_import.validate import Validated, ValidCase, validate
 from imaging.reader import CaseReadError, ImageHeader
 from infra.kv import DatasetRepo
 from infra.store import ObjectStore, StoreError
@@ -56,7 +56,8 @@ PARSERS: dict[ImportFormat, Callable[[Path, ImportOptions], Parsed]] = {
     "masks": masks.parse,
     "siim-rle": siim.parse,
 }
-UPLOAD_WORKERS = 8
+INLINE_MAX_BYTES = 8 * 1024 * 1024
+"""Images up to this size are read once, hashed in memory and stored from there."""
 _CONTENT_TYPES = {"dicom": "application/dicom", "png": "image/png", "jpeg": "image/jpeg"}
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -104,11 +105,7 @@ def prepare(root: Path, opts: ImportOptions, progress: Progress | None = None
 
     def read_headers(cands: list[Candidate]) -> list[list[ImageHeader] | CaseReadError]:
         counter = _Counter("checking", len(cands), progress or _no_progress)
-        out: list[list[ImageHeader] | CaseReadError] = []
-        for cand in cands:
-            out.append(headers_of(cand, opts, root))
-            counter.step()
-        return out
+        return headers.read_all(cands, opts, root, counter.step)
 
     checked = validate(parsed, opts, root, read_headers)
     apply_series(checked, parsed.exams)  # slice order, series, patients, body parts
@@ -116,7 +113,8 @@ def prepare(root: Path, opts: ImportOptions, progress: Progress | None = None
 
 
 def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase],
-                 progress: Progress | None = None) -> tuple[list[Case], list[Problem]]:
+                 progress: Progress | None = None, workers: int = 16
+                 ) -> tuple[list[Case], list[Problem]]:
     """Upload every image and mask (in parallel: the store is I/O bound); build the Cases."""
     counter = _Counter("uploading", len(cases), progress or _no_progress)
 
@@ -125,7 +123,7 @@ def upload_cases(store: ObjectStore, dataset_id: str, cases: list[ValidCase],
         counter.step()
         return result
 
-    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+    with ThreadPoolExecutor(max(1, min(workers, len(cases)))) as pool:
         results = list(pool.map(one, cases))
     done = [r for r in results if isinstance(r, Case)]
     return done, [r for r in results if isinstance(r, Problem)]
@@ -135,22 +133,49 @@ def _upload_one(store: ObjectStore, dataset_id: str, case: ValidCase) -> Case | 
     keys = []
     try:
         for path, header in zip(case.images, case.headers, strict=True):
-            with open(path, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            key = f"cases/{case.case_id}/{digest[:16]}-{_safe_name(path.name)}"
-            store.put_file(case_key(dataset_id, key), path, _CONTENT_TYPES.get(header.format))
-            keys.append(key)
+            keys.append(_store_image(store, dataset_id, case.case_id, path,
+                                     _CONTENT_TYPES.get(header.format)))
         mask_key = None
         if case.mask_png is not None:
             digest = hashlib.sha256(case.mask_png).hexdigest()
             mask_key = f"cases/{case.case_id}/{digest[:16]}-mask.png"
-            store.put_bytes(case_key(dataset_id, mask_key), case.mask_png, "image/png")
+            store.put_bytes(case_key(dataset_id, mask_key), case.mask_png, "image/png",
+                            sha256=digest)
     except (StoreError, OSError) as exc:
         return Problem("upload_failed", f"could not store the case: {exc}", case.case_id,
                        case.source)
     return Case(case_id=case.case_id, images=keys, labels=case.labels, boxes=case.boxes,
                 mask=mask_key, patient_id=case.patient_id, split=case.split,
                 series=case.series)  # type: ignore[arg-type]
+
+
+def _store_image(store: ObjectStore, dataset_id: str, case_id: str, path: Path,
+                 content_type: str | None) -> str:
+    """Store one image under its content-addressed key; the key.
+
+    An image up to ``INLINE_MAX_BYTES`` is read once: hashed for its key and
+    stored from the same bytes. A larger one is hashed, then streamed by the
+    store, which hashes what it copied: a file that changed in between is an
+    error, never an object whose key names other content.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(INLINE_MAX_BYTES + 1)
+        if len(data) <= INLINE_MAX_BYTES:
+            digest = hashlib.sha256(data).hexdigest()
+            key = _image_key(case_id, digest, path)
+            store.put_bytes(case_key(dataset_id, key), data, content_type, sha256=digest)
+            return key
+        fh.seek(0)
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    key = _image_key(case_id, digest, path)
+    info = store.put_file(case_key(dataset_id, key), path, content_type)
+    if info.sha256 != digest:
+        raise OSError(f"{path.name} changed while it was being imported")
+    return key
+
+
+def _image_key(case_id: str, digest: str, path: Path) -> str:
+    return f"cases/{case_id}/{digest[:16]}-{_safe_name(path.name)}"
 
 
 def _safe_name(name: str) -> str:
@@ -178,7 +203,7 @@ async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
     if checked.fatal:
         return report.failed(checked.problems, checked)
     cases, upload_problems = await asyncio.to_thread(upload_cases, store, dataset_id,
-                                                     checked.good, progress)
+                                                     checked.good, progress, opts.upload_workers)
     if upload_problems:
         return report.failed(checked.problems + upload_problems, checked)
     try:

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from handlers.search.core import (
+    PARENT_EXTENSION,
     Decision,
     advance,
     completed_event,
@@ -71,6 +73,26 @@ def search_of(event: Envelope) -> str | None:
     if isinstance(event, TaskCancelRequestedEvent):
         return parent_of(event) or event.subject
     return parent_of(event)
+
+
+_MAY_BE_PARENT = frozenset({"ready", "cancel_requested"})
+_EXTENSION_BYTES = f'"{PARENT_EXTENSION}"'.encode()
+_EXTENSION_HEADER = f"ce-{PARENT_EXTENSION}"
+
+
+def not_for_search(msg: Msg) -> bool:
+    """True for an event that cannot concern a search, told from the raw message alone:
+    not a ``ready`` or ``cancel_requested`` (a parent's), its task id is not a trial's
+    (``<parent>-t<n>``) and it carries no ``searchparent`` extension, in its JSON or as
+    a binary-mode header. Most events (every task's progress and end) are such; JSON
+    with ``\\u`` escapes (which could spell the extension's name) is decoded anyway."""
+    parts = msg.subject.split(".")
+    if len(parts) != 3 or parts[1] in _MAY_BE_PARENT or _TRIAL.match(parts[2]):
+        return False
+    data = msg.data or b""
+    if _EXTENSION_BYTES in data or b"\\u" in data:
+        return False
+    return not any(name.lower() == _EXTENSION_HEADER for name in (msg.headers or {}))
 
 
 def search_lane(subject: str) -> str | None:

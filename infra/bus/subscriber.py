@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
@@ -120,6 +121,11 @@ class Subscriber(Generic[E]):
     lane: Callable[[str], str | None] = task_of_subject
     """Subject → lane: one lane's messages are settled in stream order, lanes side by
     side; ``None`` is one lane too. The default keeps each task's events in order."""
+    skip: Callable[[Msg], bool] | None = None
+    """A cheap test on the raw message (subject, headers, bytes) for a consumer whose
+    filter delivers mostly events it has nothing to do with (the search handler and
+    every task's ``task.rejected``): ``True`` acks the message at once, undecoded. Only
+    for events other consumers decode: a malformed one is dead-lettered by them."""
 
 
 class SharedReads(Generic[K, V]):
@@ -153,19 +159,55 @@ class SharedReads(Generic[K, V]):
 # --- decoders ---------------------------------------------------------------------
 
 
+
+
+class DecodeCache:
+    """The task events this process decoded lately, by their exact bytes.
+
+    Several consumers of one process receive each task event (projector, task index,
+    webhooks and search all get a ``task.rejected``), each as its own delivery of the
+    same bytes: decoding those bytes once saves the pydantic validation, the largest
+    CPU cost of a delivery. Events are immutable (``Strict`` models are frozen), so
+    handing the same object to several handlers is safe. Bounded by the bytes it
+    holds (``max_bytes`` of JSON; the decoded models take about 6 times more): the
+    oldest entry goes first; a consumer far behind the others just decodes again."""
+
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._items: OrderedDict[bytes, Event] = OrderedDict()  # popitem(last=False): O(1)
+
+    def parse(self, raw: bytes) -> Event:
+        """``parse_event(raw)``, from memory when the same bytes were decoded lately."""
+        event = self._items.get(raw)
+        if event is None:
+            event = parse_event(raw)  # raises on bad bytes: nothing is kept for them
+            if len(raw) <= self.max_bytes:
+                self._items[raw] = event
+                self.held += len(raw)
+                while self.held > self.max_bytes:
+                    self.held -= len(self._items.popitem(last=False)[0])
+        return event
+
+
 @overload
-def event_decoder() -> Callable[[bytes], Event]: ...
+def event_decoder(*, cache: DecodeCache | None = None) -> Callable[[bytes], Event]: ...
 @overload
-def event_decoder(kind: type[EnvT], /) -> Callable[[bytes], EnvT]: ...
+def event_decoder(kind: type[EnvT], /, *,
+                  cache: DecodeCache | None = None) -> Callable[[bytes], EnvT]: ...
 @overload
-def event_decoder(*types: type[Envelope]) -> Callable[[bytes], Envelope]: ...
-def event_decoder(*types: type[Envelope]) -> Callable[[bytes], Any]:
+def event_decoder(*types: type[Envelope],
+                  cache: DecodeCache | None = None) -> Callable[[bytes], Envelope]: ...
+def event_decoder(*types: type[Envelope],
+                  cache: DecodeCache | None = None) -> Callable[[bytes], Any]:
     """Any task event (no ``types``), or only the given ones: another type is a
-    ``ValueError`` naming the expected types."""
+    ``ValueError`` naming the expected types. With a ``cache`` shared by a process's
+    consumers, bytes one of them decoded lately are not decoded again."""
     names = " or ".join(f"task.{t.name}" for t in types)
+    parse = cache.parse if cache is not None else parse_event
 
     def decode(raw: bytes) -> Envelope:
-        event = parse_event(raw)
+        event = parse(raw)
         if types and not isinstance(event, types):
             raise ValueError(f"expected a {names} event, got {event.type}")
         return event
@@ -222,6 +264,10 @@ async def undecodable(js: JetStreamContext, durable: str, delivery: Delivery,
 async def handle_message(js: JetStreamContext, sub: Subscriber[Any], msg: Msg,
                          plan: RetryPlan, fetched_at: float | None = None) -> str:
     """Decode, handle, publish, settle one message in its log context; returns the outcome."""
+    if sub.skip is not None and sub.skip(msg):  # nothing for this consumer: no decode
+        await msg.ack()
+        _handled(sub.durable, msg.subject, "skipped").inc()
+        return "skipped"
     delivery = Delivery(subject=msg.subject, attempt=delivery_count(msg), plan=plan, msg=msg,
                         fetched_at=time.monotonic() if fetched_at is None else fetched_at)
     started = time.perf_counter()
@@ -240,9 +286,34 @@ async def handle_message(js: JetStreamContext, sub: Subscriber[Any], msg: Msg,
     task_id, trace = _context_of(decoded, msg) if refused is None else message_context(msg.data)
     with log_context(task_id=task_id or task_of_subject(msg.subject), traceparent=trace):
         outcome = await settle(msg, work, plan)
-    EVENTS_HANDLED.labels(sub.durable, event_name(msg.subject), outcome).inc()
-    EVENT_LATENCY.labels(sub.durable).observe(time.perf_counter() - started)
+    _handled(sub.durable, msg.subject, outcome).inc()
+    _latency(sub.durable).observe(time.perf_counter() - started)
     return outcome
+
+
+_METRIC_CHILDREN = 4096
+"""Labelled metrics kept at hand (consumers × event types × outcomes: a few hundred)."""
+_handled_children: dict[tuple[str, str, str], Any] = {}
+_latency_children: dict[str, Any] = {}
+
+
+def _handled(durable: str, subject: str, outcome: str) -> Any:
+    """``EVENTS_HANDLED.labels(...)``, looked up once per label set: ``labels()`` checks
+    and locks on every call, a measurable share of a delivery's CPU."""
+    key = (durable, event_name(subject), outcome)
+    child = _handled_children.get(key)
+    if child is None:
+        child = EVENTS_HANDLED.labels(*key)
+        if len(_handled_children) < _METRIC_CHILDREN:
+            _handled_children[key] = child
+    return child
+
+
+def _latency(durable: str) -> Any:
+    child = _latency_children.get(durable)
+    if child is None:
+        child = _latency_children[durable] = EVENT_LATENCY.labels(durable)
+    return child
 
 
 # --- the loop -------------------------------------------------------------------------

@@ -28,6 +28,12 @@ every step is idempotent, so a writer killed half way is repaired by the
 redelivery. Live counters remember the last :data:`RECENT` changes they counted,
 so a retried step is not counted twice.
 
+Each step is a KV round trip, so a writer remembers the entries it last read or
+wrote (:class:`Known`) and starts each compare-and-set from that guess instead of
+a read: a guess that is no longer current fails its write, and the writer reads
+and decides again (as the projector's record cache does). A task's listing then
+costs about half the round trips.
+
 A state list keeps the positions of tasks that have left (``""``): a reader skips
 them and, on a first page, stops once it has seen as many live entries as the
 live counter says (below a cursor, at the bottom or at ``limit``). Its order is
@@ -42,8 +48,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -52,6 +59,7 @@ from pydantic import BaseModel
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
 from infra.kv.direct import DirectReader
+from infra.kv.known import Known
 from infra.kv.repository import KVRepository
 
 RECENT = 64
@@ -63,6 +71,7 @@ MAX_CHUNK = 1024
 TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
+M = TypeVar("M", bound=BaseModel)
 
 
 class Slot(BaseModel):
@@ -128,6 +137,7 @@ class ListingIndex:
                  direct: DirectReader | None = None) -> None:
         self.slots, self.counters, self.markers, self.kind = kv, counters, markers, kind
         self.direct = direct
+        self.known = Known()
 
     @classmethod
     async def open(cls, js: JetStreamContext, kind: str) -> ListingIndex:
@@ -147,29 +157,74 @@ class ListingIndex:
 
     # --- writing ----------------------------------------------------------------------
 
-    async def _count(self, key: str) -> int:
-        found = await self.counters.get(key)
+    async def _entry(self, repo: KVRepository[M], key: str) -> tuple[M | None, int, bool]:
+        """(value, revision, guessed): the known entry, else read (and then known)."""
+        known = self.known.get(key)
+        if known is not None:
+            return known[0], known[1], True
+        found = await repo.get_entry(key)
+        if found is None:
+            return None, 0, False
+        self.known.put(key, *found)
+        return found[0], found[1], False
+
+    async def _write(self, repo: KVRepository[M], key: str, value: M,
+                     revision: int) -> int | None:
+        """Compare-and-set; the written entry is known, a lost race forgets the key."""
+        written = await repo.compare_and_set(key, value, revision)
+        if written is None:
+            self.known.drop(key)
+        else:
+            self.known.put(key, value, written)
+        return written
+
+    async def _update(self, repo: KVRepository[M], key: str,
+                      change: Callable[[M | None], M | None], attempts: int = 50) -> None:
+        """``repo.update`` from the known entry: a guess that fails its write, or says
+        there is nothing to write, is read again."""
+        for _ in range(attempts):
+            value, revision, guessed = await self._entry(repo, key)
+            new = change(value)
+            if new is None:
+                if guessed:
+                    self.known.drop(key)
+                    continue
+                return
+            if await self._write(repo, key, new, revision) is not None:
+                return
+        raise KVConflict(KV_LISTINGS, key, attempts)
+
+    async def _count(self, key: str, fresh: bool = False) -> int:
+        if fresh:
+            self.known.drop(key)
+        found, _, _ = await self._entry(self.counters, key)
         return found.n if found else 0
 
     async def _raise_to(self, key: str, n: int) -> None:
-        await self.counters.update(key, lambda c: None if c and c.n >= n else Counter(
-            n=n, recent=c.recent if c else []), attempts=50)
+        await self._update(self.counters, key, lambda c: None if c and c.n >= n else Counter(
+            n=n, recent=c.recent if c else []))
 
     async def _allocate(self, lst: str, item_id: str, lookback: bool) -> int:
         """The position of ``item_id`` in ``lst``: taken now, or found where a killed
-        writer already took it (``lookback``)."""
-        top = await self._count(f"{lst}.n")
+        writer already took it (``lookback``). Starts above the known count; another
+        writer's positions since then send it to the count read afresh."""
+        top = await self._count(f"{lst}.n", fresh=lookback)
         if lookback:
             for p, slot in zip(range(top, 0, -1), await self._slots(lst, range(top, max(
                     0, top - LOOKBACK), -1)), strict=False):
                 if slot is not None and slot.id == item_id:
                     return p
-        p = top + 1
-        while await self.slots.create(f"{lst}.{p}", Slot(id=item_id)) is None:
+        p, fresh = top + 1, lookback
+        while (revision := await self.slots.create(f"{lst}.{p}", Slot(id=item_id))) is None:
+            if not fresh:
+                fresh, p = True, max(p, await self._count(f"{lst}.n", fresh=True) + 1)
+                continue
             taken = await self.slots.get(f"{lst}.{p}")
             if taken is not None and taken.id == item_id:
                 break
             p += 1
+        if revision is not None:
+            self.known.put(f"{lst}.{p}", Slot(id=item_id), revision)
         await self._raise_to(f"{lst}.n", p)
         return p
 
@@ -180,29 +235,36 @@ class ListingIndex:
                 return None
             return Counter(n=c.n + delta, recent=[*c.recent, token][-RECENT:])
 
-        await self.counters.update(key, change, attempts=50)
+        await self._update(self.counters, key, change)
 
     async def add(self, tenant: str, item_id: str) -> Marker:
         """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
         key = self._marker(item_id)
         for _ in range(10):
-            found = await self.markers.get_entry(key)
-            if found is not None and found[0].all:
-                return found[0]
-            if found is None:  # the marker first: a retry then knows to look back
+            found, created = self.known.get(key), False
+            if found is None:  # most likely a new id: its marker first, so a retry looks back
                 revision = await self.markers.create(key, Marker(tenant=tenant))
-                if revision is None:
+                found, created = ((Marker(tenant=tenant), revision), True) if revision else (
+                    await self.markers.get_entry(key), False)
+                if found is None:
                     continue
-                marker = Marker(tenant=tenant)
-            else:
-                marker, revision = found
+                self.known.put(key, *found)
+            marker, revision = found
+            if marker.all:  # a position in the list of all is never given up: a guess will do
+                return marker
             lst = self._list(tenant, None)
-            p = await self._allocate(lst, item_id, lookback=found is not None)
+            p = await self._allocate(lst, item_id, lookback=not created)
             listed = marker.model_copy(update={"all": p})
-            if await self.markers.compare_and_set(key, listed, revision) is not None:
+            if await self._write(self.markers, key, listed, revision) is not None:
                 return listed
             await self._abandon(lst, item_id, p, await self.markers.get(key), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
+
+    def listed_at(self, item_id: str, order: tuple[int, int]) -> bool:
+        """Whether this writer knows ``item_id`` listed in a state of ``order`` or newer
+        (no round trip; ``False`` when it does not know)."""
+        known = self.known.get(self._marker(item_id))
+        return known is not None and bool(known[0].sp) and known[0].order >= order
 
     async def converge(self, tenant: str, item_id: str, state: str,
                        order: tuple[int, int]) -> None:
@@ -211,21 +273,22 @@ class ListingIndex:
         await self.add(tenant, item_id)
         key = self._marker(item_id)
         for _ in range(20):
-            found = await self.markers.get_entry(key)
-            if found is None:
+            # A known marker may be behind the bucket, never ahead (orders only grow): what
+            # it says is listed or on its way is; anything else is settled by the writes.
+            marker, revision, _ = await self._entry(self.markers, key)
+            if marker is None:
                 raise KVConflict(KV_LISTINGS, key, 0)
-            marker, revision = found
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
                 return  # listed there already, or a newer state is on its way
             retry = marker.pending == state and marker.pending_order == order
             if not retry:
                 marker = marker.model_copy(update={"pending": state, "pending_order": order})
-                written = await self.markers.compare_and_set(key, marker, revision)
+                written = await self._write(self.markers, key, marker, revision)
                 if written is None:
                     continue
                 revision = written
             done = await self._move(tenant, item_id, marker, state, order, retry)
-            if await self.markers.compare_and_set(key, done, revision) is not None:
+            if await self._write(self.markers, key, done, revision) is not None:
                 return
             await self._abandon(self._list(tenant, state), item_id, done.sp,
                                 await self.markers.get(key), state)
@@ -243,7 +306,7 @@ class ListingIndex:
                                          "pending": None, "pending_order": (0, 0)})
 
     async def _leave(self, lst: str, item_id: str, p: int) -> None:
-        await self.slots.update(f"{lst}.{p}", lambda s: Slot(id="") if (
+        await self._update(self.slots, f"{lst}.{p}", lambda s: Slot(id="") if (
             s is not None and s.id == item_id) else None)
         await self._bump(f"{lst}.live" if ".s." in lst else f"{lst}.gone",
                          f"out:{item_id}:{p}", -1 if ".s." in lst else +1)
@@ -263,7 +326,7 @@ class ListingIndex:
     async def _counts(self, *keys: str) -> list[int]:
         found = await self.direct.get_last(KV_LISTINGS, list(keys)) if self.direct else None
         if found is None:
-            return list(await asyncio.gather(*(self._count(k) for k in keys)))
+            return list(await asyncio.gather(*(self._count(k, fresh=True) for k in keys)))
         return [Counter.model_validate_json(found[k]).n if k in found else 0 for k in keys]
 
     async def _slots(self, lst: str, positions: Sequence[int]) -> list[Slot | None]:

@@ -5,7 +5,9 @@ so that the rest of the system never cares where bytes live (DESIGN.md §5).
 Two guarantees matter to callers:
 
 * writes are atomic: an object is written under a temporary key and then
-  renamed (local) or copied (S3), so a reader sees the whole object or none;
+  renamed (local) or copied (S3), or, on S3, sent as one PutObject (atomic
+  there: what fits under the multipart threshold), so a reader sees the whole
+  object or none;
 * the sha256 of what was written is returned, so it can be put in events.
 
 The interface is synchronous on purpose (boto3 is); async code calls it through
@@ -72,6 +74,7 @@ def open_store(settings: Settings, *, ensure_bucket: bool = True) -> ObjectStore
         access_key=settings.s3_access_key_id,
         secret_key=secret.get_secret_value() if secret is not None else None,
         retry_budget_s=settings.s3_retry_budget_s,
+        max_connections=max(settings.s3_max_connections, settings.import_upload_workers),
     )
     if ensure_bucket:
         store.ensure_bucket()

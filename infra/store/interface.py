@@ -1,9 +1,9 @@
 """The object store's contract (DESIGN.md §5): errors, key rules, and the interface.
 
 Every implementation (local directory, S3) honours the same two promises:
-writes are atomic (temporary key, then rename or copy) and return the sha256
-of what was written. Key validation lives here so no user-supplied path
-reaches a file system or a bucket unchecked.
+writes are atomic (temporary key, then rename or copy; or one S3 PutObject,
+itself atomic) and return the sha256 of what was written. Key validation
+lives here so no user-supplied path reaches a file system or a bucket unchecked.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import IO, Protocol, runtime_checkable
 CHUNK_SIZE = 1024 * 1024
 MAX_KEY_BYTES = 1024
 _TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+"""One search per key: checked for every object an import writes."""
 
 
 class StoreError(Exception):
@@ -57,7 +59,7 @@ def validate_key(key: str) -> str:
         raise InvalidKey(f"invalid object key {key!r}: empty")
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKey(f"invalid object key {key[:64]!r}...: longer than {MAX_KEY_BYTES} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if _CONTROL_RE.search(key):
         raise InvalidKey(f"invalid object key {key!r}: control character")
     if "\\" in key:
         raise InvalidKey(f"invalid object key {key!r}: backslash")
@@ -94,7 +96,11 @@ def is_temp_key(key: str) -> bool:
 class ObjectStore(Protocol):
     """What every backend offers; keys are '/'-separated and checked by ``validate_key``."""
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
+                  *, sha256: str | None = None) -> ObjectInfo:
+        """Store ``data``; ``sha256``, the caller's digest of these very bytes, is then
+        not computed again (an importer hashes each image once, for its key)."""
+        ...
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo: ...
 

@@ -63,11 +63,12 @@ class LocalStore:
     def _info(self, key: str, size: int, sha256: str) -> ObjectInfo:
         return ObjectInfo(key=key, size=size, sha256=sha256, uri=self.uri(key))
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
+                  *, sha256: str | None = None) -> ObjectInfo:
         path = self._path(key)
         with _os_errors(key, reading=False):
             write_atomically(path, lambda fh: fh.write(data))
-        return self._info(key, len(data), hashlib.sha256(data).hexdigest())
+        return self._info(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
         dest = self._path(key)

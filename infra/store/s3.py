@@ -141,12 +141,14 @@ class S3Store:
         multipart_threshold: int = 8 * MIB,
         multipart_chunksize: int = 8 * MIB,
         max_concurrency: int = 4,
+        max_connections: int = 32,
     ) -> None:
         if multipart_chunksize < 5 * MIB:
             raise ValueError("S3 parts must be at least 5 MiB")
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self._budget_s = retry_budget_s
+        self._single_put_max = multipart_threshold
         config = Config(
             region_name=region,
             signature_version="s3v4",
@@ -155,7 +157,9 @@ class S3Store:
             retries={"max_attempts": 1, "mode": "standard"},
             connect_timeout=min(connect_timeout_s, max(retry_budget_s, 0.5)),
             read_timeout=read_timeout_s,
-            max_pool_connections=max(10, 2 * max_concurrency),
+            # One client serves every thread: a pool smaller than the callers'
+            # concurrency makes uploads queue for a connection.
+            max_pool_connections=max(max_connections, 2 * max_concurrency),
             # Newer default checksums break several S3-compatible servers; we
             # record our own sha256 anyway.
             request_checksum_calculation="when_required",
@@ -240,17 +244,34 @@ class S3Store:
 
     # --- writes -----------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
+                  *, sha256: str | None = None) -> ObjectInfo:
+        """One PutObject, sha256 and content type included.
+
+        A single PutObject is atomic on S3 (a reader sees the old object or the
+        new one, never part of it), and the digest of bytes in memory is known
+        before sending, so no temporary key and copy are needed: one request
+        instead of three (put, copy, delete).
+        """
         validate_key(key)
-        tmp = temp_key_for(key)
-        self._call(
-            "put", key, lambda: self._client.put_object(Bucket=self.bucket, Key=tmp, Body=data)
-        )
-        digest = hashlib.sha256(data).hexdigest()
-        return self._commit(tmp, key, len(data), digest, content_type)
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        extra: dict[str, Any] = {"Metadata": {"sha256": digest}}
+        if content_type:
+            extra["ContentType"] = content_type
+        self._call("put", key, lambda: self._client.put_object(
+            Bucket=self.bucket, Key=key, Body=data, **extra))
+        return ObjectInfo(key=key, size=len(data), sha256=digest, uri=self.uri(key))
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
+        """A file up to the multipart threshold is read once and sent as one PutObject;
+        a larger one streams to a temporary key (hashed on the way) and is copied into
+        place, since its sha256, recorded on the object, is known only at the end."""
         validate_key(key)
+        if Path(path).stat().st_size <= self._single_put_max:
+            with open(path, "rb") as fh:
+                data = fh.read(self._single_put_max + 1)
+            if len(data) <= self._single_put_max:  # it did not grow meanwhile
+                return self.put_bytes(key, data, content_type)
         tmp = temp_key_for(key)
 
         def upload() -> _HashingReader:

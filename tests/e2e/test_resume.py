@@ -51,7 +51,7 @@ from infra.store import LocalStore
 from radtrain.cli.client import call
 from radtrain.cli.demo import build_demo_dataset
 from radtrain.stack import Stack, start_stack
-from runner.checkpoint import checkpoint_key
+from runner.checkpoint import KEEP, checkpoint_key, newest_key, stored_attempts
 from schemas.events import Envelope, parse_event
 from schemas.runs import RunLedger
 
@@ -181,8 +181,8 @@ def named(events: list[Envelope], name: str) -> list[Any]:
 
 def checkpoint_epoch(stack: Stack, task_id: str) -> int | None:
     store = LocalStore(stack.settings.store_dir)
-    key = checkpoint_key(task_id)
-    if not store.exists(key):
+    key = newest_key(store, task_id)  # the newest attempt's: what the next one resumes from
+    if key is None:
         return None
     try:
         state = torch.load(store.root / key, map_location="cpu", weights_only=True)
@@ -319,6 +319,8 @@ def test_a_runner_stalled_in_its_last_epoch_changes_nothing_when_it_wakes_up(
         served = download(stack, task_id, art["name"])
         assert hashlib.sha256(served).hexdigest() == art["sha256"], art["name"]
         assert hashlib.sha256(store.get_bytes(art["key"])).hexdigest() == art["sha256"]
+    # whatever the stalled attempt wrote went to its own folder: the newest is attempt 2's
+    assert newest_key(store, task_id) == checkpoint_key(task_id, 2)
     assert stalled.poll() is None  # it lives on and takes other work
     print(f"stalled in epoch {epochs} of {epochs}; fenced after waking; attempt 2 committed "
           f"{len(final['artifacts'])} artifacts, all served with their recorded sha256")
@@ -389,6 +391,8 @@ def test_five_sigterms_then_the_task_completes_from_its_checkpoints(
     rows = list(csv.DictReader(io.StringIO(LocalStore(stack.settings.store_dir)
                                            .get_bytes(csv_key).decode())))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    kept = stored_attempts(LocalStore(stack.settings.store_dir), task_id)
+    assert kept == list(range(6, 6 - KEEP, -1)), kept  # its own, older ones pruned
     print("five SIGTERMs: attempts 1..6, preemptions 5, failures 0, completed once; resumed "
           f"from epochs {[s.data.resumed_from_epoch for s in started[1:]]}")
 
@@ -403,8 +407,9 @@ def test_sigterm_writes_a_checkpoint_and_the_next_runner_resumes(
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0
     store = LocalStore(stack.settings.store_dir)
-    state = torch.load(store.root / checkpoint_key(task_id), map_location="cpu",
-                       weights_only=True)
+    key = newest_key(store, task_id)
+    assert key is not None and "/attempts/1/" in key  # the SIGTERMed attempt's own
+    state = torch.load(store.root / key, map_location="cpu", weights_only=True)
     stopped_at = (int(state["epoch"]), int(state["batch_index"]))
     assert stopped_at[0] >= 1
     runners.start("runner-d")

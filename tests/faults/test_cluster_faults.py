@@ -37,7 +37,7 @@ from infra.bus.topology import TASKS_STREAM, connect
 from infra.store import open_store
 from radtrain.cli.demo import build_demo_dataset
 from radtrain.cluster import Cluster, start_cluster
-from runner.checkpoint import checkpoint_key
+from runner.checkpoint import newest_key
 from schemas.events import parse_event
 from tests.faults.cluster_burst import Burst, check_exactly_once, rejected_body, requested_ids
 from tests.faults.helpers import fault_settings, per_task, subject_counts, wait_for
@@ -186,8 +186,8 @@ async def test_frozen_node_rejoins(cluster: Cluster, js: JetStreamContext) -> No
 
 def _checkpoint_epoch(cluster: Cluster, task_id: str) -> int | None:
     store = open_store(cluster.settings, ensure_bucket=False)
-    key = checkpoint_key(task_id)
-    if not store.exists(key):
+    key = newest_key(store, task_id)  # the newest attempt's: what the next one resumes from
+    if key is None:
         return None
     state = torch.load(io.BytesIO(store.get_bytes(key)), map_location="cpu", weights_only=True)
     return int(state["epoch"])

@@ -20,5 +20,8 @@ def test_bench_enrich_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
     assert {"gateway", "handlers", "nats-server", "bench client"} <= cpu.keys()
     assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"))
     assert report["e2e_cpu_ceiling_per_s"] > 0
+    done = report["e2e_settled_cpu_ms_per_task"]  # every consumer caught up: no less work
+    assert done.keys() == cpu.keys() and done["handlers"] >= cpu["handlers"]
+    assert report["e2e_settled_after_s"] >= 0
     out = capsys.readouterr().out
-    assert "ratios" in out and "e2e CPU ms per task" in out
+    assert "ratios" in out and "e2e CPU ms per task" in out and "every consumer is done" in out

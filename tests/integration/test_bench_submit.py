@@ -17,4 +17,9 @@ def test_bench_submit_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
     assert all(r["rps"] > 0 and r["requests"] == 20 for r in report["results"])
     assert "gateway/raw throughput, sync always" in report["ratios"]
     assert "raw nats-py throughput, always/default" in report["ratios"]
-    assert "ratios" in capsys.readouterr().out
+    assert report["gateway_workers"] == 1
+    for r in report["results"]:  # the CPU split of each path, whatever the machine's load
+        assert {"nats-server", "bench client", "total"} <= set(r["cpu_ms"])
+        assert ("gateway" in r["cpu_ms"]) == (r["path"] != "raw nats-py")
+    out = capsys.readouterr().out
+    assert "ratios" in out and "CPU ms per request" in out

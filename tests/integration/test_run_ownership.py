@@ -62,14 +62,14 @@ async def test_nats_down_during_the_ownership_check_stops_the_write(
                             store=store, device="cpu", shutdown=threading.Event())
         ready = TaskReadyEvent(source="test", subject=task_id, data=spec)
         sup = Attempt(cast(Any, None), ctx, ready, 1)
-        ckpt = Checkpointer(store, spec, settings.work_dir, sup.owns)
+        ckpt = Checkpointer(store, spec, settings.work_dir, sup.owns, attempt=1)
         assert await asyncio.to_thread(ckpt.save, {"epoch": 1})  # the owner, NATS up: written
-        store.delete(checkpoint_key(task_id))
+        store.delete(checkpoint_key(task_id, 1))
 
         proxy.down = True  # NATS unreachable from here on
         proxy._loop.call_soon_threadsafe(proxy._cut_all)
         assert await asyncio.to_thread(ckpt.save, {"epoch": 2}) is False
-        assert not store.exists(checkpoint_key(task_id))  # nothing written blindly
+        assert not store.exists(checkpoint_key(task_id, 1))  # nothing written blindly
         assert sup.should_stop() == UNVERIFIED  # the attempt stops: a transient error, nak
     finally:
         proxy.down = False

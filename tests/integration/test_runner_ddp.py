@@ -83,8 +83,11 @@ class World:
     def data(self, spec: TrainingSpec) -> PreparedData:
         return prepare(spec, self.manifest, self.store, self.root / "cache")
 
-    def ckpt(self, spec: TrainingSpec, guard: Any = lambda: True) -> Checkpointer:
-        return Checkpointer(self.store, spec, self.root / "ckpt" / spec.task_id, guard)
+    def ckpt(self, spec: TrainingSpec, guard: Any = lambda: True,
+             attempt: int = 1) -> Checkpointer:
+        """Attempt ``attempt``'s: it writes its own key, reads the older attempts'."""
+        return Checkpointer(self.store, spec, self.root / "ckpt" / spec.task_id, guard,
+                            attempt=attempt)
 
     def group(self, spec: TrainingSpec, on_progress: Any, should_stop: Any,
               options: TrainOptions) -> TrainResult:
@@ -141,7 +144,8 @@ def test_two_gloo_processes_match_one_process(world: World, one: TrainResult) ->
     assert all(u.throughput for u in updates if not u.epoch_end)
     # rank 0's checkpoints went through the supervisor's Checkpointer (guard, then upload)
     assert ckpt.saved_epoch == EPOCHS
-    assert world.ckpt(spec).load() is not None
+    assert world.store.exists(checkpoint_key(spec.task_id, 1))
+    assert world.ckpt(spec, attempt=2).load() is not None
     assert two.evaluation is not None and two.example is not None and two.strategy is not None
     assert no_ranks_left()
 
@@ -164,12 +168,12 @@ def test_cancel_stops_both_ranks_and_the_resumed_run_ends_as_one_process(
     assert no_ranks_left()
     last = max(u.step for u in updates)
     assert last - asked[0] <= 2, (asked, last)  # within one step window of the flag
-    state = world.ckpt(spec).load()
+    state = world.ckpt(spec, attempt=2).load()
     assert state is not None and (state["epoch"], state["step"]) == (1, last)
     assert state["batch_index"] == last - 4  # the exact position inside epoch 2
 
     resumed = world.group(spec, lambda u: None, lambda: False,
-                          TrainOptions(checkpointer=world.ckpt(spec), resume=state))
+                          TrainOptions(checkpointer=world.ckpt(spec, attempt=2), resume=state))
     assert resumed.resumed_from_epoch == 1
     assert_matches(resumed, one)
 
@@ -186,7 +190,7 @@ def test_a_refused_checkpoint_fences_every_rank(world: World) -> None:
         world.group(spec, lambda u: None, lambda: "fenced" if refused else None,
                     TrainOptions(checkpointer=world.ckpt(spec, guard)))
     assert stopped.value.reason == "fenced" and refused == [True]
-    assert not world.store.exists(checkpoint_key(spec.task_id))
+    assert not world.store.list(f"runs/{spec.task_id}/")
     assert no_ranks_left()
 
 
@@ -247,7 +251,7 @@ def test_kill_9_of_the_launcher_then_a_new_one_resumes(world: World) -> None:
         ranks = json.loads(line.split(" ", 1)[1])
         assert len(ranks) == 2
         spec = ddp_spec(world.sha, "task-ddp-kill", KILL_EPOCHS)
-        key = checkpoint_key(spec.task_id)
+        key = checkpoint_key(spec.task_id, 1)
         deadline = time.monotonic() + 200
         while not world.store.exists(key):
             assert time.monotonic() < deadline and proc.poll() is None
@@ -261,11 +265,12 @@ def test_kill_9_of_the_launcher_then_a_new_one_resumes(world: World) -> None:
     while not all(_gone(p) for p in ranks) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(_gone(p) for p in ranks), ranks  # no orphan keeps training
-    state = world.ckpt(spec).load()  # as the next attempt does: this spec's checkpoint
+    state = world.ckpt(spec, attempt=2).load()  # as the next attempt does: attempt 1's
     assert state is not None and 1 <= state["epoch"] < KILL_EPOCHS
     done = world.group(spec, lambda u: None, lambda: False,
-                       TrainOptions(checkpointer=world.ckpt(spec), resume=state))
+                       TrainOptions(checkpointer=world.ckpt(spec, attempt=2), resume=state))
     assert done.resumed_from_epoch == state["epoch"]
+    assert world.store.exists(checkpoint_key(spec.task_id, 2))  # rank 0 wrote attempt 2's
     assert [h["epoch"] for h in done.history] == list(range(1, KILL_EPOCHS + 1))
     assert no_ranks_left()
     print(f"launcher killed after checkpoint epoch {state['epoch']}; ranks {ranks} exited; "

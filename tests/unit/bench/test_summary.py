@@ -8,7 +8,8 @@ BY = {b.name: b for b in BENCHES}
 
 
 def test_every_issue_16_benchmark_is_in_the_run() -> None:
-    assert set(BY) == {"submit", "enrich", "import", "data", "train", "previews", "listing"}
+    assert set(BY) == {"submit", "enrich", "import", "data", "stream", "train", "previews",
+                       "listing"}
 
 
 def test_targets_are_judged_in_their_direction() -> None:

@@ -103,6 +103,13 @@ class SlowStore:
         self.puts += 1
         return self.inner.put_file(key, path, content_type)
 
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
+                  **kwargs: Any) -> Any:
+        """Images up to the inline size are stored from memory (pipeline._store_image)."""
+        time.sleep(self.delay_s)
+        self.puts += 1
+        return self.inner.put_bytes(key, data, content_type, **kwargs)
+
 
 class FakeMsg:
     def __init__(self) -> None:
@@ -148,7 +155,7 @@ async def run(world: dict[str, Any], job: ImportJob, d: Delivery) -> Any:
 async def test_progress_is_written_at_most_every_interval_and_heartbeats_sent(
         world: dict[str, Any]) -> None:
     upload(world, classification_folder(world["tmp"] / "src", n=40), "batch")
-    world["store"].delay_s = 0.02  # ~0.1 s download, ~0.1 s upload with 8 workers
+    world["store"].delay_s = 0.02  # ~0.1 s download, ~0.1 s upload with 16 workers
     job = await submit(world, "batch", "job1")
     msg = FakeMsg()
     gaps: list[float] = []

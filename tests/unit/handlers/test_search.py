@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from handlers.enrich import Rejected, WeightsRef, enrich
 from handlers.search.core import Decision, decide, parent_of
-from handlers.search.handler import SearchRepo, handle_search_event, search_lane
+from handlers.search.handler import (
+    SearchRepo,
+    handle_search_event,
+    not_for_search,
+    search_lane,
+    search_of,
+)
 from handlers.search.results import importance_plot, result_files
 from handlers.search.study import importances
 from infra.admission import AdmissionRepo
@@ -383,3 +389,38 @@ def test_trials_are_ordinary_requests_that_enrich_accepts(flow: str) -> None:
             assert {k: v for k, v in values.items() if k not in trial.params} == {
                 k: v for k, v in parent.hyperparameters.model_dump().items()
                 if k not in trial.params}
+
+
+def test_only_events_no_search_could_want_are_skipped_undecoded() -> None:
+    """The search consumer's prefilter (raw subject, headers, bytes) never skips an event
+    its handler would look at (``search_of``): the parent's own, a trial's by its id or
+    by the extension, however the extension travels."""
+    from nats.aio.msg import Msg
+
+    def progress(task: str, **ext: str) -> TaskProgressEvent:
+        return TaskProgressEvent(source="runner", subject=task, **ext, data=TaskProgress(
+            task_id=task, epoch=1, epochs=2, step=1, total_steps=2, metrics={}))
+
+    plain = "a" * 32
+    cases: list[tuple[str, bytes, dict[str, str] | None, bool]] = [
+        (f"tasks.progress.{plain}", encode_event(progress(plain)), None, True),
+        (f"tasks.completed.{plain}", encode_event(TaskCompletedEvent(
+            source="runner", subject=plain, data=TaskCompleted(
+                task_id=plain, metrics={}, artifacts=[], duration_s=1.0))), None, True),
+        ("tasks.progress.p1-t3", encode_event(progress("p1-t3")), None, False),
+        (f"tasks.progress.{plain}", encode_event(progress(plain, searchparent="p1")), None,
+         False),
+        (f"tasks.progress.{plain}", b'{"subject": "x", "\\u0073earchparent": "p1"}', None,
+         False),
+        (f"tasks.progress.{plain}", b"{}", {"ce-searchparent": "p1"}, False),
+        (f"tasks.progress.{plain}", b"{}", {"CE-SearchParent": "p1"}, False),
+        ("tasks.ready.p1", encode_event(ready(parent_spec())), None, False),
+        ("tasks.cancel_requested.p1", encode_event(TaskCancelRequestedEvent(
+            source="gateway", subject="p1", data=TaskCancelRequested(task_id="p1", by="u"))), None,
+         False),
+    ]
+    for subject, data, headers, skipped in cases:
+        msg = Msg(cast(Any, None), subject=subject, data=data, headers=headers)
+        assert not_for_search(msg) is skipped, (subject, data[:60], headers)
+        if skipped:
+            assert search_of(parse_event(data)) is None

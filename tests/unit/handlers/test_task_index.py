@@ -8,7 +8,8 @@ from typing import Any, cast
 
 import pytest
 
-from handlers.projector import project
+from handlers.projector import RecordCache, project
+from handlers.projector import handle_event as project_event
 from handlers.task_index import handle_event, reflects
 from infra.bus.topology import KV_LISTINGS, KV_TASKS
 from infra.errors import TransientError
@@ -71,3 +72,52 @@ async def test_handler_lists_the_record_state_and_waits_for_a_record_behind() ->
     assert (await index.page(tenant, state="running")).ids == ["t1"]
     assert (await index.page(tenant, state="requested")).total == 0
     assert (await index.page(tenant)).ids == ["t1"]
+
+
+async def test_an_event_the_lists_already_show_reads_nothing() -> None:
+    """The index behind the projector lists a task straight in the record's later state;
+    that state's own event then needs no record read (nor any other round trip)."""
+    js = cast(Any, FakeJetStream(KV_TASKS, KV_LISTINGS))
+    tasks, index = await TaskRepo.open(js), await ListingIndex.open(js, TASKS)
+    delivery = cast(Any, None)
+    await tasks.upsert("t1", lambda rec: project(rec, requested()))
+    await tasks.upsert("t1", lambda rec: project(rec, started()))
+    await handle_event(requested(), delivery, tasks=tasks, index=index)
+    assert (await index.page(request().tenant, state="running")).ids == ["t1"]
+    reads: list[str] = []
+    real_get = tasks.get
+
+    async def counted(task_id: str) -> Any:
+        reads.append(task_id)
+        return await real_get(task_id)
+
+    tasks.get = counted  # type: ignore[method-assign]
+    await handle_event(started(), delivery, tasks=tasks, index=index)
+    await handle_event(requested(), delivery, tasks=tasks, index=index)  # a late replay
+    assert reads == []
+    redrive = TaskRedrivenEvent(source="o", subject="t1", time=T0, taskgeneration=2,
+                                data=TaskRedriven(task_id="t1", to_state="ready", by="oncall"))
+    with pytest.raises(TransientError):  # a newer generation is read: not projected yet
+        await handle_event(redrive, delivery, tasks=tasks, index=index, wait_s=0.1)
+    assert reads and set(reads) == {"t1"}
+
+
+async def test_the_projectors_last_write_saves_the_record_read() -> None:
+    js = cast(Any, FakeJetStream(KV_TASKS, KV_LISTINGS))
+    tasks, index = await TaskRepo.open(js), await ListingIndex.open(js, TASKS)
+    records = RecordCache()
+    await project_event(requested(), cast(Any, None), tasks=tasks, cache=records)
+    reads: list[str] = []
+    real_get = tasks.get
+
+    async def counted(task_id: str) -> Any:
+        reads.append(task_id)
+        return await real_get(task_id)
+
+    tasks.get = counted  # type: ignore[method-assign]
+    await handle_event(requested(), cast(Any, None), tasks=tasks, index=index, records=records)
+    assert reads == [] and (await index.page(request().tenant, state="requested")).ids == ["t1"]
+    with pytest.raises(TransientError):  # the cached record does not show it: read, wait
+        await handle_event(started(), cast(Any, None), tasks=tasks, index=index, wait_s=0.1,
+                           records=records)
+    assert reads and set(reads) == {"t1"}

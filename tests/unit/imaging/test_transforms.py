@@ -13,6 +13,7 @@ from imaging.transforms import (
     normalise,
     pad_square,
     preprocess,
+    preprocess_uint8,
     resize,
     to_uint8,
     window,
@@ -119,3 +120,43 @@ def test_normalise_per_channel_and_broadcast() -> None:
     np.testing.assert_allclose(normalise(x, (0.0,), (0.25,)), 2.0)
     with pytest.raises(ValueError):
         normalise(x, (0.1, 0.2), (1.0, 1.0))
+
+
+def _prep(size: int, channels: int, windows: list[Window]) -> Preprocessing:
+    return Preprocessing(image_size=size, channels=channels, windows=windows, mean=(0.5,),
+                         std=(0.5,))
+
+
+@pytest.mark.parametrize("windows", [[], [BRAIN], [BRAIN, SUBDURAL], [BRAIN, SUBDURAL, BONE],
+                                     [BRAIN, SUBDURAL, BONE, BRAIN]])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("size", [16, 32, 45, 80])
+def test_the_8_bit_path_is_within_one_level_of_the_float_path(
+        windows: list[Window], channels: int, size: int) -> None:
+    rng = np.random.default_rng(size)
+    for photometric, shape in (("MONOCHROME2", (64, 64)), ("MONOCHROME1", (50, 70)),
+                               ("MONOCHROME2", (71, 33))):
+        image = _ct(rng.normal(60, 400, shape), photometric)
+        prep = _prep(size, channels, windows)
+        fast, ref = preprocess_uint8(image, prep), to_uint8(preprocess(image, prep))
+        assert fast.dtype == np.uint8 and fast.shape == ref.shape == (channels, size, size)
+        diff = np.abs(fast.astype(int) - ref.astype(int))
+        assert diff.max() <= 1, (photometric, shape)
+        assert diff.mean() < 0.35  # noise is the worst case: ~0.09 on the synthetic CT
+
+
+def test_the_8_bit_path_keeps_exact_values_and_the_float_path_for_colour() -> None:
+    hu = np.repeat(np.array([[-1000.0, 0.0, 40.0, 80.0]]), 4, axis=1).repeat(16, axis=0)
+    out = preprocess_uint8(_ct(hu), _prep(16, 1, [BRAIN]))  # brain: 0, 0, 127.5, 255
+    np.testing.assert_array_equal(out[0, 0], [0] * 8 + [128] * 4 + [255] * 4)
+    flat = preprocess_uint8(_ct(np.full((16, 16), 7.0), "MONOCHROME1"), _prep(16, 1, []))
+    assert (flat == 255).all()  # a flat image is 0, inverted
+    rgb = ImageArray(np.random.default_rng(0).random((20, 20, 3), np.float32) * 255, "OT",
+                     "RGB")
+    for channels in (1, 3):
+        np.testing.assert_array_equal(preprocess_uint8(rgb, _prep(16, channels, [])),
+                                      to_uint8(preprocess(rgb, _prep(16, channels, []))))
+    no_width = _prep(16, 1, []).model_copy(
+        update={"windows": [Window.model_construct(name="w", center=0.0, width=0.0)]})
+    with pytest.raises(ValueError, match="width"):
+        preprocess_uint8(_ct(hu), no_width)

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import nats.errors
 import pytest
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -16,6 +19,7 @@ from infra.admission import (
     InconsistentEvent,
     TenantMismatch,
     admit,
+    admit_minted,
     bind_tenant,
     decide,
     inbound_event,
@@ -146,3 +150,69 @@ async def test_a_task_the_stream_knew_before_admission_keeps_its_owner() -> None
     assert owner is not None and owner.tenant == "acme"  # the first requester, recorded
     mine = await admit(repo, js.as_js(), _event("old", "acme"), "events")
     assert (mine.outcome, mine.publish) == ("retry", False)
+
+
+# --- a drawn id: claim and publish in one round trip ----------------------------------
+
+
+class FailingKV(FakeKeyValue):
+    async def create(self, key: str, value: bytes, validate_keys: bool = True,
+                     msg_ttl: float | None = None) -> int:
+        raise nats.errors.TimeoutError
+
+
+class GatedKV(FakeKeyValue):
+    """Its create waits until the publish has gone out: a claim made before the
+    publish (two round trips one after the other) never finishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def create(self, key: str, value: bytes, validate_keys: bool = True,
+                     msg_ttl: float | None = None) -> int:
+        await self.gate.wait()
+        return await super().create(key, value, validate_keys, msg_ttl)
+
+
+async def test_a_drawn_id_is_claimed_and_published_together() -> None:
+    kv, js = GatedKV(), FakeJetStream()
+    repo = AdmissionRepo(KVRepository(cast(KeyValue, kv), AdmissionRecord, "admissions"))
+    event = _event("drawn1", "acme")
+
+    async def publish() -> object:
+        ack = await js.publish(event.nats_subject, encode_event(event),
+                               headers={"Nats-Msg-Id": event.msg_id})
+        kv.gate.set()
+        return ack
+
+    admission = await asyncio.wait_for(admit_minted(repo, event, "http", publish,
+                                                    digest=DIGEST), 2.0)
+    assert (admission.outcome, admission.publish) == ("admitted", False)  # published: done
+    assert [p.msg_id for p in js.on("tasks.requested.drawn1")] == ["drawn1:requested"]
+    owner = await repo.get("drawn1")
+    assert owner is not None and owner.tenant == "acme" and owner.body_sha256 == DIGEST
+    # A retry of that id (a replayed Idempotency-Key) is judged as before: nothing twice.
+    again = await admit(repo, js.as_js(), event, "http")
+    assert (again.outcome, again.publish) == ("retry", False)
+
+
+async def test_either_half_failing_is_the_callers_error_and_nothing_is_left_unread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    js = FakeJetStream(fail_publish=True)
+    event = _event("drawn2", "acme")
+
+    async def publish() -> object:
+        return await js.publish(event.nats_subject, encode_event(event))
+
+    repo = _repo()
+    with pytest.raises(nats.errors.TimeoutError):  # the publish failed, the claim held
+        await admit_minted(repo, event, "http", publish)
+    assert await repo.get("drawn2") is not None  # a keyed retry publishes what is missing
+    failing = AdmissionRepo(KVRepository(cast(KeyValue, FailingKV()), AdmissionRecord,
+                                         "admissions"))
+    with pytest.raises(nats.errors.TimeoutError):  # the claim failed (the publish too)
+        await admit_minted(failing, event, "http", publish)
+    await asyncio.sleep(0.01)
+    gc.collect()  # asyncio logs an unretrieved task exception when the task is collected
+    assert "never retrieved" not in caplog.text

@@ -8,7 +8,8 @@ from typing import Any, cast
 import pytest
 
 from infra.bus.topology import KV_LISTINGS
-from infra.kv.listing import TASKS, Cursor, ListingIndex, Marker
+from infra.kv.known import Known
+from infra.kv.listing import TASKS, Cursor, ListingIndex, Marker, Slot
 from schemas.record import STATE_RANK
 from tests.support.fake_kv import FakeJetStream
 
@@ -144,3 +145,80 @@ async def test_a_writer_killed_half_way_is_repaired_by_the_retry(
     assert (await index.page("acme", state="requested")).total == 0
     marker = await index.markers.get("mt.t1")
     assert isinstance(marker, Marker) and marker.sp == 1 and marker.pending is None
+
+
+# --- writers start from what they know (Known): fewer round trips, same lists ----------
+
+
+class Counting:
+    """Counts the bucket calls (each a KV round trip over NATS) of a fake bucket."""
+
+    def __init__(self, kv: Any) -> None:
+        self.calls = 0
+        for name in ("get", "create", "update", "put"):
+            setattr(self, name, self._counted(getattr(kv, name)))
+
+    def _counted(self, call: Any) -> Any:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return await call(*args, **kwargs)
+        return counted
+
+
+async def test_a_task_listed_then_moved_costs_few_round_trips() -> None:
+    js = FakeJetStream(KV_LISTINGS)
+    kv = js.buckets[KV_LISTINGS]
+    index = await ListingIndex.open(cast(Any, js), TASKS)
+    counting = Counting(kv)
+    for repo in (index.slots, index.counters, index.markers):
+        repo._kv = cast(Any, counting)
+    await enter(index, "t0", "requested")
+    await enter(index, "t0", "rejected")  # the counters are known from here on
+    counting.calls = 0
+    await index.add("acme", "t1")  # task.requested: listed at once
+    await enter(index, "t1", "requested")
+    await enter(index, "t1", "rejected")  # task.rejected
+    await enter(index, "t1", "rejected")  # a redelivery: nothing to write, nothing read
+    # 33 round trips when every write was a read, then a compare-and-set (16 now)
+    assert counting.calls <= 18, counting.calls
+    assert await every_page(index, "acme", "rejected") == ["t1", "t0"]
+    assert (await index.page("acme", state="requested")).total == 0
+
+
+async def test_writers_behind_each_other_keep_the_lists_exact() -> None:
+    """Two processes: each one's known counters and markers fall behind the other's
+    writes; their compare-and-sets fail and they read again."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    for i in range(5):
+        await enter(a, f"t{i}", "requested")
+    for i in range(5, 10):
+        await enter(b, f"t{i}", "requested")  # b's counters: read; a's are now behind
+    await enter(a, "t10", "requested")
+    await enter(b, "t0", "ready")  # a still knows t0's marker as requested
+    await enter(a, "t0", "running")
+    await enter(a, "t0", "ready")  # late: a knows running now, b's ready is older
+    await enter(b, "t1", "ready")
+    await enter(b, "t1", "requested")  # older than b's own write: nothing
+    ids = await every_page(a, "acme", limit=4)
+    assert sorted(ids) == sorted(f"t{i}" for i in range(11)) and len(ids) == 11
+    assert (await b.page("acme")).total == 11
+    assert await every_page(b, "acme", "running") == ["t0"]
+    assert await every_page(a, "acme", "ready") == ["t1"]
+    assert (await a.page("acme", state="requested")).total == 9
+    positions = [m.all for m in [await a.markers.get(f"mt.t{i}") for i in range(11)] if m]
+    assert sorted(positions) == list(range(1, 12))
+
+
+def test_what_a_writer_knows_is_bounded_oldest_first() -> None:
+    known = Known(size=2)
+    for i in range(3):
+        known.put(f"k{i}", Slot(id=f"t{i}"), i + 1)
+    known.get("k1")
+    assert known.get("k0") is None and known.get("k2") == (Slot(id="t2"), 3)
+    known.put("k1", Slot(id="t1"), 9)  # rewritten: the newest
+    known.put("k3", Slot(id="t3"), 10)
+    assert known.get("k2") is None and known.get("k1") == (Slot(id="t1"), 9)
+    known.drop("k1")
+    assert known.get("k1") is None

@@ -10,6 +10,7 @@ import pytest
 
 from infra.bus.consumer import RetryPlan
 from infra.bus.subscriber import (
+    DecodeCache,
     Delivery,
     Subscriber,
     event_decoder,
@@ -240,3 +241,56 @@ def test_decoders_and_subjects() -> None:
         event_decoder(TaskReadyEvent, TaskCompletedEvent)(raw)
     assert task_of_subject(f"tasks.ready.{TASK}") == TASK
     assert task_of_subject(f"dlq.runner.{TASK}") is None
+
+
+# --- decoded once per process; skipped undecoded -----------------------------------------
+
+
+def test_consumers_sharing_a_cache_decode_the_same_bytes_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra.bus.subscriber as subscriber
+
+    parsed: list[bytes] = []
+    real = subscriber.parse_event
+
+    def counting(raw: bytes | str) -> Any:
+        parsed.append(raw if isinstance(raw, bytes) else raw.encode())
+        return real(raw)
+
+    monkeypatch.setattr(subscriber, "parse_event", counting)
+    one, two, three = (encode_event(_requested(c * 32)) for c in "abc")
+    cache = DecodeCache(max_bytes=len(one) * 2 + 10)
+    projector, index = event_decoder(cache=cache), event_decoder(cache=cache)
+    enrich = event_decoder(TaskRequestedEvent, cache=cache)
+    assert projector(one) is index(one) is enrich(bytes(bytearray(one)))  # an equal copy
+    assert len(parsed) == 1
+    index(two), index(three)  # the cache holds 2 of these: ``one`` is the oldest and goes
+    assert len(parsed) == 3 and cache.held == len(two) + len(three)
+    projector(one)
+    assert len(parsed) == 4
+    with pytest.raises(ValueError):
+        projector(b'{"type": "radtrain.task.ready.v1"}')
+    with pytest.raises(ValueError):  # a refused message is refused again, not remembered
+        index(b'{"type": "radtrain.task.ready.v1"}')
+    with pytest.raises(ValueError, match=r"expected a task\.ready event"):
+        event_decoder(TaskReadyEvent, cache=cache)(one)
+    uncached = event_decoder(cache=DecodeCache(max_bytes=0))
+    uncached(one), uncached(one)
+    assert len(parsed) == 8
+
+
+async def test_a_skipped_message_is_acked_without_decoding_or_handling() -> None:
+    handler = Recorder()
+
+    def refuse(raw: bytes) -> Any:
+        raise AssertionError("decoded")
+
+    sub = Subscriber("search", refuse, handler, skip=lambda m: m.subject.startswith("tasks.p"))
+    msg = FakeMsg(f"tasks.progress.{TASK}", b"not even json")
+    outcome, js = await _handle(sub, msg)
+    assert (outcome, msg.outcome, handler.calls, js.published) == ("skipped", ("ack", None),
+                                                                   [], [])
+    kept = Subscriber("search", event_decoder(), handler, skip=lambda m: False)
+    outcome, _ = await _handle(kept, FakeMsg(f"tasks.requested.{TASK}",
+                                             encode_event(_requested())))
+    assert outcome == "ack" and len(handler.calls) == 1

@@ -94,11 +94,12 @@ def test_sigterm_mid_epoch_checkpoint_resumes_exactly(uninterrupted: TrainResult
     with pytest.raises(TrainingStopped) as stopped:
         run(spec, data, ckpt, stop_at_step=5)  # 2 steps per epoch: 1 into epoch 3
     assert stopped.value.reason == "shutdown" and stopped.value.checkpoint_epoch == 2
-    assert store.exists(checkpoint_key(spec.task_id))
-    state = Checkpointer(store, spec, tmp_path / "work").load()
+    assert store.exists(checkpoint_key(spec.task_id, 1))
+    state = Checkpointer(store, spec, tmp_path / "work", attempt=2).load()
     assert state is not None and state["epoch"] == 2 and state["batch_index"] == 1
     assert state["step"] == 5 and [h["epoch"] for h in state["history"]] == [1, 2]
-    resumed = run(spec, data, ckpt, resume=state)
+    resumed = run(spec, data, Checkpointer(store, spec, tmp_path / "work", attempt=2),
+                  resume=state)
     assert resumed.resumed_from_epoch == 2
     assert_same_run(uninterrupted, resumed)
 
@@ -114,9 +115,10 @@ def test_crash_after_an_epoch_resumes_from_its_checkpoint(uninterrupted: TrainRe
         return len(writes) == 1
 
     run(spec, data, Checkpointer(store, spec, tmp_path / "w1", first_only))
-    state = Checkpointer(store, spec, tmp_path / "w2").load()
+    state = Checkpointer(store, spec, tmp_path / "w2", attempt=2).load()
     assert state is not None and state["epoch"] == 1 and state["order"] is None
-    resumed = run(spec, data, Checkpointer(store, spec, tmp_path / "w2"), resume=state)
+    resumed = run(spec, data, Checkpointer(store, spec, tmp_path / "w2", attempt=2),
+                  resume=state)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]  # nothing repeated, nothing lost
     assert_same_run(uninterrupted, resumed)
 
@@ -124,7 +126,7 @@ def test_crash_after_an_epoch_resumes_from_its_checkpoint(uninterrupted: TrainRe
 def test_checkpoint_holds_every_piece_of_state(tmp_path: Path) -> None:
     store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
     run(spec, data, Checkpointer(store, spec, tmp_path / "w"))
-    state = Checkpointer(store, spec, tmp_path / "w").load()
+    state = Checkpointer(store, spec, tmp_path / "w", attempt=2).load()
     assert state is not None
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "best",
             "bad_epochs", "history"} <= set(state)
@@ -136,12 +138,12 @@ def test_checkpoint_of_another_recipe_is_ignored(tmp_path: Path) -> None:
     store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
     run(spec, data, Checkpointer(store, spec, tmp_path / "w"))
     other = tiny_spec(epochs=1, learning_rate=1e-2)
-    assert Checkpointer(store, other, tmp_path / "w").load() is None
-    store.put_bytes(checkpoint_key(spec.task_id), b"not a checkpoint")
-    assert Checkpointer(store, spec, tmp_path / "w").load() is None
+    assert Checkpointer(store, other, tmp_path / "w", attempt=2).load() is None
+    store.put_bytes(checkpoint_key(spec.task_id, 1), b"not a checkpoint")
+    assert Checkpointer(store, spec, tmp_path / "w", attempt=2).load() is None
 
 
 def test_a_refused_guard_writes_nothing(tmp_path: Path) -> None:
     store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
     run(spec, data, Checkpointer(store, spec, tmp_path / "w", lambda: False))
-    assert not store.exists(checkpoint_key(spec.task_id))
+    assert not store.list(f"runs/{spec.task_id}/")

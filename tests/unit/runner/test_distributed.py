@@ -84,7 +84,7 @@ def test_put_asks_the_guard_then_uploads_and_removes_the_file(tmp_path: Path) ->
         ckpt = Checkpointer(store, spec, tmp_path / "work", (lambda: True) if allowed
                             else (lambda: False))
         assert ckpt.put(path, 2) is allowed and not path.exists()
-        assert store.exists(checkpoint_key(spec.task_id)) is allowed
+        assert store.exists(checkpoint_key(spec.task_id, 1)) is allowed
         assert ckpt.saved_epoch == (2 if allowed else None)
-    loaded = Checkpointer(store, spec, tmp_path / "work").load()
+    loaded = Checkpointer(store, spec, tmp_path / "work", attempt=2).load()
     assert loaded is not None and loaded["epoch"] == 2  # stamped: this spec's checkpoint

@@ -186,14 +186,15 @@ def attempt_of(tmp_path: Path, runs: RunRepo, attempt: int = 1) -> Attempt:
 
 
 async def write_checkpoint(sup: Attempt) -> bool:
-    ckpt = Checkpointer(sup.ctx.store, sup.ready.data, sup.ctx.settings.work_dir, sup.owns)
+    ckpt = Checkpointer(sup.ctx.store, sup.ready.data, sup.ctx.settings.work_dir, sup.owns,
+                        attempt=sup.attempt)
     return await asyncio.to_thread(ckpt.save, {"epoch": 1})  # owns() asks from a thread
 
 
 async def test_nats_down_during_the_ownership_check_stops_the_write(tmp_path: Path) -> None:
     sup = attempt_of(tmp_path, runs_repo(UnreachableKV()))
     assert await write_checkpoint(sup) is False
-    assert not sup.ctx.store.exists(checkpoint_key(TASK))  # nothing written blindly
+    assert not sup.ctx.store.exists(checkpoint_key(TASK, 1))  # nothing written blindly
     assert sup.should_stop() == UNVERIFIED  # the attempt stops (a transient error, nak)
 
 
@@ -202,7 +203,7 @@ async def test_the_owner_writes_and_a_replaced_attempt_is_fenced(tmp_path: Path)
     await claim(runs, who())
     owner = attempt_of(tmp_path, runs, attempt=1)
     assert await write_checkpoint(owner) is True and owner.should_stop() is None
-    assert owner.ctx.store.exists(checkpoint_key(TASK))
+    assert owner.ctx.store.exists(checkpoint_key(TASK, 1))
     await claim(runs, who())  # redelivered after the ack wait: attempt 2 takes over
     assert await write_checkpoint(owner) is False and owner.should_stop() == "fenced"
 

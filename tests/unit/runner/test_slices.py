@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from imaging.reader import read_image
-from imaging.transforms import ImageArray
+from imaging.transforms import ImageArray, to_uint8
 from infra.store.local import LocalStore
 from runner.data import cache_key, prepare
-from runner.slices import adjacent_stack, anatomical, frame_planes, neighbour_keys
+from runner.slices import adjacent_stack, adjacent_uint8, anatomical, frame_planes, neighbour_keys
 from schemas.dataset import DatasetManifest
 from schemas.spec import Preprocessing, TrainingSpec
 from tests.support.series_data import ct_dataset, per_frame_positions, save
@@ -118,3 +118,21 @@ def test_the_runner_caches_neighbour_channels(tmp_path: Path) -> None:
     assert not current.cache_hit
     assert np.asarray(current.x[0], dtype=np.float32).mean() / 255.0 == pytest.approx(0.5,
                                                                                       abs=0.01)
+
+
+@pytest.mark.parametrize("windows", [None, []], ids=["brain", "min-max"])
+def test_the_8_bit_stack_is_within_one_level_of_the_float_stack(
+        windows: list[dict[str, Any]] | None) -> None:
+    rng = np.random.default_rng(0)
+    same = [ImageArray(rng.normal(40, 60, (40, 40)).astype(np.float32), "CT", "MONOCHROME2")
+            for _ in range(3)]
+    mixed = [same[0], ImageArray(rng.normal(40, 60, (30, 50)).astype(np.float32), "CT",
+                                 "MONOCHROME1"), same[2]]
+    frames = [ImageArray(rng.normal(40, 60, (5, 24, 24)).astype(np.float32), "CT",
+                         "MONOCHROME2")]
+    for images in (same, mixed, frames):
+        for channels in (1, 3):
+            p = prep(windows=windows).model_copy(update={"channels": channels})
+            fast, ref = adjacent_uint8(images, p), to_uint8(adjacent_stack(images, p))
+            assert fast.dtype == np.uint8 and fast.shape == ref.shape == (channels, 16, 16)
+            assert np.abs(fast.astype(int) - ref.astype(int)).max() <= 1

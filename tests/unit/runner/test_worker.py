@@ -24,6 +24,7 @@ from infra.settings import Settings
 from infra.store import LocalStore
 from runner import worker
 from runner.attempt import RunnerContext
+from runner.checkpoint import Checkpointer, checkpoint_key, stored_attempts
 from runner.job import JobResult
 from runner.train import ProgressUpdate, TrainingStopped
 from schemas.events import (
@@ -185,3 +186,26 @@ async def test_a_crash_loop_fails_the_task_on_the_redelivery(
     assert err.value.code == "runner_failures"
     assert w.names() == ["failed"]  # no attempt started
     assert (await w.ledger()).state == "failed"
+
+
+async def test_each_attempt_checkpoints_under_its_own_key_and_resumes_the_previous(
+        tmp_path: Path, stub_job: Any) -> None:
+    """The worker hands the job a checkpointer of this attempt (fenced by it, pruning to
+    ``checkpoints_kept``) and the state of the newest older attempt's checkpoint."""
+    seen: list[tuple[int, str, int | None]] = []
+
+    def job(spec: Any, store: Any, settings: Any, device: str, on_progress: Any,
+            should_stop: Any, *, checkpointer: Checkpointer, resume: Any, attempt: int,
+            **_: Any) -> JobResult:
+        seen.append((attempt, checkpointer.key, None if resume is None else resume["epoch"]))
+        assert checkpointer.save({"epoch": attempt * 10})
+        raise TrainingStopped("shutdown", attempt * 10)
+
+    stub_job(job)
+    w = World(tmp_path, trained, checkpoints_kept=1)
+    for n in (1, 2):
+        with pytest.raises(TransientError):
+            await w.handle(w.ready(), delivery_count=n)
+    assert seen == [(1, checkpoint_key(TASK, 1), None), (2, checkpoint_key(TASK, 2), 10)]
+    assert stored_attempts(w.ctx.store, TASK) == [2]  # kept: 1
+    assert [p.event().data.resumed_from_epoch for p in w.js.on("tasks.started")] == [None, 10]

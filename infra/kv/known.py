@@ -1,0 +1,36 @@
+"""What a KV writer last read or wrote: guesses that save a read before each write."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from pydantic import BaseModel
+
+KNOWN_ENTRIES = 8192
+"""Entries (counters, markers, slots) a writer remembers as guesses; each is small."""
+
+
+class Known:
+    """The value and revision this writer last read or wrote for each recent key: a
+    guess for the next compare-and-set (a stale guess fails its write and is read
+    again). Only a marker's guess is ever taken as an answer, and only for what a
+    marker never takes back: its position in the list of all, and a state order
+    reached or on its way (orders only grow), so such a guess is never ahead of the
+    bucket (nothing deletes the keys of a list)."""
+
+    def __init__(self, size: int = KNOWN_ENTRIES) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[Any, int] | None:
+        return self._items.get(key)
+
+    def put(self, key: str, value: BaseModel, revision: int) -> None:
+        self._items[key] = (value, revision)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._items.pop(key, None)
