@@ -61,11 +61,6 @@ def load_manifest(store: ObjectStore, spec: TrainingSpec) -> DatasetManifest:
         raise PermanentError("dataset_invalid", f"manifest {snap.manifest_key}: {exc}") from exc
 
 
-def checkpointer_for(store: ObjectStore, spec: TrainingSpec, settings: Settings,
-                     guard: Callable[[], bool] = lambda: True) -> Checkpointer:
-    return Checkpointer(store, spec, settings.work_dir / spec.task_id / "checkpoints", guard)
-
-
 def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: str,
             on_progress: Callable[[ProgressUpdate], None],
             should_stop: Callable[[], object], *,
