@@ -40,7 +40,7 @@ from radtrain.synthetic.ct import generate_dicom_dataset, synthetic_manifest
 from runner.data import PreparedData, prepare
 from runner.job import pick_device
 from runner.loader import BatchSource, windowed_order
-from runner.shards import WINDOW, case_bytes
+from runner.shards import WINDOW, case_bytes, prepare_within_budget
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
 
@@ -72,6 +72,14 @@ def _timed(fn: Any, cases: int) -> tuple[float, float]:
     return cases / (time.perf_counter() - wall), (_cpu_s() - cpu) * 1000 / cases
 
 
+def _prepare(spec: TrainingSpec, manifest: DatasetManifest, store: LocalStore, cache: Path,
+             budget: int | None) -> PreparedData:
+    """The in-budget path (``budget`` None) or the runner's choice under ``budget``."""
+    if budget is None:
+        return prepare(spec, manifest, store, cache)
+    return prepare_within_budget(spec, manifest, store, cache, budget)
+
+
 def path_figures(spec: TrainingSpec, manifest: DatasetManifest, store: LocalStore,
                  cache: Path, budget: int | None, args: argparse.Namespace,
                  device: torch.device) -> dict[str, Any]:
@@ -80,7 +88,7 @@ def path_figures(spec: TrainingSpec, manifest: DatasetManifest, store: LocalStor
     held: list[PreparedData] = []
 
     def first() -> None:
-        data = prepare(spec, manifest, store, cache, budget_bytes=budget)
+        data = _prepare(spec, manifest, store, cache, budget)
         held.append(data)
         one_pass(data, BatchSource(data, device, args.workers), args.batch, 0)
 
@@ -99,8 +107,7 @@ def path_figures(spec: TrainingSpec, manifest: DatasetManifest, store: LocalStor
         out["shards"] = len(data.shards.index["shards"])
 
         def second() -> None:
-            again = prepare(spec, manifest, store, cache.with_name(cache.name + "-b"),
-                            budget_bytes=budget)
+            again = _prepare(spec, manifest, store, cache.with_name(cache.name + "-b"), budget)
             assert again.cache_hit
             one_pass(again, BatchSource(again, device, args.workers), args.batch, 0)
             out["peak_disk_bytes"] = max(out["peak_disk_bytes"], again.shards.cache.peak

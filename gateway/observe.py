@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.app_keys import TRACEPARENT
 from infra.telemetry.logging import traceparent_var
-from infra.telemetry.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from infra.telemetry.metrics import HTTP_LATENCY, HTTP_REQUESTS, labelled
 from infra.telemetry.tracing import new_traceparent, parse_traceparent
 
 log = logging.getLogger("radtrain.gateway.access")
@@ -36,30 +35,6 @@ def _route_label(request: web.Request) -> str:
 def traceparent_of(request: web.Request) -> str:
     """The gateway span's traceparent, to put on the events this request publishes."""
     return request.get(TRACEPARENT) or str(new_traceparent())
-
-
-class _Instruments:
-    """The labelled children of the request metrics, looked up once per label set:
-    ``labels()`` takes a lock and builds a key on every call. Bounded: routes are
-    templates, methods and statuses few (``MAX`` label sets, then no caching)."""
-
-    MAX = 4096
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe(self, method: str, route: str, status: int, elapsed: float) -> None:
-        found = self._children.get((method, route, status))
-        if found is None:
-            found = (HTTP_REQUESTS.labels(method, route, str(status)),
-                     HTTP_LATENCY.labels(method, route))
-            if len(self._children) < self.MAX:
-                self._children[(method, route, status)] = found
-        found[0].inc()
-        found[1].observe(elapsed)
-
-
-_INSTRUMENTS = _Instruments()
 
 
 @web.middleware
@@ -81,7 +56,8 @@ async def observe_middleware(request: web.Request, handler):  # type: ignore[no-
     finally:
         elapsed = time.perf_counter() - started
         route = _route_label(request)
-        _INSTRUMENTS.observe(request.method, route, status, elapsed)
+        labelled(HTTP_REQUESTS, request.method, route, str(status)).inc()
+        labelled(HTTP_LATENCY, request.method, route).observe(elapsed)
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
                      extra={"http_status": status, "route": route})

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,9 +47,6 @@ from runner.targets import (
 from schemas.dataset import Case, DatasetManifest, SeriesInfo
 from schemas.spec import TrainingSpec
 
-if TYPE_CHECKING:  # runner/shards.py imports this module (issue 16)
-    from runner.shards import ShardedArray, ShardSet
-
 CACHE_VERSION = 3
 CHUNK_CASES = 16
 """Most cases in one decode worker's task (runner/decode_pool.py)."""
@@ -67,11 +64,25 @@ __all__ = ["MAX_IMAGE_BYTES", "CaseReadError", "DatasetError", "PreparedData", "
            "read_image"]
 
 
+class CaseRows(Protocol):
+    """What the training loop reads of ``x`` and ``masks``: an ndarray, or over the cache
+    budget runner/shards.py's ``ShardedArray``, which gathers the rows from shards (a
+    protocol, so that this module need not import runner/shards.py, which builds on it)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def __getitem__(self, idx: Any) -> np.ndarray: ...
+
+
 @dataclass
 class PreparedData:
     """Everything the training loop needs, memory-mapped or in memory."""
 
-    x: np.ndarray | ShardedArray
+    x: np.ndarray | CaseRows
     """(N, C, H, W) uint8, values 0..255 for [0, 1]; normalised on the device. Over the cache
     budget a ``ShardedArray``: indexing gathers the rows from shards (runner/shards.py)."""
     y: np.ndarray
@@ -86,14 +97,15 @@ class PreparedData:
     cache_hit: bool
     boxes: list[np.ndarray] | None = None
     """Per case (k, 5) float32 ``x1, y1, x2, y2, label`` (label 1-based) in pixels."""
-    masks: np.ndarray | ShardedArray | None = None
+    masks: np.ndarray | CaseRows | None = None
     """(N, H, W) uint8 class indices, 0 background."""
     series: dict[str, SeriesInfo] = field(default_factory=dict)
     """The manifest's series table (slice order, exam labels: runner/pe_metrics.py)."""
     case_series: list[str | None] = field(default_factory=list)
     """Each case's series key, in case order."""
-    shards: ShardSet | None = None
-    """Set when the data streams from shards (over ``runner_cache_budget_bytes``)."""
+    shards: Any = None
+    """runner/shards.py's ``ShardSet`` when the data streams from shards (over
+    ``runner_cache_budget_bytes``)."""
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -128,21 +140,13 @@ def prepare(
     progress: Progress | None = None,
     *,
     workers: int = 0,
-    budget_bytes: int | None = None,
 ) -> PreparedData:
     """Download, decode and preprocess every case once; later calls hit the cache.
-
-    With ``budget_bytes`` (``runner_cache_budget_bytes``) and a cache that would not fit
-    in it, the cases go to shards shared through the store instead (runner/shards.py)."""
+    (runner/shards.py ``prepare_within_budget`` comes here when the cache fits.)"""
     _check_compatible(spec, manifest)
     classification = spec.label_mode in ("single_label", "multi_label")
     if classification:  # label errors are reported before any download
         labels = encode_labels(manifest.cases, spec.classes, spec.label_mode, spec.class_map)
-    if budget_bytes is not None:  # issue 16: over the budget, stream from shared shards
-        from runner.shards import over_budget, prepare_sharded
-        if over_budget(spec, len(manifest.cases), budget_bytes):
-            return prepare_sharded(spec, manifest, store, cache_dir, budget_bytes, progress,
-                                   workers)
     case_ids = [c.case_id for c in manifest.cases]
     path = cache_dir / cache_key(spec)
     arrays = _load_cache(path, case_ids, spec)

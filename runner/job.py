@@ -20,8 +20,8 @@ from infra.settings import Settings
 from infra.store import InvalidKey, ObjectNotFound, ObjectStore
 from runner.artifacts import write_artifacts
 from runner.checkpoint import Checkpointer, State
-from runner.data import prepare
 from runner.distributed import train_group, world_size
+from runner.shards import prepare_within_budget
 from runner.train import ProgressUpdate, TrainingStopped, TrainOptions, train
 from schemas.dataset import DatasetManifest
 from schemas.events import Artifact
@@ -72,9 +72,9 @@ def run_job(spec: TrainingSpec, store: ObjectStore, settings: Settings, device: 
     started = time.monotonic()
     world = world_size(spec, device, settings.ddp_cpu_processes_max)
     manifest = load_manifest(store, spec)
-    data = prepare(spec, manifest, store, settings.cache_dir,
-                   budget_bytes=settings.runner_cache_budget_bytes,
-                   workers=settings.runner_decode_workers)
+    data = prepare_within_budget(spec, manifest, store, settings.cache_dir,
+                                 settings.runner_cache_budget_bytes,
+                                 workers=settings.runner_decode_workers)
     if world > 1 and data.shards is not None:  # issue 16: ranks have no store to stream from
         raise PermanentError("resources_unavailable", f"{world} processes cannot share a "
                              "dataset over runner_cache_budget_bytes yet: train it on one")

@@ -159,11 +159,8 @@ def fetch_weights(store: ObjectStore, key: str, sha256: str | None) -> dict[str,
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:

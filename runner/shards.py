@@ -1,9 +1,9 @@
 """Datasets larger than the runner's cache budget (issue 16): shards shared through the store.
 
-``prepare`` (runner/data.py) comes here when the decoded cache would not fit in
-``runner_cache_budget_bytes``. The cases are decoded once per (dataset sha256 x
-preprocessing x targets), the same ``cache_key`` as the local cache, into shards
-of ``per_shard`` cases, each uploaded to the store:
+``prepare_within_budget`` comes here, instead of ``prepare`` (runner/data.py), when the
+decoded cache would not fit in ``runner_cache_budget_bytes``. The cases are decoded once
+per (dataset sha256 x preprocessing x targets), the same ``cache_key`` as the local
+cache, into shards of ``per_shard`` cases, each uploaded to the store:
 
     cache/<cache_key>/k<K>-v1-<layout>/shard-00000.<token>.x.npy      (uint8 N, C, H, W)
     cache/<cache_key>/k<K>-v1-<layout>/shard-00000.<token>.masks.npy  (segmentation)
@@ -47,7 +47,15 @@ from typing import Any
 import numpy as np
 
 from infra.store import ObjectNotFound, ObjectStore
-from runner.data import PreparedData, Progress, _Arrays, _build, cache_key
+from runner.data import (
+    PreparedData,
+    Progress,
+    _Arrays,
+    _build,
+    _check_compatible,
+    cache_key,
+    prepare,
+)
 from runner.shard_cache import BudgetTooSmall, ShardCache
 from runner.split import assign_splits, encode_labels
 from runner.targets import presence_from_boxes, presence_from_masks
@@ -190,6 +198,17 @@ class ShardedArray:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[np.arange(self.shape[0])]
         return whole if dtype is None else whole.astype(dtype)
+
+
+def prepare_within_budget(spec: TrainingSpec, manifest: DatasetManifest, store: ObjectStore,
+                          cache_dir: Path, budget_bytes: int, progress: Progress | None = None,
+                          *, workers: int = 0) -> PreparedData:
+    """The runner's ``prepare``: the local cache when it fits in ``budget_bytes``
+    (``runner_cache_budget_bytes``), shards shared through the store when it does not."""
+    if not over_budget(spec, len(manifest.cases), budget_bytes):
+        return prepare(spec, manifest, store, cache_dir, progress, workers=workers)
+    _check_compatible(spec, manifest)
+    return prepare_sharded(spec, manifest, store, cache_dir, budget_bytes, progress, workers)
 
 
 def prepare_sharded(spec: TrainingSpec, manifest: DatasetManifest, store: ObjectStore,

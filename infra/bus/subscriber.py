@@ -52,7 +52,7 @@ from infra.bus.publish import publish_event
 from infra.bus.topology import stream_of
 from infra.errors import PoisonMessage, TransientError
 from infra.telemetry.logging import log_context
-from infra.telemetry.metrics import CONSUMER_LAG, EVENT_LATENCY, EVENTS_HANDLED
+from infra.telemetry.metrics import CONSUMER_LAG, EVENT_LATENCY, EVENTS_HANDLED, labelled
 from schemas.cloudevents import event_bytes
 from schemas.common import is_identifier
 from schemas.events import Envelope, Event, TaskFailed, TaskFailedEvent, parse_event
@@ -157,8 +157,6 @@ class SharedReads(Generic[K, V]):
 
 
 # --- decoders ---------------------------------------------------------------------
-
-
 
 
 class DecodeCache:
@@ -266,7 +264,7 @@ async def handle_message(js: JetStreamContext, sub: Subscriber[Any], msg: Msg,
     """Decode, handle, publish, settle one message in its log context; returns the outcome."""
     if sub.skip is not None and sub.skip(msg):  # nothing for this consumer: no decode
         await msg.ack()
-        _handled(sub.durable, msg.subject, "skipped").inc()
+        labelled(EVENTS_HANDLED, sub.durable, event_name(msg.subject), "skipped").inc()
         return "skipped"
     delivery = Delivery(subject=msg.subject, attempt=delivery_count(msg), plan=plan, msg=msg,
                         fetched_at=time.monotonic() if fetched_at is None else fetched_at)
@@ -286,34 +284,9 @@ async def handle_message(js: JetStreamContext, sub: Subscriber[Any], msg: Msg,
     task_id, trace = _context_of(decoded, msg) if refused is None else message_context(msg.data)
     with log_context(task_id=task_id or task_of_subject(msg.subject), traceparent=trace):
         outcome = await settle(msg, work, plan)
-    _handled(sub.durable, msg.subject, outcome).inc()
-    _latency(sub.durable).observe(time.perf_counter() - started)
+    labelled(EVENTS_HANDLED, sub.durable, event_name(msg.subject), outcome).inc()
+    labelled(EVENT_LATENCY, sub.durable).observe(time.perf_counter() - started)
     return outcome
-
-
-_METRIC_CHILDREN = 4096
-"""Labelled metrics kept at hand (consumers × event types × outcomes: a few hundred)."""
-_handled_children: dict[tuple[str, str, str], Any] = {}
-_latency_children: dict[str, Any] = {}
-
-
-def _handled(durable: str, subject: str, outcome: str) -> Any:
-    """``EVENTS_HANDLED.labels(...)``, looked up once per label set: ``labels()`` checks
-    and locks on every call, a measurable share of a delivery's CPU."""
-    key = (durable, event_name(subject), outcome)
-    child = _handled_children.get(key)
-    if child is None:
-        child = EVENTS_HANDLED.labels(*key)
-        if len(_handled_children) < _METRIC_CHILDREN:
-            _handled_children[key] = child
-    return child
-
-
-def _latency(durable: str) -> Any:
-    child = _latency_children.get(durable)
-    if child is None:
-        child = _latency_children[durable] = EVENT_LATENCY.labels(durable)
-    return child
 
 
 # --- the loop -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from infra.store import LocalStore
 from radtrain.synthetic.ct import generate_dicom_dataset, synthetic_manifest
 from runner.data import PreparedData, prepare
 from runner.job import run_job
-from runner.shards import ShardedArray, case_bytes
+from runner.shards import ShardedArray, case_bytes, prepare_within_budget
 from runner.train import ProgressUpdate, TrainingStopped, train
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
@@ -61,8 +61,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 @pytest.fixture(scope="module")
 def streamed(world: World) -> PreparedData:
     assert N * case_bytes(world.spec) > 3 * BUDGET
-    return prepare(world.spec, world.manifest, world.store, world.root / "runner-a",
-                   budget_bytes=BUDGET)
+    return prepare_within_budget(world.spec, world.manifest, world.store,
+                                 world.root / "runner-a", BUDGET)
 
 
 def test_streamed_data_equals_the_cached_data(world: World, streamed: PreparedData) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from infra.errors import PermanentError
 from infra.store import LocalStore
-from runner.data import _Arrays, cache_key, prepare
+from runner.data import _Arrays, cache_key
 from runner.loader import epoch_order, windowed_order
 from runner.shard_cache import BudgetTooSmall, ShardCache
 from runner.shards import (
@@ -23,6 +23,7 @@ from runner.shards import (
     case_bytes,
     plan_shards,
     prepare_sharded,
+    prepare_within_budget,
 )
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
@@ -200,10 +201,10 @@ def test_prepare_streams_only_over_the_budget(tmp_path: Path,
     store = LocalStore(tmp_path / "store")
     monkeypatch.setattr("runner.data._build", FakeBuild())
     monkeypatch.setattr("runner.shards._build", FakeBuild())
-    whole = prepare(spec, manifest, store, tmp_path / "c", budget_bytes=N * ONE)
+    whole = prepare_within_budget(spec, manifest, store, tmp_path / "c", N * ONE)
     assert whole.shards is None and isinstance(whole.x, np.ndarray)
     assert store.list("cache/") == []
-    streamed = prepare(spec, manifest, store, tmp_path / "c", budget_bytes=BUDGET)
+    streamed = prepare_within_budget(spec, manifest, store, tmp_path / "c", BUDGET)
     assert streamed.shards is not None and isinstance(streamed.x, ShardedArray)
     assert (streamed.split == whole.split).all() and (streamed.y == whole.y).all()
     assert (streamed.x[np.arange(N)] == np.asarray(whole.x)).all()
