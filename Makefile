@@ -27,7 +27,7 @@ up: venv
 	$(VENV)/bin/radtrain up
 
 test: venv browser
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30
 
 # The web console in headless Chromium alone (tests/browser, about 3 minutes).
 test-browser: venv browser

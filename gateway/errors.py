@@ -96,7 +96,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         log.warning("transient error on %s %s: %s %s", request.method, request.path,
                     exc.code, exc.message)
         return error_response(503, exc.code, "temporarily unavailable; retry later",
-                              headers={"Retry-After": str(max(1, round(exc.delay_s)))})
+                              headers={"Retry-After": str(max(1, round(exc.delay_s or 5.0)))})
     except (nats.errors.Error, TimeoutError) as exc:  # e.g. a KV read (API key) while its
         # stream elects a leader or the node is unreachable: the client retries
         log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)

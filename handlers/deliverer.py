@@ -124,7 +124,7 @@ async def _tenant_of(js: JetStreamContext, tasks: TaskRepo, event: Event) -> str
         requested = None
     if isinstance(requested, TaskRequestedEvent):
         return requested.data.tenant
-    raise TransientError("tenant_unknown", f"task {event.subject}: no record yet", delay_s=5.0)
+    raise TransientError("tenant_unknown", f"task {event.subject}: no record yet")
 
 
 async def on_status_event(event: Event, delivery: bus.Delivery, *, js: JetStreamContext,

@@ -79,8 +79,7 @@ async def handle_ready(event: TaskReadyEvent, delivery: Delivery, *, js: JetStre
         await js.publish(dispatch_subject(pool, event.task_id), delivery.msg.data,
                          headers=headers, timeout=10.0)
     except (nats.errors.Error, TimeoutError) as exc:
-        raise TransientError("publish_failed", f"dispatch of {event.task_id}: {exc!r}",
-                             delay_s=1.0) from exc
+        raise TransientError("publish_failed", f"dispatch of {event.task_id}: {exc!r}") from exc
     log.info("task %s (generation %d) dispatched to pool %s", event.task_id,
              event.taskgeneration, pool)
     return []

@@ -95,7 +95,7 @@ async def handle_inbound(doc: dict[str, Any], delivery: Delivery, *, admissions:
     try:
         admission = await admit(admissions, js, event, "nats")
     except (nats.errors.Error, TimeoutError) as exc:
-        raise TransientError("admission_unavailable", repr(exc), delay_s=2.0) from exc
+        raise TransientError("admission_unavailable", repr(exc)) from exc
     task_id = event.data.task_id
     if admission.outcome == "conflict":
         raise refused(subject, "task_id_conflict", f"task {task_id!r} was already requested "

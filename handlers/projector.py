@@ -219,9 +219,9 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     try:
         await fold(tasks, event.subject, event, cache or RecordCache(size=0))
     except RecordMissing as exc:
-        raise TransientError("record_missing", f"no record yet for {exc}", delay_s=2.0) from exc
+        raise TransientError("record_missing", f"no record yet for {exc}") from exc
     except GenerationAhead as exc:
-        raise TransientError("generation_ahead", str(exc), delay_s=2.0) from exc
+        raise TransientError("generation_ahead", str(exc)) from exc
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
     return []

@@ -103,5 +103,5 @@ async def _record_reflecting(tasks: TaskRepo, event: Event, wait_s: float,
             return found[0]
         if asyncio.get_running_loop().time() >= deadline:
             raise TransientError("record_behind", f"record of {event.subject} does not show "
-                                 f"task.{event.name} yet", delay_s=min(30.0, 2.0 ** attempt))
+                                 f"task.{event.name} yet")
         await asyncio.sleep(0.05)

@@ -18,9 +18,15 @@ class PermanentError(Exception):
 
 
 class TransientError(Exception):
-    """Worth another try later (store or NATS hiccup): ``nak(delay)``."""
+    """Worth another try later (store or NATS hiccup): ``nak(delay)``.
 
-    def __init__(self, code: str, message: str, delay_s: float = 5.0) -> None:
+    ``delay_s`` only where the cause says how long to wait (a circuit breaker's
+    gate, a webhook's own schedule). Without it the consumer's backoff schedule
+    decides (infra/bus/names.py ``RETRY_DELAYS_S``): an outage or a wait for
+    another consumer gets the whole growing budget, so a leader election does
+    not burn a consumer's deliveries at a fixed short pace into a dead letter."""
+
+    def __init__(self, code: str, message: str, delay_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

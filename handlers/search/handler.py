@@ -133,7 +133,7 @@ async def handle_search_event(event: Envelope, delivery: Delivery, *, js: JetStr
         await publish_all(js, events)
         written = await searches.compare_and_set(decision.state, revision)
     except (nats.errors.Error, TimeoutError) as exc:
-        raise TransientError("kv_unavailable", f"search {key}: {exc!r}", delay_s=1.0) from exc
+        raise TransientError("kv_unavailable", f"search {key}: {exc!r}") from exc
     if written is None:
         raise TransientError("search_conflict", f"search {key} changed meanwhile; deciding "
                                                 "again", delay_s=0.5)

@@ -127,8 +127,9 @@ RETRY_DELAYS_S: dict[str, tuple[float, ...]] = {
     TASK_INDEX: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0, 60.0),
     SEARCH: (0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 30.0, 60.0),
 }
-"""Delay before delivery n+1 after delivery n failed (an unexpected error); the last
-entry repeats. The final allowed delivery naks at once so its dead letter is prompt."""
+"""Delay before delivery n+1 after delivery n failed (an unexpected error, or a
+``TransientError`` that names no delay of its own); the last entry repeats. The final
+allowed delivery naks at once so its dead letter is prompt."""
 
 
 def stream_of(durable: str) -> str:

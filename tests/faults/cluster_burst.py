@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from nats.js import JetStreamContext
 
+from infra.bus.names import DLQ_STREAM
 from infra.kv import TaskRepo
 from tests.faults.helpers import GOOD_BODY, per_task, subject_counts, wait_for
 
@@ -128,11 +129,22 @@ async def check_exactly_once(js: JetStreamContext, tasks: set[str], terminal: st
     assert not [t for o in others for t in per_task(counts, o) if t in tasks]
     repo = await TaskRepo.open(js)
 
+    behind: dict[str, str] = {}
+
     async def projected() -> bool:
         records = await asyncio.gather(*(repo.get(t) for t in tasks))
-        return all(r is not None and r[0].state == terminal for r in records)
+        behind.clear()
+        behind.update({t: "missing" if r is None else r[0].state
+                       for t, r in zip(tasks, records, strict=True)
+                       if r is None or r[0].state != terminal})
+        return not behind
 
     # The projector's retries back off (1, 2, 5, 10, 15, 30 s ...): a write that failed
     # during the fault may wait a minute for its turn, so the same bound as the stream's.
-    await wait_for(projected, timeout_s, f"every KV record {terminal}", interval_s=1.0)
+    try:
+        await wait_for(projected, timeout_s, f"every KV record {terminal}", interval_s=1.0)
+    except AssertionError as exc:
+        dead = await subject_counts(js, ">", DLQ_STREAM)
+        raise AssertionError(f"{exc}: {len(behind)} behind, e.g. "
+                             f"{dict(list(behind.items())[:5])}; dead letters {dead}") from exc
     return counts

@@ -85,8 +85,12 @@ async def test_requested_for_an_existing_record_reads_it() -> None:
 
 async def test_an_event_without_a_record_still_waits() -> None:
     tasks, _ = await _repo()
-    with pytest.raises(TransientError, match="no record yet"):
+    with pytest.raises(TransientError, match="no record yet") as err:
         await handle_event(rejected(), DELIVERY, tasks=tasks, cache=RecordCache())
+    # The wait for the task.requested follows the projector's growing schedule, the
+    # same budget as the task.requested's own retries (a fixed 2 s spent all ten
+    # deliveries within one leader election and dead-lettered the task.rejected).
+    assert err.value.delay_s is None
 
 
 def test_cache_is_bounded() -> None:

@@ -54,8 +54,9 @@ async def test_handler_lists_the_record_state_and_waits_for_a_record_behind() ->
     js = cast(Any, FakeJetStream(KV_TASKS, KV_LISTINGS))
     tasks, index = await TaskRepo.open(js), await ListingIndex.open(js, TASKS)
     delivery = cast(Any, None)
-    with pytest.raises(TransientError):  # no record yet: the projector comes first
+    with pytest.raises(TransientError) as err:  # no record yet: the projector comes first
         await handle_event(requested(), delivery, tasks=tasks, index=index, wait_s=0.1)
+    assert err.value.delay_s is None  # the consumer's schedule: the projector's budget
     tenant = request().tenant
     assert (await index.page(tenant)).ids == ["t1"]  # listed at once, in no state yet
     assert (await index.page(tenant, state="requested")).ids == []

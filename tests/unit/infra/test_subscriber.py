@@ -160,7 +160,8 @@ async def test_failure_that_cannot_be_published_is_retried_not_terminated() -> N
     sub = Subscriber("runner", event_decoder(TaskReadyEvent), Recorder())
     msg = FakeMsg(f"tasks.ready.{TASK}", b"nope", timeline=js.timeline)
     outcome, _ = await _handle(sub, msg, js)
-    assert outcome == "nak" and msg.outcome == ("nak", 5.0)  # TransientError default
+    # A TransientError naming no delay: the consumer's schedule, first entry.
+    assert outcome == "nak" and msg.outcome == ("nak", PLAN.delays_s[0])
 
 
 # --- handled messages ---------------------------------------------------------------
@@ -187,7 +188,8 @@ async def test_publish_failure_naks_and_never_acks() -> None:
     sub = Subscriber("enrich", event_decoder(), Recorder(returns=[_completed()]))
     msg = FakeMsg(f"tasks.requested.{TASK}", encode_event(_requested()), timeline=js.timeline)
     outcome, _ = await _handle(sub, msg, js)
-    assert outcome == "nak" and msg.settled == [("nak", 5.0)] and js.published == []
+    assert outcome == "nak" and msg.settled == [("nak", PLAN.delays_s[0])]
+    assert js.published == []
 
 
 @pytest.mark.parametrize(("error", "attempt", "outcome", "settled"), [
