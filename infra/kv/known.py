@@ -34,3 +34,28 @@ class Known:
 
     def drop(self, key: str) -> None:
         self._items.pop(key, None)
+
+
+class NextPositions:
+    """Per list, the next position this writer may try, so that the concurrent writers
+    of one process never race each other for a position (only other processes can).
+    Bounded like :class:`Known`; a forgotten list starts again from its counter."""
+
+    def __init__(self, size: int = KNOWN_ENTRIES) -> None:
+        self.size = size
+        self._next: OrderedDict[str, int] = OrderedDict()
+
+    def reserve(self, lst: str, at_least: int) -> int:
+        """A position at or above ``at_least`` that no other caller here is trying."""
+        p = max(at_least, self._next.get(lst, 0))
+        self._next[lst] = p + 1
+        self._next.move_to_end(lst)
+        while len(self._next) > self.size:
+            self._next.popitem(last=False)
+        return p
+
+    def release(self, lst: str, p: int) -> None:
+        """A create at ``p`` failed without an answer: offer ``p`` again, so that no gap
+        is left in a dense list if it never landed."""
+        if lst in self._next:
+            self._next[lst] = min(self._next[lst], p)

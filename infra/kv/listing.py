@@ -21,7 +21,10 @@ Keys (every one is one NATS subject; tenants and ids are single tokens):
 A position is taken by ``kv.create`` on the next free key (atomic: two writers
 never share one; there are no gaps), then the counter moves up by
 compare-and-set. Newest first is highest position first; a cursor is the
-position to continue below, so tasks added meanwhile never shift a page.
+position to continue below, so tasks added meanwhile never shift a page. The
+writers of one process reserve positions in memory (:class:`NextPositions`) and
+queue their changes of one counter behind one write (infra/kv/coalesce.py): a
+burst of one tenant's tasks costs no lost creates and few counter writes.
 
 Writers converge an id's entries to its current state (:meth:`ListingIndex.converge`):
 every step is idempotent, so a writer killed half way is repaired by the
@@ -58,8 +61,9 @@ from pydantic import BaseModel
 
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
+from infra.kv.coalesce import Coalescer
 from infra.kv.direct import DirectReader
-from infra.kv.known import Known
+from infra.kv.known import Known, NextPositions
 from infra.kv.repository import KVRepository
 
 RECENT = 64
@@ -138,6 +142,9 @@ class ListingIndex:
         self.slots, self.counters, self.markers, self.kind = kv, counters, markers, kind
         self.direct = direct
         self.known = Known()
+        self.counting: Coalescer[Counter] = Coalescer(
+            lambda key, change: self._update(self.counters, key, change))
+        self.positions = NextPositions()
 
     @classmethod
     async def open(cls, js: JetStreamContext, kind: str) -> ListingIndex:
@@ -201,7 +208,7 @@ class ListingIndex:
         return found.n if found else 0
 
     async def _raise_to(self, key: str, n: int) -> None:
-        await self._update(self.counters, key, lambda c: None if c and c.n >= n else Counter(
+        await self.counting.apply(key, lambda c: None if c and c.n >= n else Counter(
             n=n, recent=c.recent if c else []))
 
     async def _allocate(self, lst: str, item_id: str, lookback: bool) -> int:
@@ -214,19 +221,28 @@ class ListingIndex:
                     0, top - LOOKBACK), -1)), strict=False):
                 if slot is not None and slot.id == item_id:
                     return p
-        p, fresh = top + 1, lookback
-        while (revision := await self.slots.create(f"{lst}.{p}", Slot(id=item_id))) is None:
+        p, fresh = self.positions.reserve(lst, top + 1), lookback
+        while (revision := await self._take(lst, p, item_id)) is None:
             if not fresh:
-                fresh, p = True, max(p, await self._count(f"{lst}.n", fresh=True) + 1)
+                fresh = True
+                count = await self._count(f"{lst}.n", fresh=True)
+                p = self.positions.reserve(lst, max(p, count) + 1)
                 continue
             taken = await self.slots.get(f"{lst}.{p}")
             if taken is not None and taken.id == item_id:
                 break
-            p += 1
+            p = self.positions.reserve(lst, p + 1)
         if revision is not None:
             self.known.put(f"{lst}.{p}", Slot(id=item_id), revision)
         await self._raise_to(f"{lst}.n", p)
         return p
+
+    async def _take(self, lst: str, p: int, item_id: str) -> int | None:
+        try:
+            return await self.slots.create(f"{lst}.{p}", Slot(id=item_id))
+        except BaseException:
+            self.positions.release(lst, p)
+            raise
 
     async def _bump(self, key: str, token: str, delta: int) -> None:
         def change(c: Counter | None) -> Counter | None:
@@ -235,7 +251,7 @@ class ListingIndex:
                 return None
             return Counter(n=c.n + delta, recent=[*c.recent, token][-RECENT:])
 
-        await self._update(self.counters, key, change)
+        await self.counting.apply(key, change)
 
     async def add(self, tenant: str, item_id: str) -> Marker:
         """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
