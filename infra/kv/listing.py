@@ -49,10 +49,7 @@ passed through it since its oldest live task.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from nats.aio.client import Client as NATS
@@ -64,6 +61,7 @@ from infra.errors import KVConflict
 from infra.kv.coalesce import Coalescer
 from infra.kv.direct import DirectReader
 from infra.kv.known import Known, NextPositions
+from infra.kv.pages import Cursor, ListPage
 from infra.kv.repository import KVRepository
 
 RECENT = 64
@@ -99,38 +97,6 @@ class Marker(BaseModel):
     pending: str | None = None
     """The state being entered: a retry looks for the position already taken."""
     pending_order: tuple[int, int] = (0, 0)
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where a page continues: below position ``below`` of the list of ``state``."""
-
-    state: str | None
-    below: int
-
-    def encode(self) -> str:
-        raw = f"v1:{self.state or '-'}:{self.below}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str) -> Cursor:
-        """Raises ``ValueError`` on a token this module did not write."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-            version, state, below = raw.split(":")
-            cursor = cls(None if state == "-" else state, int(below))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"not a cursor: {token!r}") from exc
-        if version != "v1" or cursor.below < 1:
-            raise ValueError(f"not a cursor: {token!r}")
-        return cursor
-
-
-@dataclass(frozen=True)
-class ListPage:
-    ids: list[str]
-    total: int
-    next: Cursor | None
 
 
 class ListingIndex:
@@ -253,8 +219,9 @@ class ListingIndex:
 
         await self.counting.apply(key, change)
 
-    async def add(self, tenant: str, item_id: str) -> Marker:
-        """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
+    async def add(self, tenant: str, item_id: str, retry: bool = False) -> Marker:
+        """List ``item_id`` under ``tenant`` once (idempotent): its marker. ``retry``: a
+        redelivery, after which an earlier :meth:`_listed_new` may have left a position."""
         key = self._marker(item_id)
         for _ in range(10):
             found, created = self.known.get(key), False
@@ -269,7 +236,7 @@ class ListingIndex:
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker
             lst = self._list(tenant, None)
-            p = await self._allocate(lst, item_id, lookback=not created)
+            p = await self._allocate(lst, item_id, lookback=retry or not created)
             listed = marker.model_copy(update={"all": p})
             if await self._write(self.markers, key, listed, revision) is not None:
                 return listed
@@ -283,11 +250,16 @@ class ListingIndex:
         return known is not None and bool(known[0].sp) and known[0].order >= order
 
     async def converge(self, tenant: str, item_id: str, state: str,
-                       order: tuple[int, int]) -> None:
+                       order: tuple[int, int], retry: bool | None = None) -> None:
         """List ``item_id`` in ``state`` and no longer in its previous one (idempotent).
-        ``order`` is (generation, rank of ``state``): an older state never wins."""
-        await self.add(tenant, item_id)
+        ``order`` is (generation, rank of ``state``): an older state never wins.
+        ``retry``: ``False`` on a message's first delivery allows :meth:`_listed_new`,
+        ``True`` on its redeliveries looks for what it left; ``None``: neither."""
         key = self._marker(item_id)
+        if retry is False and self.known.get(key) is None and await self._listed_new(
+                tenant, item_id, state, order):
+            return
+        await self.add(tenant, item_id, retry=bool(retry))
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
             # it says is listed or on its way is; anything else is settled by the writes.
@@ -296,19 +268,40 @@ class ListingIndex:
                 raise KVConflict(KV_LISTINGS, key, 0)
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
                 return  # listed there already, or a newer state is on its way
-            retry = marker.pending == state and marker.pending_order == order
-            if not retry:
+            again = marker.pending == state and marker.pending_order == order
+            if not again:
                 marker = marker.model_copy(update={"pending": state, "pending_order": order})
                 written = await self._write(self.markers, key, marker, revision)
                 if written is None:
                     continue
                 revision = written
-            done = await self._move(tenant, item_id, marker, state, order, retry)
+            done = await self._move(tenant, item_id, marker, state, order, again or bool(retry))
             if await self._write(self.markers, key, done, revision) is not None:
                 return
             await self._abandon(self._list(tenant, state), item_id, done.sp,
                                 await self.markers.get(key), state)
         raise KVConflict(KV_LISTINGS, key, 20)
+
+    async def _listed_new(self, tenant: str, item_id: str, state: str,
+                          order: tuple[int, int]) -> bool:
+        """A first delivery for an id this writer has not seen: take its positions, then
+        create its marker already listed (3 writes, not 6). ``False``: the marker exists
+        (another event of the id, or an earlier delivery): our positions are given up
+        and the usual path converges from that marker. A writer killed before its
+        marker leaves positions that its redelivery (``retry``) finds by looking back."""
+        every, lst = self._list(tenant, None), self._list(tenant, state)
+        p = await self._allocate(every, item_id, lookback=False)
+        sp = await self._allocate(lst, item_id, lookback=False)
+        await self._bump(f"{lst}.live", f"in:{item_id}:{sp}", +1)
+        marker = Marker(tenant=tenant, all=p, state=state, sp=sp, order=order)
+        revision = await self.markers.create(self._marker(item_id), marker)
+        if revision is not None:
+            self.known.put(self._marker(item_id), marker, revision)
+            return True
+        winner = await self.markers.get(self._marker(item_id))
+        await self._abandon(every, item_id, p, winner, "all")
+        await self._abandon(lst, item_id, sp, winner, state)
+        return False
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
                     order: tuple[int, int], retry: bool) -> Marker:

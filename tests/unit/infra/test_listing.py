@@ -165,13 +165,19 @@ class Counting:
         return counted
 
 
-async def test_a_task_listed_then_moved_costs_few_round_trips() -> None:
+async def counted_index() -> tuple[ListingIndex, Counting, Any]:
+    """An index over a fake bucket whose calls are counted, the counter and the bucket."""
     js = FakeJetStream(KV_LISTINGS)
     kv = js.buckets[KV_LISTINGS]
     index = await ListingIndex.open(cast(Any, js), TASKS)
     counting = Counting(kv)
     for repo in (index.slots, index.counters, index.markers):
         repo._kv = cast(Any, counting)
+    return index, counting, kv
+
+
+async def test_a_task_listed_then_moved_costs_few_round_trips() -> None:
+    index, counting, _ = await counted_index()
     await enter(index, "t0", "requested")
     await enter(index, "t0", "rejected")  # the counters are known from here on
     counting.calls = 0
@@ -228,12 +234,7 @@ async def test_a_burst_of_one_tenant_writes_its_counters_together() -> None:
     """60 tasks of one tenant at once, as the handler's lanes deliver them: positions
     are reserved in the process (no lost creates) and the counter changes queued behind
     one write go out as the next one (not one compare-and-set each, most of them lost)."""
-    js = FakeJetStream(KV_LISTINGS)
-    kv = js.buckets[KV_LISTINGS]
-    index = await ListingIndex.open(cast(Any, js), TASKS)
-    counting = Counting(kv)
-    for repo in (index.slots, index.counters, index.markers):
-        repo._kv = cast(Any, counting)
+    index, counting, kv = await counted_index()
     n = 60
     await asyncio.gather(*(enter(index, f"t{i}", "requested") for i in range(n)))
     await asyncio.gather(*(enter(index, f"t{i}", "rejected") for i in range(n)))
@@ -268,3 +269,77 @@ async def test_a_create_that_got_no_answer_leaves_no_gap(
     assert await every_page(index, "acme") == ["t1", "t2", "t0"]
     positions = [m.all for m in [await index.markers.get(f"mt.t{i}") for i in range(3)] if m]
     assert sorted(positions) == [1, 2, 3]
+
+
+# --- a first delivery lists a new id with its marker created already listed -------------
+
+
+async def first(index: ListingIndex, task_id: str, state: str, retry: bool = False) -> None:
+    await index.converge("acme", task_id, state, (1, STATE_RANK[state]), retry=retry)
+
+
+async def test_a_first_delivery_lists_a_new_task_in_three_writes() -> None:
+    index, counting, _ = await counted_index()
+    await first(index, "t0", "rejected")  # the counters are known from here on
+    counting.calls = 0
+    await first(index, "t1", "rejected")
+    # two positions, the live counter, the marker and both position counters: 6 (was 11:
+    # marker, position, marker; then pending marker, position, live, marker, 2 counters)
+    assert counting.calls <= 6, counting.calls
+    await first(index, "t1", "rejected")  # a second event of it: known, nothing written
+    assert counting.calls <= 6, counting.calls
+    assert await every_page(index, "acme") == ["t1", "t0"]
+    assert await every_page(index, "acme", "rejected") == ["t1", "t0"]
+    assert (await index.page("acme", state="rejected")).total == 2
+
+
+async def test_a_burst_of_first_deliveries_keeps_the_lists_dense_and_counted() -> None:
+    js = FakeJetStream(KV_LISTINGS)
+    index = await ListingIndex.open(cast(Any, js), TASKS)
+    n = 60
+    await asyncio.gather(*(first(index, f"t{i}", "requested") for i in range(n)))
+    await asyncio.gather(*(first(index, f"t{i}", "rejected") for i in range(0, n, 2)))
+    assert js.buckets[KV_LISTINGS].conflicts == 0
+    positions = sorted(m.all for m in [await index.markers.get(f"mt.t{i}") for i in range(n)]
+                       if m)
+    assert positions == list(range(1, n + 1))
+    assert (await index.page("acme")).total == n
+    assert (await index.page("acme", state="requested")).total == n // 2
+    assert sorted(await every_page(index, "acme", "rejected", limit=7)) == sorted(
+        f"t{i}" for i in range(0, n, 2))
+
+
+async def test_a_writer_killed_before_its_marker_is_repaired_by_the_redelivery(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    js = FakeJetStream(KV_LISTINGS)
+    index = await ListingIndex.open(cast(Any, js), TASKS)
+    await first(index, "t0", "requested")
+    real_create = index.markers.create
+
+    async def killed(key: str, value: Marker) -> int | None:
+        raise ConnectionError("killed after taking both positions")
+
+    monkeypatch.setattr(index.markers, "create", killed)
+    with pytest.raises(ConnectionError):
+        await first(index, "t1", "requested")
+    monkeypatch.setattr(index.markers, "create", real_create)
+    await first(index, "t1", "requested", retry=True)  # the redelivery looks back
+    assert await every_page(index, "acme") == ["t1", "t0"]
+    assert (await index.page("acme")).total == 2
+    assert await every_page(index, "acme", "requested") == ["t1", "t0"]
+    assert (await index.page("acme", state="requested")).total == 2
+    marker = await index.markers.get("mt.t1")
+    assert isinstance(marker, Marker) and (marker.all, marker.sp) == (2, 2)
+
+
+async def test_two_writers_listing_one_new_task_at_once_list_it_once() -> None:
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await asyncio.gather(first(a, "t1", "requested"), first(b, "t1", "rejected"))
+    await first(a, "t1", "rejected")  # its own task.rejected, after b's
+    assert await every_page(a, "acme") == ["t1"]
+    assert (await a.page("acme")).total == 1
+    assert await every_page(b, "acme", "rejected") == ["t1"]
+    assert (await b.page("acme", state="rejected")).total == 1
+    assert (await b.page("acme", state="requested")).total == 0
