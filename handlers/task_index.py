@@ -80,14 +80,13 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     if state is not None and index.listed_at(event.subject, order(event.taskgeneration, state)):
         return []  # listed in this state or a later one already (an event behind the record)
     try:
+        if isinstance(event, TaskRequestedEvent):  # listed at once; its state follows
+            await index.add(event.data.tenant, event.data.task_id)
         known = records.get(event.subject) if records is not None else None
-        record = known[0] if known is not None and reflects(known[0], event) else None
-        if record is None:
-            if isinstance(event, TaskRequestedEvent):  # listed at once; its state follows
-                await index.add(event.data.tenant, event.data.task_id, retry=attempt > 1)
-            record = await _record_reflecting(tasks, event, wait_s, attempt)
+        record = known[0] if known is not None and reflects(known[0], event) else (
+            await _record_reflecting(tasks, event, wait_s, attempt))
         await index.converge(record.tenant, record.task_id, record.state,
-                             order(record.generation, record.state), retry=attempt > 1)
+                             order(record.generation, record.state))
     except (nats.errors.Error, TimeoutError) as exc:
         raise TransientError("kv_unavailable", str(exc)) from exc
     return []

@@ -62,7 +62,7 @@ from infra.kv.coalesce import Coalescer
 from infra.kv.direct import DirectReader
 from infra.kv.known import Known, NextPositions
 from infra.kv.pages import Cursor, ListPage
-from infra.kv.repository import KVRepository
+from infra.kv.repository import KVRepository, leader_reads
 
 RECENT = 64
 """Changes a live counter remembers, to count a retried step once."""
@@ -104,9 +104,18 @@ class ListingIndex:
 
     def __init__(self, kv: KVRepository[Slot], counters: KVRepository[Counter],
                  markers: KVRepository[Marker], kind: str,
-                 direct: DirectReader | None = None) -> None:
+                 direct: DirectReader | None = None,
+                 winners: KVRepository[Marker] | None = None,
+                 owners: KVRepository[Slot] | None = None) -> None:
         self.slots, self.counters, self.markers, self.kind = kv, counters, markers, kind
         self.direct = direct
+        self.winners = winners or markers
+        self.owners = owners or kv
+        """Markers read through the stream leader: what a writer that lost a race learns
+        there is never older than the winner's write (a replica's answer may be, and a
+        position two writers share would be given up under the winner). ``owners``:
+        slots read there too, before a position is adopted as one's own (a replica may
+        still show an id in a position given up since)."""
         self.known = Known()
         self.counting: Coalescer[Counter] = Coalescer(
             lambda key, change: self._update(self.counters, key, change))
@@ -118,7 +127,9 @@ class ListingIndex:
         nc = getattr(js, "_nc", None)  # nats-py keeps its connection there
         return cls(KVRepository(raw, Slot, KV_LISTINGS), KVRepository(raw, Counter, KV_LISTINGS),
                    KVRepository(raw, Marker, KV_LISTINGS), kind,
-                   DirectReader(nc) if isinstance(nc, NATS) else None)
+                   DirectReader(nc) if isinstance(nc, NATS) else None,
+                   KVRepository(leader_reads(raw), Marker, KV_LISTINGS),
+                   KVRepository(leader_reads(raw), Slot, KV_LISTINGS))
 
     # --- keys -------------------------------------------------------------------------
 
@@ -182,9 +193,10 @@ class ListingIndex:
         writer already took it (``lookback``). Starts above the known count; another
         writer's positions since then send it to the count read afresh."""
         top = await self._count(f"{lst}.n", fresh=lookback)
-        if lookback:
-            for p, slot in zip(range(top, 0, -1), await self._slots(lst, range(top, max(
-                    0, top - LOOKBACK), -1)), strict=False):
+        if lookback:  # what decides to adopt a position is read from the stream leader
+            keys = [f"{lst}.{p}" for p in range(top, max(0, top - LOOKBACK), -1)]
+            found = await asyncio.gather(*(self.owners.get(k) for k in keys))
+            for p, slot in zip(range(top, 0, -1), found, strict=False):
                 if slot is not None and slot.id == item_id:
                     return p
         p, fresh = self.positions.reserve(lst, top + 1), lookback
@@ -194,7 +206,7 @@ class ListingIndex:
                 count = await self._count(f"{lst}.n", fresh=True)
                 p = self.positions.reserve(lst, max(p, count) + 1)
                 continue
-            taken = await self.slots.get(f"{lst}.{p}")
+            taken = await self.owners.get(f"{lst}.{p}")
             if taken is not None and taken.id == item_id:
                 break
             p = self.positions.reserve(lst, p + 1)
@@ -219,16 +231,15 @@ class ListingIndex:
 
         await self.counting.apply(key, change)
 
-    async def add(self, tenant: str, item_id: str, retry: bool = False) -> Marker:
-        """List ``item_id`` under ``tenant`` once (idempotent): its marker. ``retry``: a
-        redelivery, after which an earlier :meth:`_listed_new` may have left a position."""
+    async def add(self, tenant: str, item_id: str) -> Marker:
+        """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
         key = self._marker(item_id)
         for _ in range(10):
             found, created = self.known.get(key), False
             if found is None:  # most likely a new id: its marker first, so a retry looks back
                 revision = await self.markers.create(key, Marker(tenant=tenant))
                 found, created = ((Marker(tenant=tenant), revision), True) if revision else (
-                    await self.markers.get_entry(key), False)
+                    await self.winners.get_entry(key), False)
                 if found is None:
                     continue
                 self.known.put(key, *found)
@@ -236,11 +247,11 @@ class ListingIndex:
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker
             lst = self._list(tenant, None)
-            p = await self._allocate(lst, item_id, lookback=retry or not created)
+            p = await self._allocate(lst, item_id, lookback=not created)
             listed = marker.model_copy(update={"all": p})
             if await self._write(self.markers, key, listed, revision) is not None:
                 return listed
-            await self._abandon(lst, item_id, p, await self.markers.get(key), "all")
+            await self._abandon(lst, item_id, p, await self.winners.get(key), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
 
     def listed_at(self, item_id: str, order: tuple[int, int]) -> bool:
@@ -250,16 +261,11 @@ class ListingIndex:
         return known is not None and bool(known[0].sp) and known[0].order >= order
 
     async def converge(self, tenant: str, item_id: str, state: str,
-                       order: tuple[int, int], retry: bool | None = None) -> None:
+                       order: tuple[int, int]) -> None:
         """List ``item_id`` in ``state`` and no longer in its previous one (idempotent).
-        ``order`` is (generation, rank of ``state``): an older state never wins.
-        ``retry``: ``False`` on a message's first delivery allows :meth:`_listed_new`,
-        ``True`` on its redeliveries looks for what it left; ``None``: neither."""
+        ``order`` is (generation, rank of ``state``): an older state never wins."""
+        await self.add(tenant, item_id)
         key = self._marker(item_id)
-        if retry is False and self.known.get(key) is None and await self._listed_new(
-                tenant, item_id, state, order):
-            return
-        await self.add(tenant, item_id, retry=bool(retry))
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
             # it says is listed or on its way is; anything else is settled by the writes.
@@ -268,40 +274,19 @@ class ListingIndex:
                 raise KVConflict(KV_LISTINGS, key, 0)
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
                 return  # listed there already, or a newer state is on its way
-            again = marker.pending == state and marker.pending_order == order
-            if not again:
+            retry = marker.pending == state and marker.pending_order == order
+            if not retry:
                 marker = marker.model_copy(update={"pending": state, "pending_order": order})
                 written = await self._write(self.markers, key, marker, revision)
                 if written is None:
                     continue
                 revision = written
-            done = await self._move(tenant, item_id, marker, state, order, again or bool(retry))
+            done = await self._move(tenant, item_id, marker, state, order, retry)
             if await self._write(self.markers, key, done, revision) is not None:
                 return
             await self._abandon(self._list(tenant, state), item_id, done.sp,
-                                await self.markers.get(key), state)
+                                await self.winners.get(key), state)
         raise KVConflict(KV_LISTINGS, key, 20)
-
-    async def _listed_new(self, tenant: str, item_id: str, state: str,
-                          order: tuple[int, int]) -> bool:
-        """A first delivery for an id this writer has not seen: take its positions, then
-        create its marker already listed (3 writes, not 6). ``False``: the marker exists
-        (another event of the id, or an earlier delivery): our positions are given up
-        and the usual path converges from that marker. A writer killed before its
-        marker leaves positions that its redelivery (``retry``) finds by looking back."""
-        every, lst = self._list(tenant, None), self._list(tenant, state)
-        p = await self._allocate(every, item_id, lookback=False)
-        sp = await self._allocate(lst, item_id, lookback=False)
-        await self._bump(f"{lst}.live", f"in:{item_id}:{sp}", +1)
-        marker = Marker(tenant=tenant, all=p, state=state, sp=sp, order=order)
-        revision = await self.markers.create(self._marker(item_id), marker)
-        if revision is not None:
-            self.known.put(self._marker(item_id), marker, revision)
-            return True
-        winner = await self.markers.get(self._marker(item_id))
-        await self._abandon(every, item_id, p, winner, "all")
-        await self._abandon(lst, item_id, sp, winner, state)
-        return False
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
                     order: tuple[int, int], retry: bool) -> Marker:

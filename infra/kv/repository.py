@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
+def leader_reads(kv: KeyValue) -> KeyValue:
+    """The same bucket, read through its stream leader rather than any replica.
+
+    An R3 bucket answers gets from any replica (``allow_direct``), which may not have
+    applied the latest write yet. A writer that lost a race and must learn what the
+    winner wrote (infra/kv/listing.py) needs the leader's answer. nats-py builds a
+    bucket's reads from these fields (``KeyValue.__init__``); anything else (a test
+    double) is returned as it is."""
+    fields = ("_name", "_stream", "_pre", "_js")
+    if not isinstance(kv, KeyValue) or not all(hasattr(kv, f) for f in fields):
+        return kv
+    return KeyValue(name=kv._name, stream=kv._stream, pre=kv._pre, js=kv._js, direct=False)
+
+
 class KVRepository(Generic[M]):
     """Keys to ``M`` in one bucket. Keys are NATS subject tokens: ``[-/_=.a-zA-Z0-9]+``."""
 
@@ -98,10 +112,15 @@ class KVRepository(Generic[M]):
         return await self._kv.put(key, self._encode(key, value))
 
     async def create(self, key: str, value: M) -> int | None:
-        """Write only if the key is absent (first writer wins): the revision, else ``None``."""
+        """Write only if the key is absent (first writer wins): the revision, else ``None``.
+
+        nats-py's ``create`` reads the key after a lost race (to tell a deleted key from
+        a live one); on an R3 bucket that read may reach a replica that has not applied
+        the winner's write yet and raise ``KeyNotFoundError``: the race is lost all the
+        same (seen as orphaned list positions in the cluster fault tests)."""
         try:
             return await self._kv.create(key, self._encode(key, value))
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
             return None
 
     async def compare_and_set(self, key: str, value: M, revision: int) -> int | None:
@@ -110,9 +129,9 @@ class KVRepository(Generic[M]):
         try:
             if revision:
                 return await self._kv.update(key, self._encode(key, value), last=revision)
-            return await self._kv.create(key, self._encode(key, value))
         except KeyWrongLastSequenceError:
             return None
+        return await self.create(key, value)
 
     async def update(self, key: str, change: Callable[[M | None], M | None], *,
                      attempts: int = 20) -> M | None:

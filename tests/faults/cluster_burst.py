@@ -5,6 +5,7 @@ gateway), and what the stream and KV say about the tasks afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -12,8 +13,10 @@ from typing import Any
 
 import aiohttp
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from infra.bus.names import DLQ_STREAM
+from infra.bus.topology import KV_LISTINGS
 from infra.kv import TaskRepo
 from tests.faults.helpers import GOOD_BODY, per_task, subject_counts, wait_for
 
@@ -148,3 +151,56 @@ async def check_exactly_once(js: JetStreamContext, tasks: set[str], terminal: st
         raise AssertionError(f"{exc}: {len(behind)} behind, e.g. "
                              f"{dict(list(behind.items())[:5])}; dead letters {dead}") from exc
     return counts
+
+
+async def check_listed(burst: Burst, tasks: set[str], state: str, timeout_s: float = 60.0,
+                       js: JetStreamContext | None = None) -> None:
+    """``GET /v1/tasks?state=...`` by cursor lists every task once, and the tenant's list
+    of all holds no task twice: the task index of both handlers processes, through the
+    fault, converged (it trails the projector, so wait for it)."""
+    async def pages(session: aiohttp.ClientSession, query: str) -> tuple[list[str], int]:
+        ids: list[str] = []
+        cursor: str | None = None
+        total = 0
+        while True:
+            url = f"{burst.urls[-1]}/v1/tasks?limit=200{query}"
+            async with session.get(url + (f"&cursor={cursor}" if cursor else "")) as resp:
+                assert resp.status == 200, (resp.status, await resp.text())
+                page = await resp.json()
+            ids += [item["task_id"] for item in page["items"]]
+            total, cursor = page["total"], page.get("next")
+            if not cursor:
+                return ids, total
+
+    seen: dict[str, Any] = {}
+
+    async def listed() -> bool:
+        async with burst.session() as session:
+            in_state, in_state_total = await pages(session, f"&state={state}")
+            every, every_total = await pages(session, "")
+        seen.update(missing=sorted(tasks - set(in_state))[:5], in_state=len(in_state),
+                    in_state_total=in_state_total, every=len(every), every_total=every_total,
+                    twice=[t for t, n in Counter(every).items() if n > 1][:5])
+        return (tasks <= set(in_state) and len(set(in_state)) == len(in_state) == in_state_total
+                and len(set(every)) == len(every) == every_total)
+
+    try:
+        await wait_for(listed, timeout_s, f"every task listed once in {state}", interval_s=2.0)
+    except AssertionError as exc:
+        odd = [*seen["twice"], *seen["missing"]]
+        where = await _where_listed(js, odd) if js is not None else {}
+        raise AssertionError(f"{exc}: {seen}; markers and positions: {where}") from exc
+
+
+async def _where_listed(js: JetStreamContext, ids: list[str]) -> dict[str, list[str]]:
+    """Each id's marker and the positions of any list that hold it (a scan)."""
+    kv = await js.key_value(KV_LISTINGS)
+    found: dict[str, list[str]] = {i: [] for i in ids}
+    for i in ids:
+        with contextlib.suppress(KeyNotFoundError):
+            found[i].append(f"marker {(await kv.get(f'mt.{i}')).value!r}")
+    for key in await kv.keys():
+        if key.rsplit(".", 1)[-1].isdigit():
+            value = (await kv.get(key)).value or b""
+            found.update({i: [*found[i], key] for i in ids if i.encode() in value})
+    return found

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from infra.errors import KVConflict, TransientError
 from infra.kv import Bucket, BucketRepo, DeliveryRepo, KVRepository, TaskRepo
+from infra.kv.repository import leader_reads
 from schemas.webhooks import Delivery
 from tests.support.fake_kv import FakeJetStream, FakeKeyValue, subject_matches
 
@@ -52,6 +54,25 @@ async def test_create_is_first_writer_wins() -> None:
     winners = [i for i, rev in enumerate(revisions) if rev is not None]
     assert len(winners) == 1
     assert await r.get("t1.k") == Counter(by=f"w{winners[0]}")
+
+
+class BehindReplica(FakeKeyValue):
+    """nats-py's ``create`` after a lost race reads the key to tell a deleted one; on an
+    R3 bucket that read can reach a replica without the winner's write yet."""
+
+    async def create(self, key: str, value: bytes, validate_keys: bool = True,
+                     msg_ttl: float | None = None) -> int:
+        if self._live(key) is not None:
+            raise KeyNotFoundError
+        return await super().create(key, value, validate_keys, msg_ttl)
+
+
+async def test_a_lost_create_is_lost_even_when_the_read_after_it_finds_nothing() -> None:
+    r = repo(BehindReplica())
+    assert await r.create("t1.k", Counter(by="first")) is not None
+    assert await r.create("t1.k", Counter(by="second")) is None
+    assert await r.compare_and_set("t1.k", Counter(by="third"), 0) is None
+    assert await r.get("t1.k") == Counter(by="first")
 
 
 async def test_concurrent_updates_retry_and_never_lose_one() -> None:
@@ -144,3 +165,15 @@ async def test_delivery_update_of_a_missing_delivery_is_none() -> None:
     assert await deliveries.update("ten", "w1", "zz", lambda x: x) is None
     assert [x.id for x in await deliveries.list("ten", "w1")] == ["d1"]
     assert await deliveries.list("other", "w1") == []
+
+
+def test_leader_reads_are_the_same_bucket_without_direct_gets() -> None:
+    js: Any = object()
+    kv = KeyValue(name="listings", stream="KV_listings", pre="$KV.listings.", js=js,
+                  direct=True)
+    leader = leader_reads(kv)
+    assert leader is not kv and not leader._direct
+    assert (leader._name, leader._stream, leader._pre, leader._js) == (
+        "listings", "KV_listings", "$KV.listings.", js)
+    fake = FakeKeyValue()
+    assert leader_reads(cast(KeyValue, fake)) is fake  # a test double: as it is
