@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -198,7 +199,13 @@ async def _where_listed(js: JetStreamContext, ids: list[str]) -> dict[str, list[
     found: dict[str, list[str]] = {i: [] for i in ids}
     for i in ids:
         with contextlib.suppress(KeyNotFoundError):
-            found[i].append(f"marker {(await kv.get(f'mt.{i}')).value!r}")
+            for entry in await kv.history(f"mt.{i}"):
+                found[i].append(f"marker@{entry.revision} {entry.value!r}")
+            marker = json.loads((await kv.get(f"mt.{i}")).value or b"{}")
+            if marker.get("state") and marker.get("sp"):
+                slot = f"t.{marker['tenant']}.s.{marker['state']}.{marker['sp']}"
+                for entry in await kv.history(slot):
+                    found[i].append(f"{slot}@{entry.revision} {entry.value!r}")
     for key in await kv.keys():
         if key.rsplit(".", 1)[-1].isdigit():
             value = (await kv.get(key)).value or b""
