@@ -75,7 +75,7 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     ``records``: the projector's cache in the same process, the records it last wrote:
     one that already shows the event saves the read (a newer record has events of its
     own, which move the lists on)."""
-    attempt = delivery.attempt if delivery is not None else 1
+    del delivery  # the handler table's signature; the wait is the consumer's schedule
     state = event_state(event)
     if state is not None and index.listed_at(event.subject, order(event.taskgeneration, state)):
         return []  # listed in this state or a later one already (an event behind the record)
@@ -84,7 +84,7 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
             await index.add(event.data.tenant, event.data.task_id)
         known = records.get(event.subject) if records is not None else None
         record = known[0] if known is not None and reflects(known[0], event) else (
-            await _record_reflecting(tasks, event, wait_s, attempt))
+            await _record_reflecting(tasks, event, wait_s))
         await index.converge(record.tenant, record.task_id, record.state,
                              order(record.generation, record.state))
     except (nats.errors.Error, TimeoutError) as exc:
@@ -92,8 +92,7 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     return []
 
 
-async def _record_reflecting(tasks: TaskRepo, event: Event, wait_s: float,
-                             attempt: int) -> TaskRecord:
+async def _record_reflecting(tasks: TaskRepo, event: Event, wait_s: float) -> TaskRecord:
     """The projector consumes the same events side by side: give it a moment before
     handing the message back for later."""
     deadline = asyncio.get_running_loop().time() + wait_s

@@ -125,11 +125,12 @@ class ListingIndex:
     async def open(cls, js: JetStreamContext, kind: str) -> ListingIndex:
         raw = await js.key_value(KV_LISTINGS)
         nc = getattr(js, "_nc", None)  # nats-py keeps its connection there
+        leader = leader_reads(raw)
         return cls(KVRepository(raw, Slot, KV_LISTINGS), KVRepository(raw, Counter, KV_LISTINGS),
                    KVRepository(raw, Marker, KV_LISTINGS), kind,
                    DirectReader(nc) if isinstance(nc, NATS) else None,
-                   KVRepository(leader_reads(raw), Marker, KV_LISTINGS),
-                   KVRepository(leader_reads(raw), Slot, KV_LISTINGS))
+                   KVRepository(leader, Marker, KV_LISTINGS),
+                   KVRepository(leader, Slot, KV_LISTINGS))
 
     # --- keys -------------------------------------------------------------------------
 
