@@ -70,6 +70,8 @@ LOOKBACK = 64
 """Positions searched below the counter for an entry a killed writer already took."""
 MAX_CHUNK = 1024
 """Most positions read in one batch while skipping entries that left a state."""
+WINNER_WAITS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+"""Pauses while the write that beat ours is still in flight (then the step is retried)."""
 TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
@@ -240,7 +242,7 @@ class ListingIndex:
             if found is None:  # most likely a new id: its marker first, so a retry looks back
                 revision = await self.markers.create(key, Marker(tenant=tenant))
                 found, created = ((Marker(tenant=tenant), revision), True) if revision else (
-                    await self.winners.get_entry(key), False)
+                    await self._winner(key, 0), False)
                 if found is None:
                     continue
                 self.known.put(key, *found)
@@ -252,7 +254,7 @@ class ListingIndex:
             listed = marker.model_copy(update={"all": p})
             if await self._write(self.markers, key, listed, revision) is not None:
                 return listed
-            await self._abandon(lst, item_id, p, await self.winners.get(key), "all")
+            await self._abandon(lst, item_id, p, await self._winner(key, revision), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
 
     def listed_at(self, item_id: str, order: tuple[int, int]) -> bool:
@@ -286,7 +288,7 @@ class ListingIndex:
             if await self._write(self.markers, key, done, revision) is not None:
                 return
             await self._abandon(self._list(tenant, state), item_id, done.sp,
-                                await self.winners.get(key), state)
+                                await self._winner(key, revision), state)
         raise KVConflict(KV_LISTINGS, key, 20)
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
@@ -306,12 +308,32 @@ class ListingIndex:
         await self._bump(f"{lst}.live" if ".s." in lst else f"{lst}.gone",
                          f"out:{item_id}:{p}", -1 if ".s." in lst else +1)
 
-    async def _abandon(self, lst: str, item_id: str, p: int, winner: Marker | None,
-                       state: str) -> None:
+    async def _winner(self, key: str, lost_at: int) -> tuple[Marker, int] | None:
+        """The marker whose write beat ours (based on revision ``lost_at``; 0: a create),
+        with its revision.
+
+        A clustered stream refuses a compare-and-set while another write of the same key
+        is in flight, proposed but not yet applied (nats-server#6194): for a moment even
+        the stream leader still shows ``lost_at``. Deciding on that view gave up a
+        position the winner was about to name (a task missing from its state list in
+        the cluster fault tests), so wait until the winner shows; a winner that never
+        lands fails the step, which is retried whole."""
+        for pause in (*WINNER_WAITS_S, None):
+            found = await self.winners.get_entry(key)
+            if (found[1] if found else 0) != lost_at:
+                return found
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+        raise KVConflict(KV_LISTINGS, key, len(WINNER_WAITS_S))
+
+    async def _abandon(self, lst: str, item_id: str, p: int,
+                       won: tuple[Marker, int] | None, state: str) -> None:
         """Another writer listed the same id at the same moment: drop our position unless
         it is the one that won."""
-        if winner is None:
+        if won is None:
             return
+        winner = won[0]
         kept = winner.all if state == "all" else (winner.sp if winner.state == state else 0)
         if p and p != kept:
             await self._leave(lst, item_id, p)

@@ -158,10 +158,7 @@ async def check_listed(burst: Burst, tasks: set[str], state: str, timeout_s: flo
                        js: JetStreamContext | None = None) -> None:
     """``GET /v1/tasks?state=...`` by cursor lists every task once, and the tenant's list
     of all holds no task twice: the task index of both handlers processes, through the
-    fault, converged (it trails the projector, so wait for it).
-
-    Not called by the fault tests yet: it finds the open listing defect of issue 13 (a
-    task's state slot emptied right after its marker names it), so it would fail them."""
+    fault, converged (it trails the projector, so wait for it)."""
     async def pages(session: aiohttp.ClientSession, query: str) -> tuple[list[str], int]:
         ids: list[str] = []
         cursor: str | None = None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 import pytest
+from nats.js.errors import KeyWrongLastSequenceError
 
 from infra.bus.topology import KV_LISTINGS
+from infra.errors import KVConflict
 from infra.kv.known import Known
 from infra.kv.listing import TASKS, Cursor, ListingIndex, Marker, Slot
 from schemas.record import STATE_RANK
@@ -269,3 +272,58 @@ async def test_a_create_that_got_no_answer_leaves_no_gap(
     assert await every_page(index, "acme") == ["t1", "t2", "t0"]
     positions = [m.all for m in [await index.markers.get(f"mt.t{i}") for i in range(3)] if m]
     assert sorted(positions) == [1, 2, 3]
+
+
+class InFlight:
+    """A clustered stream's refusal while a write is in flight: writer A's write of the
+    marker is proposed but not applied until released; meanwhile another writer's
+    compare-and-set of that key is refused and every read still shows the old value."""
+
+    def __init__(self, kv: Any, key: str) -> None:
+        self.kv, self.key = kv, key
+        self.held, self.refused, self.release = False, asyncio.Event(), asyncio.Event()
+        self.holding = asyncio.Event()
+        self.real_update = kv.update
+
+    def hold_next_done(self, holder: Any) -> None:
+        async def update(key: str, value: bytes, last: int | None = None, **kw: Any) -> int:
+            if key == self.key and self.held:
+                self.refused.set()
+                raise KeyWrongLastSequenceError()
+            if key == self.key and b'"pending":null' in value and not self.refused.is_set():
+                self.held = True  # A's listed marker: in flight until released
+                self.holding.set()
+                await self.release.wait()
+                self.held = False
+            return int(await self.real_update(key, value, last=last, **kw))
+
+        holder.update = update
+
+
+async def test_a_loser_waits_for_the_winner_in_flight_before_giving_up_a_position(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer b shares writer a's position (a retry adopting it) and its write of the
+    marker is refused while a's is in flight. Read then, the bucket still shows the
+    pending marker: b must not give up the position a is about to name (the cluster
+    fault tests saw tasks missing from their state list this way)."""
+    js = FakeJetStream(KV_LISTINGS)
+    kv = js.buckets[KV_LISTINGS]
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await enter(a, "t1", "requested")
+    flight = InFlight(kv, "mt.t1")
+    flight.hold_next_done(kv)
+    first = asyncio.create_task(enter(a, "t1", "rejected"))
+    await flight.holding.wait()
+    second = asyncio.create_task(enter(b, "t1", "rejected"))  # the redelivery elsewhere
+    await flight.refused.wait()
+    await asyncio.sleep(0.02)  # b decides on what it reads now
+    flight.release.set()
+    await first
+    with contextlib.suppress(KVConflict):  # transient: handed back for a redelivery
+        await second
+    await enter(b, "t1", "rejected")  # that redelivery: nothing left to do
+    marker = await a.winners.get("mt.t1")
+    assert isinstance(marker, Marker) and (marker.state, marker.sp) == ("rejected", 1)
+    assert await a.slots.get("t.acme.s.rejected.1") == Slot(id="t1")
+    assert await every_page(a, "acme", "rejected") == ["t1"]
