@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataelem import RawDataElement
-from pydicom.pixels import apply_color_lut, apply_modality_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.pixels import apply_color_lut
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from imaging.budget import (
     DecodeBudget,
@@ -30,8 +30,11 @@ from imaging.budget import (
     is_deflated,
 )
 from imaging.dicom_meta import HEAD_BYTES, surely_not_deflated
+from imaging.dicom_pixels import PlainFile, pixel_values, plain_file, rescaled
+from imaging.dicom_scan import scan
+from imaging.dicom_values import VALUE_TAGS, HeaderValues
 from imaging.series import SliceGeometry, geometry_of
-from imaging.transforms import ImageArray
+from imaging.transforms import ImageArray, Stored
 
 MAX_IMAGE_BYTES = 512 * 1024 * 1024
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -95,24 +98,33 @@ def _open_checked(path: Path, name: str, max_bytes: int) -> tuple[int, bytes]:
 
 def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, size: int,
                 head: bytes) -> ImageArray:
-    """pydicom with ``force`` (preamble-less files exist); modality LUT applied.
+    """pydicom with ``force`` (preamble-less files exist); modality LUT applied. A plain
+    file (one native grayscale frame: ``plain_file``) is read to the same image without
+    pydicom's parser, which costs more than the rest of its decode.
 
-    The header is read first (pixels deferred; for a deflated file, only a bounded
-    prefix is inflated) and the decode's memory reserved; only then the pixels.
+    The header is read first (the pixels of a file over ``_INLINE_BYTES`` deferred; for
+    a deflated file, only a bounded prefix is inflated) and the decode's memory
+    reserved; only then the pixels are decoded.
     Any exception from the parser or a decoder becomes a CaseReadError: the
     input is untrusted, so no failure mode of a third-party decoder may escape.
     """
     preamble = head[128:132] == b"DICM"
     try:
+        plain = plain_file(path, head, size)  # most files: no pydicom parse (issue 16)
+        image = None if plain is None else _read_plain(plain, name, max_bytes, budget, size)
+        if image is not None:
+            return image
         deflated = not surely_not_deflated(head) and is_deflated(path)
         if deflated:
             ds, pixel_tag = deflated_header(path)
         else:
-            ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)
+            ds = pydicom.dcmread(path, force=True,
+                                 defer_size=None if size <= _INLINE_BYTES else _DEFER)
             pixel_tag = next((t for t in _PIXEL_TAGS if t in ds), None)
         if pixel_tag is None:
             raise _no_pixels(name, preamble or deflated or len(ds) > 2)
-        dims = _check_declared_size(ds, name, max_bytes)
+        # the values decoded from their raw bytes where exact, as read_header reads them
+        dims = _check_declared_size(cast(pydicom.Dataset, HeaderValues.of(ds)), name, max_bytes)
         with budget.reserve(_estimate(dims, size)):
             if deflated:
                 ds = pydicom.dcmread(path, force=True)
@@ -126,6 +138,18 @@ def _read_dicom(path: Path, name: str, max_bytes: int, budget: DecodeBudget, siz
         raise CaseReadError(name, f"not a decodable DICOM image ({_why(exc)})", kind) from exc
 
 
+def _read_plain(plain: PlainFile, name: str, max_bytes: int, budget: DecodeBudget,
+                size: int) -> ImageArray | None:
+    """A plain file (imaging/dicom_pixels.py) as the path through pydicom reads it, its
+    checks in the same order; None if the file changed since it was scanned."""
+    dims = _check_declared_size(cast(pydicom.Dataset, plain), name, max_bytes)
+    with budget.reserve(_estimate(dims, size)):
+        decoded = plain.decode()
+        modality = str(plain.modality or "OT").strip()
+        return None if decoded is None else _checked(decoded[0], name, modality,
+                                                     plain.photometric, decoded[1])
+
+
 def _estimate(dims: Dims, file_bytes: int) -> int:
     rows, cols, frames, samples, bits = dims
     return decode_estimate(rows, cols, frames=frames, samples=samples, bits=bits,
@@ -135,31 +159,15 @@ def _estimate(dims: Dims, file_bytes: int) -> int:
 def _decode_dicom(ds: pydicom.Dataset, name: str) -> ImageArray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     modality = str(ds.get("Modality", "") or "OT")
-    arr = np.asarray(ds.pixel_array)
+    arr, stored = pixel_values(ds), None  # imaging/dicom_pixels.py
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        arr = _rescale(arr, ds)
+        arr, stored = rescaled(arr, ds)
     elif photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     if arr.ndim >= 3 and arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
         photometric = "RGB"  # pydicom converts YBR to RGB by default
         arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
-    return _checked(arr, name, modality.strip(), photometric)
-
-
-def _rescale(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """The modality LUT or rescale in float32, in place: pydicom's ``apply_rescale``
-    makes a float64 array (twice the memory the budget counts)."""
-    if ds.get("ModalityLUTSequence"):
-        return apply_modality_lut(arr, ds)
-    slope, intercept = _tag(ds, 0x00281053), _tag(ds, 0x00281052)
-    if slope is None and intercept is None:
-        return arr
-    out = arr.astype(np.float32)
-    if slope is not None and float(slope) != 1.0:
-        out *= np.float32(float(slope))
-    if intercept is not None and float(intercept) != 0.0:
-        out += np.float32(float(intercept))
-    return out
+    return _checked(arr, name, modality.strip(), photometric, stored)
 
 
 Dims = tuple[int, int, int, int, int]
@@ -233,7 +241,8 @@ def _read_pillow(path: Path, name: str, max_bytes: int, budget: DecodeBudget,
         raise CaseReadError(name, f"not a readable PNG/JPEG image ({_why(exc)})") from exc
 
 
-def _checked(arr: np.ndarray, name: str, modality: str, photometric: str) -> ImageArray:
+def _checked(arr: np.ndarray, name: str, modality: str, photometric: str,
+             stored: Stored | None = None) -> ImageArray:
     """Last gate: the shapes the transforms accept, and finite values only."""
     pixels = np.asarray(arr, dtype=np.float32)
     colour = photometric == "RGB"
@@ -242,7 +251,8 @@ def _checked(arr: np.ndarray, name: str, modality: str, photometric: str) -> Ima
         raise CaseReadError(name, f"unsupported pixel array shape {pixels.shape} ({photometric})")
     if not np.isfinite(pixels).all():
         raise CaseReadError(name, "pixel data contains NaN or infinite values")
-    return ImageArray(pixels=pixels, modality=modality, photometric=photometric)
+    return ImageArray(pixels=pixels, modality=modality, photometric=photometric,
+                      stored=stored)
 
 
 def _why(exc: BaseException) -> str:
@@ -260,6 +270,9 @@ def _looks_truncated(exc: BaseException) -> bool:
 _UNDEFINED = 0xFFFFFFFF
 _DEFER = 4096
 """Elements longer than this are not read by ``read_header``: pixels stay on disk."""
+_INLINE_BYTES = 4 << 20
+"""``read_image`` parses a file up to this size with its pixels (deferring them costs a
+second open); a larger file's pixels wait until the decode's memory is reserved."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +315,9 @@ def read_header(
     budget = budget or default_budget()
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _pillow_header(path, name, max_bytes, "png" if head[:1] == b"\x89" else "jpeg")
+    quick = _scanned_header(path, head, size, name, max_bytes, budget)
+    if quick is not None:
+        return quick
     try:
         if not surely_not_deflated(head) and is_deflated(path):  # pydicom would inflate
             ds, tag = deflated_header(path)
@@ -310,9 +326,13 @@ def read_header(
             tag = next((t for t in _PIXEL_TAGS if t in ds), None)
         if tag is None:
             raise _no_pixels(name, head[128:132] == b"DICM" or len(ds) > 2)
-        dims = _check_declared_size(ds, name, max_bytes)
+        values = cast(pydicom.Dataset, HeaderValues.of(ds))  # answers ``get`` as ds would
+        dims = _check_declared_size(values, name, max_bytes)
         budget.check(_estimate(dims, size))
-        return _dicom_header(ds, tag, dims, name, size)
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        elem = ds.get_item(tag, keep_deferred=True)
+        return _dicom_header(values, syntax, elem, dims, name, size)
     except CaseReadError:
         raise
     except OverBudget as exc:
@@ -321,16 +341,36 @@ def read_header(
         raise CaseReadError(name, f"not a readable DICOM header ({_why(exc)})") from exc
 
 
-def _dicom_header(ds: pydicom.Dataset, tag: str, dims: Dims, name: str,
-                  file_size: int) -> ImageHeader:
+def _scanned_header(path: Path, head: bytes, size: int, name: str, max_bytes: int,
+                    budget: DecodeBudget) -> ImageHeader | None:
+    """The header of a plain file read by ``imaging.dicom_scan`` (a tenth of ``dcmread``'s
+    cost), from the same values by the same checks; None: read it with pydicom.
+
+    Any failure here, a refusal included, is left to pydicom's path as well: each
+    error a header read reports comes from that one path.
+    """
+    try:
+        scanned = scan(path, head, size, VALUE_TAGS, _DEFER)
+        if scanned is None:
+            return None
+        values = cast(pydicom.Dataset, HeaderValues(scanned.elements))
+        dims = _check_declared_size(values, name, max_bytes)
+        budget.check(_estimate(dims, size))
+        return _dicom_header(values, scanned.syntax, scanned.elements[scanned.pixel_tag],
+                             dims, name, size)
+    except Exception:  # NeedsPydicom, a CaseReadError or OverBudget: pydicom's path says
+        return None
+
+
+def _dicom_header(values: pydicom.Dataset, syntax: UID | None, elem: Any, dims: Dims,
+                  name: str, file_size: int) -> ImageHeader:
+    """The header of a parsed DICOM: ``values`` (``HeaderValues``, answering ``get`` as a
+    dataset does) gives element values, ``elem`` is the pixel data element as read."""
     rows, cols, frames, samples, bits = dims
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     # Deflate hides the element offsets of the file: only a decode can check it.
     compressed = bool(syntax is not None
                       and (syntax.is_compressed or syntax == DeflatedExplicitVRLittleEndian))
-    elem = ds.get_item(tag, keep_deferred=True)
-    photometric = str(_tag(ds, 0x00280004, "MONOCHROME2")).strip().upper()
+    photometric = str(_tag(values, 0x00280004, "MONOCHROME2")).strip().upper()
     if not compressed and isinstance(elem, RawDataElement) and elem.length != _UNDEFINED:
         needed = (rows * cols * frames * samples * bits + 7) // 8
         if photometric == "YBR_FULL_422":
@@ -343,13 +383,13 @@ def _dicom_header(ds: pydicom.Dataset, tag: str, dims: Dims, name: str,
         if held < needed:
             raise CaseReadError(name, f"pixel data holds {held} bytes but {rows}x{cols}x"
                                 f"{frames} pixels need {needed}", "truncated")
-    patient = str(_tag(ds, 0x00100020, "")).strip()
+    patient = str(_tag(values, 0x00100020, "")).strip()
     return ImageHeader(
         format="dicom", rows=rows, cols=cols, frames=frames, samples=samples,
-        modality=str(_tag(ds, 0x00080060, "")).strip().upper(), photometric=photometric,
+        modality=str(_tag(values, 0x00080060, "")).strip().upper(), photometric=photometric,
         patient_id=patient or None, transfer_syntax=str(syntax) if syntax else None,
-        compressed=compressed, window_center=_first_number(_tag(ds, 0x00281050)),
-        window_width=_first_number(_tag(ds, 0x00281051)), geometry=geometry_of(ds),
+        compressed=compressed, window_center=_first_number(_tag(values, 0x00281050)),
+        window_width=_first_number(_tag(values, 0x00281051)), geometry=geometry_of(values),
     )
 
 

@@ -11,7 +11,7 @@ cache-build time, never per training step. The runner builds its cache with the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -22,6 +22,29 @@ COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PA
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 Resize = Callable[[np.ndarray, int], np.ndarray]
 """Square (C, H, W) uint8 -> (C, size, size) uint8: ``resize_uint8`` or a faster equal."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The integer values a grayscale image was decoded to, and the linear rescale that
+    made its physical ``pixels`` of them: ``pixels == physical(values)``, element for
+    element. An 8-bit windowing can then map each distinct value once, through a lookup
+    table, instead of every pixel (runner/prep_uint8.py: the first epoch, issue 16)."""
+
+    values: np.ndarray
+    slope: float | None = None
+    intercept: float | None = None
+
+    def physical(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (these, or a table of others) in float32 physical units: the rescale
+        in float32, in place (pydicom's ``apply_rescale`` makes float64, twice the memory
+        the decode budget counts), the one definition the reader and the tables share."""
+        out = values.astype(np.float32)
+        if self.slope is not None and self.slope != 1.0:
+            out *= np.float32(self.slope)
+        if self.intercept is not None and self.intercept != 0.0:
+            out += np.float32(self.intercept)
+        return out
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,8 @@ class ImageArray:
     pixels: np.ndarray
     modality: str
     photometric: str
+    stored: Stored | None = field(default=None, repr=False, compare=False)
+    """The integer values ``pixels`` were rescaled from, when the reader had them."""
 
     @property
     def is_colour(self) -> bool:
@@ -172,18 +197,28 @@ def linear_maps(pixels: np.ndarray, windows: Sequence[Window]) -> tuple[np.ndarr
     return np.array([lo], np.float32), np.array([255.0 / (hi - lo)], np.float32)
 
 
-def quantise_square(pixels: np.ndarray, low: np.ndarray, scale: np.ndarray, *,
-                    invert: bool = False) -> np.ndarray:
-    """(C, side, side) uint8: each channel's linear map of a 2-D image, clipped and
-    rounded, centred on a zero square as ``pad_square`` does (one pass per step, all
-    channels at once; ``invert``: MONOCHROME1)."""
-    h, w = pixels.shape
-    values = pixels[None] - low[:, None, None]
-    values *= scale[:, None, None]
+def quantised(pixels: np.ndarray, low: np.ndarray, scale: np.ndarray, *,
+                invert: bool = False) -> np.ndarray:
+    """(C, *pixels.shape) float32: each channel's linear map of ``pixels``, clipped to
+    0..255 and rounded (``invert``: MONOCHROME1). One pass per step, all channels at
+    once; the one definition for an image and for a lookup table's entries, so both
+    give the same numbers."""
+    at = (slice(None),) + (None,) * pixels.ndim
+    values = pixels[None] - low[at]
+    values *= scale[at]
     np.clip(values, 0.0, 255.0, out=values)
     if invert:
         np.subtract(255.0, values, out=values)
     np.rint(values, out=values)
+    return values
+
+
+def quantise_square(pixels: np.ndarray, low: np.ndarray, scale: np.ndarray, *,
+                    invert: bool = False) -> np.ndarray:
+    """(C, side, side) uint8: ``quantised`` of a 2-D image, centred on a zero square as
+    ``pad_square`` does."""
+    h, w = pixels.shape
+    values = quantised(pixels, low, scale, invert=invert)
     side = max(h, w)
     if h == w:
         return values.astype(np.uint8)

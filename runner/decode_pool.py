@@ -8,9 +8,12 @@ windows and resizes them, and sends back only the (C, size, size) uint8 array
 the cache keeps, so little crosses the process boundary.
 
 Workers are forked where the platform allows it (Linux): a spawned worker would
-import numpy, pydicom and torch again before its first case. The decode memory
-budget (imaging/budget.py) still holds: the workers share one budget, so the
-decodes in flight in all of them together stay within the per-process limit the
+import numpy, pydicom and torch again before its first case. This process is the last
+of the ``runner_decode_workers``: it decodes a chunk itself whenever the forked ones
+have enough queued, instead of waiting on them (a fork, and a worker's start-up
+faults, cost as much as some twenty cases). The decode memory budget
+(imaging/budget.py) still holds: this process and the workers share one budget, so
+the decodes in flight in all of them together stay within the per-process limit the
 runner was configured with, and each image within the per-request limit.
 """
 
@@ -34,6 +37,7 @@ import torch
 from imaging.budget import DecodeBudget, DecodeBusy, default_budget, set_default_budget
 from imaging.reader import CaseReadError, read_image
 from imaging.transforms import preprocess_uint8
+from runner.prep_uint8 import lut_uint8, resize_torch
 from runner.slices import adjacent_uint8, anatomical
 from runner.targets import read_mask
 from schemas.spec import Preprocessing
@@ -90,28 +94,21 @@ class Decoded:
     its constructor does not survive pickling)."""
 
 
-def resize_torch(planes: np.ndarray, size: int) -> np.ndarray:
-    """``imaging.transforms.resize_uint8`` through torch's 8-bit antialiased bilinear
-    kernel: the same filter (equal for integer factors, within one level otherwise),
-    several times faster than Pillow's."""
-    if planes.shape[1:] == (size, size):
-        return planes
-    out = torch.nn.functional.interpolate(torch.from_numpy(planes)[None], size=(size, size),
-                                          mode="bilinear", antialias=True)
-    return out[0].numpy()
-
-
-def decode_case(job: CaseJob, recipe: Recipe) -> Decoded:
-    """One case: its pixels as the cache keeps them, its frame size, its mask."""
+def decode_case(job: CaseJob, recipe: Recipe, budget: DecodeBudget | None = None) -> Decoded:
+    """One case: its pixels as the cache keeps them, its frame size, its mask (``budget``:
+    the decode memory budget, this process's default unless given)."""
     prep = recipe.prep
     try:
-        imgs = [anatomical(read_image(p, source=job.label), p) for p in job.images]
+        imgs = [anatomical(read_image(p, source=job.label, budget=budget), p)
+                for p in job.images]
         frame = imgs[len(imgs) // 2].frame()
         hw = (int(frame.shape[0]), int(frame.shape[1]))
         if prep.slices == "adjacent":
             x = adjacent_uint8(imgs, prep, resize=resize_torch)
-        else:
-            x = preprocess_uint8(imgs[len(imgs) // 2], prep, resize=resize_torch)
+        else:  # a lookup table where it fits (runner/prep_uint8.py): the same pixels
+            image = imgs[len(imgs) // 2]
+            table = lut_uint8(image, prep)
+            x = preprocess_uint8(image, prep, resize_torch) if table is None else table
         mask = None
         if recipe.masks and job.mask is not None:
             mask = read_mask(job.mask, hw, prep.image_size, recipe.n_classes, job.label)
@@ -214,29 +211,41 @@ def _context() -> BaseContext:
 
 
 class DecodePool:
-    """``submit(jobs) -> Future[list[Decoded]]`` on ``workers`` processes, or decoded at
-    once in this process when ``workers`` is 1 (no pool to start for a small build).
-    With a ``target`` the workers write the pixels into it themselves."""
+    """``submit(jobs) -> Future[list[Decoded]]`` on ``workers`` cores: ``workers - 1``
+    forked processes, each kept ``QUEUED`` chunks ahead, and this process, which decodes
+    any other chunk at once (all of them when ``workers`` is 1: no pool to start for a
+    small build). With a ``target`` the workers write the pixels into it themselves."""
+
+    QUEUED = 2
+    """Chunks each forked worker has in hand (one decoding, one waiting): it never idles
+    while this process decodes a chunk of its own."""
 
     def __init__(self, workers: int, recipe: Recipe, target: Target | None = None) -> None:
         self.workers = max(1, workers)
         self.recipe = recipe
         self._pool: ProcessPoolExecutor | None = None
+        self._budget: DecodeBudget | None = None
+        self._queued: set[Future[list[Decoded]]] = set()
         if self.workers > 1:
             ctx = _context()
             budget = default_budget()
             limits = (budget.request_bytes, budget.process_bytes, budget.wait_s)
+            cond, used = ctx.Condition(), ctx.Value("q", 0, lock=False)
+            self._budget = SharedBudget(*limits, cond, used)
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(recipe, target, limits, ctx.Condition(),
-                          ctx.Value("q", 0, lock=False)))
+                self.workers - 1, mp_context=ctx, initializer=_init_worker,
+                initargs=(recipe, target, limits, cond, used))
 
     def submit(self, jobs: list[CaseJob]) -> Future[list[Decoded]]:
         if self._pool is not None:
-            return self._pool.submit(decode_chunk, jobs)
+            self._queued = {f for f in self._queued if not f.done()}
+            if len(self._queued) < self.QUEUED * (self.workers - 1):
+                future = self._pool.submit(decode_chunk, jobs)
+                self._queued.add(future)
+                return future
         done: Future[list[Decoded]] = Future()
         try:
-            done.set_result([decode_case(job, self.recipe) for job in jobs])
+            done.set_result([decode_case(job, self.recipe, self._budget) for job in jobs])
         except BaseException as exc:  # DecodeBusy and the unexpected, raised by result()
             done.set_exception(exc)
         return done

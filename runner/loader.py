@@ -132,10 +132,19 @@ class BatchSource:
         if self.data.shards is not None:
             pin = self.device.type == "cuda"
             for xb, targets in _stream(self.data, self.data.shards, index_lists, pin):
-                yield xb.to(self.device, non_blocking=True).float().div_(255.0), targets
+                yield self._unit(xb), targets
             return
         for xb, targets in self._loader(index_lists):
-            yield xb.to(self.device, non_blocking=True).float().div_(255.0), targets
+            yield self._unit(xb), targets
+
+    def _unit(self, xb: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch as float32 [0, 1] on the device. On the CPU numpy divides, in one
+        pass on this thread: torch's ``float().div_()`` makes two passes over the batch, on
+        its intra-op threads, whose spinning cost more CPU than the division on a loaded
+        machine (issue 16). Both are IEEE float32 divisions: the values are identical."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.divide(xb.numpy(), np.float32(255.0), dtype=np.float32))
+        return xb.to(self.device, non_blocking=True).float().div_(255.0)
 
     def _loader(self, index_lists: Sequence[np.ndarray]) -> DataLoader[Any]:
         """One loader for the whole run: with workers, they persist between passes.

@@ -106,6 +106,32 @@ def test_an_image_that_changes_while_stored_is_a_problem_naming_it(
     assert all(f"{p.case_id}.dcm changed" in p.message for p in problems)
 
 
+class FailingStore(LocalStore):
+    """A store with a bug: its third write raises something no caller expects."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes = 0
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
+                  *, sha256: str | None = None) -> ObjectInfo:
+        self.writes += 1
+        if self.writes == 3:
+            raise RuntimeError("bug in the store")
+        return super().put_bytes(key, data, content_type, sha256=sha256)
+
+
+def test_uploaded_cases_keep_their_order_and_an_unexpected_error_is_raised(
+    tmp_path: Path
+) -> None:
+    root = classification_folder(tmp_path / "src", n=6)
+    v = checked(root)
+    cases, problems = upload_cases(LocalStore(tmp_path / "store"), "ds", v.good, workers=4)
+    assert not problems and [c.case_id for c in cases] == [c.case_id for c in v.good]
+    with pytest.raises(RuntimeError, match="bug in the store"):  # never a case dropped
+        upload_cases(FailingStore(tmp_path / "store2"), "ds", v.good, workers=3)
+
+
 def test_put_bytes_trusts_a_given_digest_and_computes_one_otherwise(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     assert store.put_bytes("a", b"x", sha256="f" * 64).sha256 == "f" * 64

@@ -19,7 +19,16 @@ from infra.settings import Settings
 from infra.store import LocalStore
 from radtrain.synthetic.ct import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
 from runner.data import POOL_MIN_CASES, DatasetError, _build, prepare
-from runner.decode_pool import SharedBudget, available_cpus, resize_torch, resolve_workers
+from runner.decode_pool import (
+    CaseJob,
+    DecodePool,
+    Recipe,
+    SharedBudget,
+    available_cpus,
+    decode_case,
+    resize_torch,
+    resolve_workers,
+)
 from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
 
@@ -145,3 +154,22 @@ def test_the_setting_names_the_worker_count(monkeypatch: pytest.MonkeyPatch) -> 
         available_cpus() >= 1
     with pytest.raises(ValueError):
         Settings(runner_decode_workers=-1)
+
+
+def test_this_process_is_one_of_the_decode_workers(tmp_path: Path) -> None:
+    """``workers`` cores: one fork fewer, this process decoding what the forked ones
+    have no room for, on the budget they share; the same pixels as one process."""
+    store, _, spec = world(tmp_path, n=12)
+    recipe = Recipe(spec.preprocessing, False, len(spec.classes))
+    jobs = [CaseJob(i, f"c{i}", (store.root / f"datasets/ds/cases/case_{i:04d}.dcm",))
+            for i in range(12)]
+    with DecodePool(3, recipe) as pool:
+        assert pool._pool is not None and pool._pool._max_workers == 2  # type: ignore[attr-defined]
+        assert isinstance(pool._budget, SharedBudget)
+        submitted = [(pool.submit([job]), len(pool._queued)) for job in jobs]
+        decoded = sorted((r for f, _ in submitted for r in f.result()), key=lambda r: r.index)
+    assert max(queued for _, queued in submitted) <= DecodePool.QUEUED * 2
+    for job, got in zip(jobs, decoded, strict=True):
+        alone = decode_case(job, recipe)
+        assert got.error is None and got.x is not None and alone.x is not None
+        np.testing.assert_array_equal(got.x, alone.x)
