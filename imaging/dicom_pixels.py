@@ -10,10 +10,10 @@ Only a frame whose every Image Pixel value is plainly valid is read here; anythi
 else (compressed, big endian, multi-frame, colour, a length that is not the one
 expected, an invalid value) goes to pydicom, with its checks, errors and warnings.
 
-The few values this needs (Image Pixel, Rescale Slope/Intercept) are read from their
-raw bytes where that is exact (a little endian US, a plain single DS number), for
-the same reason: pydicom's conversion of an element costs ~10 us, as much as the
-arithmetic on the whole frame. Anything else is pydicom's conversion, as before.
+The few values this needs (Image Pixel, Rescale Slope/Intercept, Modality) are
+read through ``imaging.dicom_values.HeaderValues``, from their raw bytes where that is
+exact, for the same reason: pydicom's conversion of an element costs ~10 us, as much
+as the arithmetic on the whole frame.
 
 ``plain_file`` goes one step further for a plain file (imaging/dicom_scan.py: what
 ``dcmread`` would read, found without it, which alone costs a third of a bare decode):
@@ -23,20 +23,18 @@ when every value ``read_image`` needs is plain, the pixels are read and decoded 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom import config
 from pydicom.dataelem import RawDataElement
 from pydicom.pixels import apply_modality_lut, pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from imaging.dicom_scan import scan
+from imaging.dicom_values import HeaderValues, NeedsPydicom
 from imaging.transforms import Stored
 
 __all__ = ["PlainFile", "pixel_values", "plain_file", "plain_native", "rescaled"]
@@ -53,46 +51,11 @@ _SCANNED = frozenset({*_IMAGE_PIXEL, _PHOTOMETRIC, _FRAMES, _MODALITY, _SLOPE, _
                       _MODALITY_LUT})
 _DEFER = 4096
 """Values longer than this are not read by the scan (the pixels: read once decoding)."""
-_CS = re.compile(rb"[A-Z0-9_ ]*")
-"""A CS value pydicom converts to its text less the trailing spaces."""
-_MONOCHROME_RAW = {b"MONOCHROME1": "MONOCHROME1", b"MONOCHROME2": "MONOCHROME2",
-                   b"MONOCHROME1 ": "MONOCHROME1", b"MONOCHROME2 ": "MONOCHROME2"}
-_DS = re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
-"""One DS number as ``float()`` reads it, as pydicom's ``DSfloat`` does (no multi-value,
-no NUL padding; at most 16 bytes, so pydicom would not warn either)."""
 
 
 def _value(ds: pydicom.Dataset, tag: int) -> Any:
     elem = ds.get(tag)
     return None if elem is None else elem.value
-
-
-def _bytes(raw: Any, vr: str) -> bytes | None:
-    """The value of an element still as read (a ``RawDataElement``), little endian, of
-    VR ``vr`` (or implicit: the dictionary's, which is ``vr`` for the tags read here)."""
-    if (isinstance(raw, RawDataElement) and raw.is_little_endian and raw.VR in (None, vr)
-            and isinstance(raw.value, bytes)):
-        return raw.value
-    return None
-
-
-def _us(raw: Any) -> int | None:
-    """A US value as pydicom converts it, from its two bytes; None if it is not just that."""
-    value = _bytes(raw, "US")
-    return int.from_bytes(value, "little") if value is not None and len(value) == 2 else None
-
-
-def _ds(raw: Any) -> float | None:
-    """A DS value that is one plain number, as pydicom converts it; None if not."""
-    value = _bytes(raw, "DS")
-    if (value is None or len(value) > 16 or not _DS.fullmatch(value)
-            or config.use_DS_decimal or config.use_DS_numpy):
-        return None
-    return float(value)
-
-
-def _photometric(raw: Any) -> str | None:
-    return _MONOCHROME_RAW.get(_bytes(raw, "CS") or b"")
 
 
 def pixel_values(ds: pydicom.Dataset) -> np.ndarray:
@@ -112,14 +75,11 @@ def plain_native(ds: pydicom.Dataset) -> np.ndarray | None:
         return None
     if any(tag in ds for tag in _OTHER_PIXELS) or _value(ds, _FRAMES) not in (None, 1):
         return None
-    raw = partial(ds.get_item, keep_deferred=True)
-    photometric = _photometric(raw(_PHOTOMETRIC)) or _value(ds, _PHOTOMETRIC)
+    values = HeaderValues.of(ds)
     data = _value(ds, _PIXEL_DATA)
-    if not isinstance(data, bytes) or photometric not in _MONOCHROME:
+    if not isinstance(data, bytes) or values.value(_PHOTOMETRIC) not in _MONOCHROME:
         return None
-    numbers = [_us(raw(tag)) for tag in _IMAGE_PIXEL]
-    return _frame(data, [_value(ds, t) if n is None else n
-                         for t, n in zip(_IMAGE_PIXEL, numbers, strict=True)])
+    return _frame(data, [values.value(tag) for tag in _IMAGE_PIXEL])
 
 
 def _frame(data: bytes, numbers: list[Any]) -> np.ndarray | None:
@@ -147,26 +107,17 @@ def rescaled(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, Stored |
     (``Stored.physical``); with the stored integers when a rescale made them."""
     if ds.get("ModalityLUTSequence"):
         return apply_modality_lut(arr, ds), None
-    slope, intercept = _number(ds, _SLOPE), _number(ds, _INTERCEPT)
+    values = HeaderValues.of(ds)
+    slope, intercept = _number(values, _SLOPE), _number(values, _INTERCEPT)
     stored = Stored(arr, slope, intercept)
     return stored.physical(arr), stored if np.issubdtype(arr.dtype, np.integer) else None
 
 
-def _number(ds: pydicom.Dataset, tag: int) -> float | None:
+def _number(values: HeaderValues, tag: int) -> float | None:
     """A DS value as a float; None when absent or empty (pydicom's conversion decides
-    anything but one plain number: its errors are the reader's)."""
-    plain = _ds(ds.get_item(tag, keep_deferred=True))
-    if plain is not None:
-        return plain
-    value = _value(ds, tag)
+    anything but plain numbers: its errors are the reader's)."""
+    value = values.value(tag)
     return None if value is None or value == "" else float(value)
-
-
-class _Value:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 @dataclass(frozen=True)
@@ -176,7 +127,9 @@ class PlainFile:
 
     path: Path
     pixels: RawDataElement
-    values: dict[int, int]
+    header: HeaderValues
+    """The scanned values (``Dataset.get`` for the reader's size checks)."""
+    numbers: tuple[int, ...]
     """The Image Pixel values (``_IMAGE_PIXEL``)."""
     photometric: str
     modality: str
@@ -184,18 +137,13 @@ class PlainFile:
     slope: float | None
     intercept: float | None
 
-    def get(self, tag: int) -> _Value | None:
-        """``Dataset.get(tag)`` for the Image Pixel values (the reader's size checks)."""
-        value = self.values.get(tag)
-        return None if value is None else _Value(value)
-
     def decode(self) -> tuple[np.ndarray, Stored] | None:
         """The physical pixels and the stored values, read from the file; None if the file
         no longer holds them (it changed since the scan: the reader parses it anew)."""
         with open(self.path, "rb") as fh:
             fh.seek(self.pixels.value_tell)
             data = fh.read(self.pixels.length)
-        arr = _frame(data, [self.values[t] for t in _IMAGE_PIXEL])
+        arr = _frame(data, list(self.numbers))
         if arr is None:
             return None
         stored = Stored(arr, self.slope, self.intercept)
@@ -212,34 +160,16 @@ def plain_file(path: Path, head: bytes, size: int) -> PlainFile | None:
     elements = found.elements
     if any(t in elements for t in (*_OTHER_PIXELS, _FRAMES, _MODALITY_LUT)):
         return None
-    numbers = {tag: _us(elements.get(tag)) for tag in _IMAGE_PIXEL}
-    photometric = _photometric(elements.get(_PHOTOMETRIC))
-    modality = _modality(elements.get(_MODALITY))
-    rescale = [_rescale_value(elements.get(tag)) for tag in (_SLOPE, _INTERCEPT)]
-    values = {tag: n for tag, n in numbers.items() if n is not None}
-    if len(values) < len(_IMAGE_PIXEL) or photometric is None or modality is None \
-            or _NOT_PLAIN in rescale:
+    header = HeaderValues(elements)  # no dataset: what only pydicom reads raises
+    try:
+        numbers = tuple(header.value(tag) for tag in _IMAGE_PIXEL)
+        photometric, modality = header.value(_PHOTOMETRIC), header.value(_MODALITY) or ""
+        slope, intercept = header.value(_SLOPE), header.value(_INTERCEPT)
+    except NeedsPydicom:
         return None
-    slope, intercept = (cast(float | None, r) for r in rescale)
-    return PlainFile(path, elements[_PIXEL_DATA], values, photometric, modality, slope,
-                     intercept)
-
-
-_NOT_PLAIN = object()
-
-
-def _modality(raw: RawDataElement | None) -> str | None:
-    """``ds.get("Modality", "")`` of a plain CS value (or none); None if not plain."""
-    if raw is None:
-        return ""
-    value = _bytes(raw, "CS")
-    return value.decode().rstrip(" ") if value is not None and _CS.fullmatch(value) else None
-
-
-def _rescale_value(raw: RawDataElement | None) -> object:
-    """A slope or intercept as ``rescaled`` reads it (None: absent or empty), or
-    ``_NOT_PLAIN``."""
-    if raw is None or (raw.length == 0 and _bytes(raw, "DS") is not None):
+    if (not all(type(n) is int for n in numbers) or photometric not in _MONOCHROME
+            or type(modality) is not str
+            or not all(v is None or type(v) is float for v in (slope, intercept))):
         return None
-    value = _ds(raw)
-    return _NOT_PLAIN if value is None else value
+    return PlainFile(path, elements[_PIXEL_DATA], header, numbers, photometric, modality,
+                     slope, intercept)

@@ -142,7 +142,7 @@ def _read_plain(plain: PlainFile, name: str, max_bytes: int, budget: DecodeBudge
                 size: int) -> ImageArray | None:
     """A plain file (imaging/dicom_pixels.py) as the path through pydicom reads it, its
     checks in the same order; None if the file changed since it was scanned."""
-    dims = _check_declared_size(cast(pydicom.Dataset, plain), name, max_bytes)
+    dims = _check_declared_size(cast(pydicom.Dataset, plain.header), name, max_bytes)
     with budget.reserve(_estimate(dims, size)):
         decoded = plain.decode()
         modality = str(plain.modality or "OT").strip()
