@@ -56,7 +56,7 @@ from infra.dataset_imports import (
     submit_import,
 )
 from infra.kv import BucketRepo, DatasetRepo
-from infra.kv.listing import Cursor
+from infra.kv.pages import Cursor
 from infra.store import InvalidKey, ObjectNotFound, StoreError, validate_key
 from schemas.common import is_identifier
 from schemas.dataset import AnnotationType, Case, DatasetManifest, DatasetSummary

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import ApiError
-from infra.kv.listing import Cursor
+from infra.kv.pages import Cursor
 
 
 def cursor_param(request: web.Request, state: str | None, offset: int) -> Cursor | None:

@@ -20,16 +20,16 @@ Keys (every one is one NATS subject; tenants and ids are single tokens):
 
 A position is taken by ``kv.create`` on the next free key (atomic: two writers
 never share one; there are no gaps), then the counter moves up by
-compare-and-set. Newest first is highest position first; a cursor is the
-position to continue below, so tasks added meanwhile never shift a page. The
-writers of one process reserve positions in memory (:class:`NextPositions`) and
+compare-and-set. Reading is in infra/kv/listing_pages.py. The writers of one process reserve positions in memory (:class:`NextPositions`) and
 queue their changes of one counter behind one write (infra/kv/coalesce.py): a
 burst of one tenant's tasks costs no lost creates and few counter writes.
 
 Writers converge an id's entries to its current state (:meth:`ListingIndex.converge`):
 every step is idempotent, so a writer killed half way is repaired by the
-redelivery. Live counters remember the last :data:`RECENT` changes they counted,
-so a retried step is not counted twice.
+redelivery. A retry finds the position the killed writer took above the count
+its marker recorded (``base``), however far the list has grown since, and a
+counter remembers the changes of steps not yet recorded (infra/kv/counting.py),
+so a retried step is counted once.
 
 Each step is a KV round trip, so a writer remembers the entries it last read or
 wrote (:class:`Known`) and starts each compare-and-set from that guess instead of
@@ -37,11 +37,8 @@ a read: a guess that is no longer current fails its write, and the writer reads
 and decides again (as the projector's record cache does). A task's listing then
 costs about half the round trips.
 
-A state list keeps the positions of tasks that have left (``""``): a reader skips
-them and, on a first page, stops once it has seen as many live entries as the
-live counter says (below a cursor, at the bottom or at ``limit``). Its order is
-newest into the state first.
-Terminal states are never left (except by an on-call redrive), so their lists
+A state list keeps the positions of tasks that have left (``""``), newest into
+the state first. Terminal states are never left (except by an on-call redrive), so their lists
 stay dense; a transient state (requested, ready, running) costs the entries that
 passed through it since its oldest live task.
 """
@@ -49,8 +46,8 @@ passed through it since its oldest live task.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -58,33 +55,22 @@ from pydantic import BaseModel
 
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
-from infra.kv.coalesce import Coalescer
+from infra.kv.counting import Counter, StepCounters
 from infra.kv.direct import DirectReader
 from infra.kv.known import Known, NextPositions
-from infra.kv.pages import Cursor, ListPage
+from infra.kv.listing_pages import ListingPages, Slot
 from infra.kv.repository import KVRepository, leader_reads
 
-RECENT = 64
-"""Changes a live counter remembers, to count a retried step once."""
 LOOKBACK = 64
-"""Positions searched below the counter for an entry a killed writer already took."""
-MAX_CHUNK = 1024
-"""Most positions read in one batch while skipping entries that left a state."""
+"""Positions searched below the counter, for a marker that does not say where to look."""
+LOOKAHEAD = 64
+"""Positions searched above the counter (taken, the counter not raised yet) by a retry."""
 WINNER_WAITS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 """Pauses while the write that beat ours is still in flight (then the step is retried)."""
 TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
 M = TypeVar("M", bound=BaseModel)
-
-
-class Slot(BaseModel):
-    id: str
-
-
-class Counter(BaseModel):
-    n: int = 0
-    recent: list[str] = []
 
 
 class Marker(BaseModel):
@@ -99,18 +85,36 @@ class Marker(BaseModel):
     pending: str | None = None
     """The state being entered: a retry looks for the position already taken."""
     pending_order: tuple[int, int] = (0, 0)
+    base: int | None = None
+    """The count of the list being entered (all while ``all`` is 0, else ``pending``'s),
+    read before a position was taken: every position taken for it is above, so a retry
+    searches from there however far the list has grown (``None``: a marker written
+    before this field; the last :data:`LOOKBACK` positions are searched)."""
+    counted: tuple[bool, bool] = (False, False)
+    """Whether the writer that recorded ``state`` counted entering it and leaving the
+    previous state (infra/kv/counting.py): a writer that lost the race to record the
+    same step takes back what both counted."""
 
 
-class ListingIndex:
-    """The numbered lists of one kind of object (``t`` tasks, ``d`` datasets)."""
+class Counted(NamedTuple):
+    """A counter change of a step: confirmed once the step is recorded."""
+    key: str
+    token: str
+    delta: int
+    counted: bool
+
+
+class ListingIndex(ListingPages):
+    """The numbered lists of one kind of object (``t`` tasks, ``d`` datasets): writing
+    here, reading in :class:`ListingPages`."""
 
     def __init__(self, kv: KVRepository[Slot], counters: KVRepository[Counter],
                  markers: KVRepository[Marker], kind: str,
                  direct: DirectReader | None = None,
                  winners: KVRepository[Marker] | None = None,
                  owners: KVRepository[Slot] | None = None) -> None:
-        self.slots, self.counters, self.markers, self.kind = kv, counters, markers, kind
-        self.direct = direct
+        super().__init__(kv, counters, kind, direct)
+        self.markers = markers
         self.winners = winners or markers
         self.owners = owners or kv
         """Markers read through the stream leader: what a writer that lost a race learns
@@ -119,8 +123,7 @@ class ListingIndex:
         slots read there too, before a position is adopted as one's own (a replica may
         still show an id in a position given up since)."""
         self.known = Known()
-        self.counting: Coalescer[Counter] = Coalescer(
-            lambda key, change: self._update(self.counters, key, change))
+        self.counts = StepCounters(lambda key, change: self._update(self.counters, key, change))
         self.positions = NextPositions()
 
     @classmethod
@@ -135,9 +138,6 @@ class ListingIndex:
                    KVRepository(leader, Slot, KV_LISTINGS))
 
     # --- keys -------------------------------------------------------------------------
-
-    def _list(self, tenant: str, state: str | None) -> str:
-        return f"{self.kind}.{tenant}.all" if state is None else f"{self.kind}.{tenant}.s.{state}"
 
     def _marker(self, item_id: str) -> str:
         return f"m{self.kind}.{item_id}"
@@ -187,21 +187,15 @@ class ListingIndex:
         found, _, _ = await self._entry(self.counters, key)
         return found.n if found else 0
 
-    async def _raise_to(self, key: str, n: int) -> None:
-        await self.counting.apply(key, lambda c: None if c and c.n >= n else Counter(
-            n=n, recent=c.recent if c else []))
-
-    async def _allocate(self, lst: str, item_id: str, lookback: bool) -> int:
-        """The position of ``item_id`` in ``lst``: taken now, or found where a killed
-        writer already took it (``lookback``). Starts above the known count; another
-        writer's positions since then send it to the count read afresh."""
-        top = await self._count(f"{lst}.n", fresh=lookback)
-        if lookback:  # what decides to adopt a position is read from the stream leader
-            keys = [f"{lst}.{p}" for p in range(top, max(0, top - LOOKBACK), -1)]
-            found = await asyncio.gather(*(self.owners.get(k) for k in keys))
-            for p, slot in zip(range(top, 0, -1), found, strict=False):
-                if slot is not None and slot.id == item_id:
-                    return p
+    async def _allocate(self, lst: str, item_id: str, base: int | None,
+                        lookback: bool) -> int:
+        """The position of ``item_id`` in ``lst``: taken now above ``base``, or found
+        where a killed writer already took it (``lookback``). Starts above the known
+        count; another writer's positions since then send it to the count read afresh."""
+        top = max(await self._count(f"{lst}.n", fresh=lookback), base or 0)
+        if lookback and (found := await self._taken_for(lst, item_id, base, top)):
+            await self.counts.raise_to(f"{lst}.n", found)
+            return found
         p, fresh = self.positions.reserve(lst, top + 1), lookback
         while (revision := await self._take(lst, p, item_id)) is None:
             if not fresh:
@@ -215,8 +209,22 @@ class ListingIndex:
             p = self.positions.reserve(lst, p + 1)
         if revision is not None:
             self.known.put(f"{lst}.{p}", Slot(id=item_id), revision)
-        await self._raise_to(f"{lst}.n", p)
+        await self.counts.raise_to(f"{lst}.n", p)
         return p
+
+    async def _taken_for(self, lst: str, item_id: str, base: int | None, top: int) -> int:
+        """The position a killed writer took for ``item_id`` (0: none), searched above
+        ``base`` up to a little above the count, oldest first, read from the stream
+        leader (a replica may still show an id in a position given up since). A retry
+        comes after a fault, when a burst may have taken many positions since."""
+        start = max(0, top - LOOKBACK) if base is None else base
+        for low in range(start + 1, top + LOOKAHEAD + 1, LOOKAHEAD):
+            positions = range(low, min(low + LOOKAHEAD, top + LOOKAHEAD + 1))
+            found = await asyncio.gather(*(self.owners.get(f"{lst}.{p}") for p in positions))
+            for p, slot in zip(positions, found, strict=True):
+                if slot is not None and slot.id == item_id:
+                    return p
+        return 0
 
     async def _take(self, lst: str, p: int, item_id: str) -> int | None:
         try:
@@ -225,23 +233,16 @@ class ListingIndex:
             self.positions.release(lst, p)
             raise
 
-    async def _bump(self, key: str, token: str, delta: int) -> None:
-        def change(c: Counter | None) -> Counter | None:
-            c = c or Counter()
-            if token in c.recent:
-                return None
-            return Counter(n=c.n + delta, recent=[*c.recent, token][-RECENT:])
-
-        await self.counting.apply(key, change)
-
     async def add(self, tenant: str, item_id: str) -> Marker:
         """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
         key = self._marker(item_id)
         for _ in range(10):
             found, created = self.known.get(key), False
+            lst = self._list(tenant, None)
             if found is None:  # most likely a new id: its marker first, so a retry looks back
-                revision = await self.markers.create(key, Marker(tenant=tenant))
-                found, created = ((Marker(tenant=tenant), revision), True) if revision else (
+                new = Marker(tenant=tenant, base=await self._count(f"{lst}.n"))
+                revision = await self.markers.create(key, new)
+                found, created = ((new, revision), True) if revision else (
                     await self._winner(key, 0), False)
                 if found is None:
                     continue
@@ -249,8 +250,7 @@ class ListingIndex:
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker
-            lst = self._list(tenant, None)
-            p = await self._allocate(lst, item_id, lookback=not created)
+            p = await self._allocate(lst, item_id, marker.base, lookback=not created)
             listed = marker.model_copy(update={"all": p})
             if await self._write(self.markers, key, listed, revision) is not None:
                 return listed
@@ -279,34 +279,65 @@ class ListingIndex:
                 return  # listed there already, or a newer state is on its way
             retry = marker.pending == state and marker.pending_order == order
             if not retry:
-                marker = marker.model_copy(update={"pending": state, "pending_order": order})
+                base = await self._count(f"{self._list(tenant, state)}.n")
+                marker = marker.model_copy(update={"pending": state, "pending_order": order,
+                                                   "base": base})
                 written = await self._write(self.markers, key, marker, revision)
                 if written is None:
                     continue
                 revision = written
-            done = await self._move(tenant, item_id, marker, state, order, retry)
+            done, changes = await self._move(tenant, item_id, marker, state, order, retry)
             if await self._write(self.markers, key, done, revision) is not None:
+                self._confirm(changes)
                 return
-            await self._abandon(self._list(tenant, state), item_id, done.sp,
-                                await self._winner(key, revision), state)
+            won = await self._winner(key, revision)
+            await self._abandon(self._list(tenant, state), item_id, done.sp, won, state)
+            await self._take_back(changes, done, won)
         raise KVConflict(KV_LISTINGS, key, 20)
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
-                    order: tuple[int, int], retry: bool) -> Marker:
-        """Enter ``state`` (idempotent), then leave the previous state's list."""
+                    order: tuple[int, int], retry: bool) -> tuple[Marker, list[Counted]]:
+        """Enter ``state`` (idempotent), then leave the previous state's list: the
+        marker recording it, and the counter changes to confirm once it is."""
         lst = self._list(tenant, state)
-        sp = await self._allocate(lst, item_id, lookback=retry)
-        await self._bump(f"{lst}.live", f"in:{item_id}:{sp}", +1)
+        sp = await self._allocate(lst, item_id, marker.base, lookback=retry)
+        entered = Counted(f"{lst}.live", f"in:{item_id}:{sp}", +1, False)
+        changes = [entered._replace(counted=await self.counts.bump(*entered[:3]))]
         if marker.state is not None and marker.sp and (marker.state, marker.sp) != (state, sp):
-            await self._leave(self._list(tenant, marker.state), item_id, marker.sp)
-        return marker.model_copy(update={"state": state, "sp": sp, "order": order,
-                                         "pending": None, "pending_order": (0, 0)})
+            changes.append(await self._leave(self._list(tenant, marker.state), item_id,
+                                             marker.sp))
+        counted = (changes[0].counted, len(changes) > 1 and changes[1].counted)
+        return marker.model_copy(update={
+            "state": state, "sp": sp, "order": order, "pending": None,
+            "pending_order": (0, 0), "counted": counted}), changes
 
-    async def _leave(self, lst: str, item_id: str, p: int) -> None:
+    async def _leave(self, lst: str, item_id: str, p: int) -> Counted:
         await self._update(self.slots, f"{lst}.{p}", lambda s: Slot(id="") if (
             s is not None and s.id == item_id) else None)
-        await self._bump(f"{lst}.live" if ".s." in lst else f"{lst}.gone",
-                         f"out:{item_id}:{p}", -1 if ".s." in lst else +1)
+        left = Counted(f"{lst}.live" if ".s." in lst else f"{lst}.gone",
+                       f"out:{item_id}:{p}", -1 if ".s." in lst else +1, False)
+        return left._replace(counted=await self.counts.bump(*left[:3]))
+
+    def _confirm(self, changes: list[Counted]) -> None:
+        for change in changes:
+            self.counts.confirm(change.key, change.token)
+
+    async def _take_back(self, changes: list[Counted], ours: Marker,
+                         won: tuple[Marker, int] | None) -> None:
+        """We lost the race to record a step that the winner recorded too (a retry while
+        the first writer was frozen, not dead): each change both of us counted (its
+        token forgotten in between) is counted once more than it happened; take it back.
+        Then confirm ours."""
+        winner = won[0] if won else None
+        if winner and (winner.state, winner.order) == (ours.state, ours.order):
+            both = [changes[0].counted and winner.sp == ours.sp and winner.counted[0],
+                    len(changes) > 1 and changes[1].counted and winner.counted[1]]
+            for change, twice in zip(changes, both, strict=False):
+                if twice:
+                    undo = Counted(change.key, f"undo:{change.token}", -change.delta, False)
+                    await self.counts.bump(*undo[:3])
+                    self._confirm([undo])
+        self._confirm(changes)
 
     async def _winner(self, key: str, lost_at: int) -> tuple[Marker, int] | None:
         """The marker whose write beat ours (based on revision ``lost_at``; 0: a create),
@@ -336,71 +367,4 @@ class ListingIndex:
         winner = won[0]
         kept = winner.all if state == "all" else (winner.sp if winner.state == state else 0)
         if p and p != kept:
-            await self._leave(lst, item_id, p)
-
-    # --- reading ----------------------------------------------------------------------
-
-    async def _counts(self, *keys: str) -> list[int]:
-        found = await self.direct.get_last(KV_LISTINGS, list(keys)) if self.direct else None
-        if found is None:
-            return list(await asyncio.gather(*(self._count(k, fresh=True) for k in keys)))
-        return [Counter.model_validate_json(found[k]).n if k in found else 0 for k in keys]
-
-    async def _slots(self, lst: str, positions: Sequence[int]) -> list[Slot | None]:
-        """The slots at ``positions`` (``None``: not taken), in one batched direct get."""
-        keys = [f"{lst}.{p}" for p in positions]
-        found = await self.direct.get_last(KV_LISTINGS, keys) if self.direct else None
-        if found is None:
-            return list(await asyncio.gather(*(self.slots.get(k) for k in keys)))
-        return [Slot.model_validate_json(found[k]) if k in found else None for k in keys]
-
-    async def page(self, tenant: str, *, state: str | None = None, limit: int = 20,
-                   offset: int = 0, cursor: Cursor | None = None) -> ListPage:
-        """Ids newest first: the ``limit`` after ``offset`` skipped, or below ``cursor``."""
-        lst = self._list(tenant, state)
-        gone_or_live = f"{lst}.gone" if state is None else f"{lst}.live"
-        n, other = await self._counts(f"{lst}.n", gone_or_live)
-        total = n - other if state is None else other
-        if cursor is not None:
-            return await self._walk(lst, state, min(n, cursor.below - 1), limit, total)
-        if state is None:  # dense: the offset is a position
-            return await self._walk(lst, None, n - offset, limit, total)
-        return await self._walk(lst, state, n, limit, total, skip=offset, stop_at_total=True)
-
-    async def entries(self, tenant: str) -> list[tuple[int, str]]:
-        """Every ``(position, id)`` of the tenant, newest first: O(the tenant's own list),
-        for filters the lists do not index (a tenant's datasets, far fewer than tasks)."""
-        n = (await self._counts(f"{self._list(tenant, None)}.n"))[0]
-        found: list[tuple[int, str]] = []
-        for top in range(n, 0, -MAX_CHUNK):
-            positions = range(top, max(0, top - MAX_CHUNK), -1)
-            slots = await self._slots(self._list(tenant, None), positions)
-            found += [(p, s.id) for p, s in zip(positions, slots, strict=True) if s and s.id]
-        return found
-
-    async def _walk(self, lst: str, state: str | None, top: int, limit: int, total: int,
-                    skip: int = 0, stop_at_total: bool = False) -> ListPage:
-        """Down from ``top``, skipping entries that left, until ``limit`` are found, the
-        bottom, or (``stop_at_total``, from the top) every live entry has been seen.
-
-        Below a cursor the entries above may have left since, so only the bottom stops
-        a state list's walk there."""
-        found: list[tuple[int, str]] = []
-        seen, p = 0, top
-        chunk = min(limit + skip + 4, MAX_CHUNK)  # spares for entries that left; doubled
-        while p > 0 and len(found) < limit and not (stop_at_total and seen >= total):
-            positions = range(p, max(0, p - chunk), -1)
-            chunk = min(2 * chunk, MAX_CHUNK)
-            for pos, slot in zip(positions, await self._slots(lst, positions), strict=True):
-                if slot is None or not slot.id or len(found) == limit:
-                    continue
-                seen += 1
-                if skip:
-                    skip -= 1
-                else:
-                    found.append((pos, slot.id))
-            p = positions[-1] - 1
-        last = found[-1][0] if found else 0
-        more = len(found) == limit and last > 1 and not (stop_at_total and seen >= total)
-        return ListPage([i for _, i in found], max(total, 0),
-                        Cursor(state, last) if more else None)
+            self._confirm([await self._leave(lst, item_id, p)])

@@ -181,14 +181,15 @@ async def check_listed(burst: Burst, tasks: set[str], state: str, timeout_s: flo
             every, every_total = await pages(session, "")
         seen.update(missing=sorted(tasks - set(in_state))[:5], in_state=len(in_state),
                     in_state_total=in_state_total, every=len(every), every_total=every_total,
-                    twice=[t for t, n in Counter(every).items() if n > 1][:5])
+                    twice=[t for t, n in Counter(every).items() if n > 1][:5],
+                    twice_in_state=[t for t, n in Counter(in_state).items() if n > 1][:5])
         return (tasks <= set(in_state) and len(set(in_state)) == len(in_state) == in_state_total
                 and len(set(every)) == len(every) == every_total)
 
     try:
         await wait_for(listed, timeout_s, f"every task listed once in {state}", interval_s=2.0)
     except AssertionError as exc:
-        odd = [*seen["twice"], *seen["missing"]]
+        odd = [*seen["twice"], *seen["twice_in_state"], *seen["missing"]]
         where = await _where_listed(js, odd) if js is not None else {}
         raise AssertionError(f"{exc}: {seen}; markers and positions: {where}") from exc
 

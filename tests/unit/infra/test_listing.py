@@ -12,7 +12,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
 from infra.kv.known import Known
-from infra.kv.listing import TASKS, Cursor, ListingIndex, Marker, Slot
+from infra.kv.listing import TASKS, ListingIndex, Marker, Slot
+from infra.kv.pages import Cursor
 from schemas.record import STATE_RANK
 from tests.support.fake_kv import FakeJetStream
 
@@ -327,3 +328,72 @@ async def test_a_loser_waits_for_the_winner_in_flight_before_giving_up_a_positio
     assert isinstance(marker, Marker) and (marker.state, marker.sp) == ("rejected", 1)
     assert await a.slots.get("t.acme.s.rejected.1") == Slot(id="t1")
     assert await every_page(a, "acme", "rejected") == ["t1"]
+
+
+@pytest.mark.parametrize("state", [None, "rejected"])
+async def test_a_retry_finds_its_position_however_far_the_list_has_grown(
+        state: str | None) -> None:
+    """Writer a takes a position, then dies before its marker names it (a stream leader
+    killed mid-burst); by the redelivery, elsewhere, a burst has taken many positions
+    above it. The retry must adopt that position, not take a second one (the cluster
+    fault tests saw a task twice in ``rejected`` this way)."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await enter(b, "t0", "requested")
+    if state:
+        await enter(a, "t1", "requested")
+    real = a.markers.compare_and_set
+
+    async def dies_naming_it(key: str, value: Marker, revision: int) -> int | None:
+        if value.all if state is None else value.state == state:
+            raise TimeoutError("the leader was killed")
+        return await real(key, value, revision)
+
+    a.markers.compare_and_set = dies_naming_it  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await (a.add("acme", "t1") if state is None else enter(a, "t1", state))
+    for i in range(2, 200):
+        await (b.add("acme", f"t{i}") if state is None else enter(b, f"t{i}", state))
+    await (b.add("acme", "t1") if state is None else enter(b, "t1", state))
+    ids = await every_page(b, "acme", state, limit=50)
+    assert ids.count("t1") == 1 and len(ids) == len(set(ids)) == 199 + (state is None)
+    assert (await b.page("acme", state=state)).total == len(ids)
+
+
+@pytest.mark.parametrize("frozen_before_counting", [True, False])
+async def test_a_frozen_writer_and_its_retry_count_the_step_once(
+        frozen_before_counting: bool) -> None:
+    """Writer a is frozen half way through a step (a node stopped, not killed); the
+    redelivery lists the task elsewhere, confirms and forgets its counter tokens; then
+    a wakes and finishes the same step. Entering and leaving are counted once
+    whichever of the two counted first."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await enter(a, "t1", "requested")
+    frozen, thaw = asyncio.Event(), asyncio.Event()
+    real_bump = a.counts.bump
+
+    async def bump(key: str, token: str, delta: int) -> bool:
+        if key.endswith("s.rejected.live") and frozen_before_counting:
+            frozen.set()
+            await thaw.wait()
+        counted = await real_bump(key, token, delta)
+        if key.endswith("s.requested.live") and not frozen_before_counting:
+            frozen.set()
+            await thaw.wait()
+        return counted
+
+    a.counts.bump = bump  # type: ignore[method-assign]
+    first = asyncio.create_task(enter(a, "t1", "rejected"))
+    await frozen.wait()
+    await enter(b, "t1", "rejected")  # the redelivery elsewhere
+    await enter(b, "t2", "requested")
+    await enter(b, "t2", "rejected")  # b's next changes drop the tokens it confirmed
+    thaw.set()
+    with contextlib.suppress(KVConflict):
+        await first
+    assert await every_page(a, "acme", "rejected") == ["t2", "t1"]
+    assert (await a.page("acme", state="rejected")).total == 2
+    assert (await a.page("acme", state="requested")).total == 0
