@@ -42,7 +42,7 @@ from handlers.datasets_import.stats import dataset_stats
 from handlers.datasets_import.validate import Validated, ValidCase, validate
 from imaging.reader import CaseReadError, ImageHeader
 from infra.kv import DatasetRepo
-from infra.store import ObjectStore, StoreError
+from infra.store import DeferredSync, ObjectStore, StoreError
 from schemas.dataset import Case, DatasetManifest, case_key
 from schemas.dataset_import import ImportFormat, ImportPhase, ImportReport
 
@@ -234,10 +234,14 @@ async def import_dataset(store: ObjectStore, repo: DatasetRepo, root: Path,
         return report.failed([checked])
     if checked.fatal:
         return report.failed(checked.problems, checked)
-    cases, upload_problems = await asyncio.to_thread(upload_cases, store, dataset_id,
-                                                     checked.good, progress, opts.upload_workers)
+    deferred = store if isinstance(store, DeferredSync) else None  # durable below, at once
+    cases, upload_problems = await asyncio.to_thread(
+        upload_cases, deferred.unsynced() if deferred else store, dataset_id, checked.good,
+        progress, opts.upload_workers)
     if upload_problems:
         return report.failed(checked.problems + upload_problems, checked)
+    if deferred is not None:  # every image on disk before the manifest names it
+        await asyncio.to_thread(deferred.sync)
     try:
         manifest = DatasetManifest(
             id=dataset_id, tenant=opts.tenant, name=opts.name,

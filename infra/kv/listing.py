@@ -20,9 +20,10 @@ Keys (every one is one NATS subject; tenants and ids are single tokens):
 
 A position is taken by ``kv.create`` on the next free key (atomic: two writers
 never share one; there are no gaps), then the counter moves up by
-compare-and-set. Reading is in infra/kv/listing_pages.py. The writers of one process reserve positions in memory (:class:`NextPositions`) and
-queue their changes of one counter behind one write (infra/kv/coalesce.py): a
-burst of one tenant's tasks costs no lost creates and few counter writes.
+compare-and-set (reading is in infra/kv/listing_pages.py). The writers of one
+process reserve positions in memory (:class:`NextPositions`) and queue their changes
+of one counter behind one write (infra/kv/coalesce.py): a burst of one tenant's
+tasks costs no lost creates and few counter writes.
 
 Writers converge an id's entries to its current state (:meth:`ListingIndex.converge`):
 every step is idempotent, so a writer killed half way is repaired by the

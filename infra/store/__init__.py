@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from infra.store.interface import (
     CHUNK_SIZE,
     MAX_KEY_BYTES,
+    DeferredSync,
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_SIZE",
     "MAX_KEY_BYTES",
+    "DeferredSync",
     "InvalidKey",
     "LocalStore",
     "ObjectInfo",

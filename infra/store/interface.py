@@ -132,3 +132,13 @@ def copy_hashing(src: IO[bytes], dst: IO[bytes]) -> tuple[int, str]:
         dst.write(chunk)
         size += len(chunk)
     return size, digest.hexdigest()
+
+
+@runtime_checkable
+class DeferredSync(Protocol):
+    """A store whose writes may skip their own flush to disk, made durable together by
+    one ``sync`` (the local store: an import's thousands of small objects)."""
+
+    def unsynced(self) -> ObjectStore: ...
+
+    def sync(self) -> None: ...
