@@ -63,3 +63,10 @@ class KVConflict(TransientError):
                          f"{attempts} compare-and-set attempts", delay_s=1.0)
         self.bucket = bucket
         self.key = key
+
+
+class KVUnavailable(TransientError):
+    """A KV read got no answer in time: try again, never a partial answer taken whole."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("kv_unavailable", message)

@@ -25,7 +25,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from infra.errors import KVConflict
+from infra.errors import KVConflict, KVUnavailable
 from infra.security.sealing import PREFIX as SEAL_PREFIX
 from infra.security.sealing import Sealer, SealError
 
@@ -217,15 +217,18 @@ async def watch_latest(kv: KeyValue, pattern: str = ">", timeout_s: float = 5.0,
                meta_only: bool = False) -> dict[str, bytes]:
     """``{key: raw value}`` of the latest live revision of each key matching ``pattern``
     (values empty with ``meta_only``). Prefer :meth:`KVRepository.scan`, which decodes."""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
+    watcher = await kv.watch(pattern, meta_only=meta_only)  # deletes too: each has a delta
     found: dict[str, bytes] = {}
     try:
         while True:
             try:
                 entry = await watcher.updates(timeout=timeout_s)
             except nats.errors.TimeoutError:
-                break
-            if entry is None:  # the marker: everything present at start was sent
+                raise KVUnavailable(f"reading {pattern!r} of a bucket: no answer within "
+                                    f"{timeout_s:g} s") from None
+            if entry is None:  # the marker: nothing matched, or see _sent_already
+                if await _sent_already(watcher):
+                    continue
                 break
             if entry.value is not None and entry.operation is None:
                 found[entry.key] = entry.value
@@ -236,3 +239,17 @@ async def watch_latest(kv: KeyValue, pattern: str = ">", timeout_s: float = 5.0,
     finally:
         await watcher.stop()
     return found
+
+
+async def _sent_already(watcher: Any) -> bool:
+    """Whether the server has sent entries that the start marker came before.
+
+    nats-py puts the marker when the consumer's info shows nothing pending and
+    nothing received yet; an entry the server sent just before that info can still
+    be on its way, and the listing came back empty (``keys list`` in CI). The server's
+    count of what it delivered tells: then the entries follow, the last with delta 0."""
+    sub = getattr(watcher, "_sub", None)  # nats-py's; a test double has none
+    if sub is None:
+        return False
+    info = await sub.consumer_info()
+    return bool(info.delivered and info.delivered.consumer_seq)

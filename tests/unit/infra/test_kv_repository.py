@@ -177,3 +177,69 @@ def test_leader_reads_are_the_same_bucket_without_direct_gets() -> None:
         "listings", "KV_listings", "$KV.listings.", js)
     fake = FakeKeyValue()
     assert leader_reads(cast(KeyValue, fake)) is fake  # a test double: as it is
+
+
+class _EarlyMarker:
+    """nats-py's watcher when the start marker overtook entries the server had sent:
+    the marker first, then the entries (the last with delta 0); the consumer says
+    how many it delivered."""
+
+    def __init__(self, entries: list[Any], delivered: int, stall: bool = False) -> None:
+        self.queue: list[Any] = [None, *entries]
+        self.stall = stall
+        info = type("Info", (), {"delivered": type("Seq", (), {"consumer_seq": delivered})})
+        sub = type("Sub", (), {"consumer_info": staticmethod(_returns(info))})
+        self._sub = sub()
+
+    async def updates(self, timeout: float) -> Any:  # noqa: ASYNC109 (nats-py's signature)
+        if not self.queue:
+            if self.stall:
+                import nats.errors
+                raise nats.errors.TimeoutError
+            raise AssertionError("read past the last entry")
+        return self.queue.pop(0)
+
+    async def stop(self) -> None:
+        return None
+
+
+def _returns(value: Any) -> Any:
+    async def call() -> Any:
+        return value
+    return call
+
+
+def _entry(key: str, value: bytes | None, delta: int, op: str | None = None) -> Any:
+    return type("Entry", (), {"key": key, "value": value, "delta": delta,
+                              "operation": op})()
+
+
+async def test_a_scan_reads_on_when_the_start_marker_overtook_sent_entries() -> None:
+    from infra.kv.repository import watch_latest
+
+    entries = [_entry("a", b"1", 2), _entry("b", b"2", 1), _entry("a", None, 0, "DEL")]
+    kv = type("KV", (), {})()
+
+    async def watch(*args: Any, **kwargs: Any) -> _EarlyMarker:
+        return _EarlyMarker(entries, delivered=3)
+
+    kv.watch = watch
+    assert await watch_latest(cast(Any, kv)) == {"b": b"2"}  # once "a" was deleted
+
+    async def empty(*args: Any, **kwargs: Any) -> _EarlyMarker:
+        return _EarlyMarker([], delivered=0)
+
+    kv.watch = empty
+    assert await watch_latest(cast(Any, kv)) == {}
+
+
+async def test_a_scan_without_an_answer_is_an_error_not_a_partial_listing() -> None:
+    from infra.errors import KVUnavailable
+    from infra.kv.repository import watch_latest
+
+    async def watch(*args: Any, **kwargs: Any) -> _EarlyMarker:
+        return _EarlyMarker([_entry("a", b"1", 1)], delivered=2, stall=True)
+
+    kv = type("KV", (), {"watch": staticmethod(watch)})()
+    with pytest.raises(KVUnavailable, match=r"no answer within 0\.1 s"):
+        await watch_latest(cast(Any, kv), timeout_s=0.1)
