@@ -31,7 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from imaging import dicom_scan, reader
+from imaging import dicom_scan, header, reader
 from imaging.budget import DecodeBudget
 from imaging.dicom_values import VALUE_TAGS, HeaderValues
 
@@ -50,7 +50,7 @@ def _both(path: Path, monkeypatch: pytest.MonkeyPatch,
           budget: DecodeBudget | None = None) -> tuple[Any, Any]:
     quick = _read(path, budget)
     with monkeypatch.context() as m:
-        m.setattr(reader, "scan", lambda *args: None)
+        m.setattr(header, "scan", lambda *args: None)
         slow = _read(path, budget)
     return quick, slow
 
