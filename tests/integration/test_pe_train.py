@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +20,8 @@ from runner.pe_metrics import exam_scores
 from runner.train import train
 from schemas.dataset import DatasetManifest, manifest_key
 from schemas.spec import TrainingSpec
+from tests.support.dataset_utils import MemoryDatasetRepo
 from tests.support.series_data import PeExam, write_pe_dataset
-
-
-class _Repo:
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] = {}
-
-    async def get(self, dataset_id: str) -> Any:
-        return self.saved.get(dataset_id)
-
-    async def put(self, summary: Any) -> None:
-        self.saved[summary.id] = summary
 
 
 def exams() -> list[PeExam]:
@@ -66,7 +55,7 @@ def spec_for(manifest: DatasetManifest, sha: str) -> TrainingSpec:
 
 def test_pe_dataset_trains_per_image_and_scores_exams(tmp_path: Path) -> None:
     root = write_pe_dataset(tmp_path / "src", exams(), size=24, seed=1)
-    store, repo = LocalStore(tmp_path / "store"), _Repo()
+    store, repo = LocalStore(tmp_path / "store"), MemoryDatasetRepo()
     opts = ImportOptions(name="pe", format="rsna-pe", tenant="default", dataset_id="pe-ds")
     report = asyncio.run(import_dataset(store, repo, root, opts))  # type: ignore[arg-type]
     assert report.registered, report.problems

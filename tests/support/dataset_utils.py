@@ -113,3 +113,16 @@ def classification_folder(root: Path, n: int = 6) -> Path:
         rows.append([f"images/c{i}.dcm", label])
     write_csv(root / "labels.csv", ["image", "label"], rows)
     return root
+
+
+class MemoryDatasetRepo:
+    """The dataset registry an import writes to, in memory (``import_dataset``'s repo)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    async def get(self, dataset_id: str) -> Any:
+        return self.saved.get(dataset_id)
+
+    async def put(self, summary: Any) -> None:
+        self.saved[summary.id] = summary

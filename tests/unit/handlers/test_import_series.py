@@ -13,6 +13,7 @@ import pytest
 from handlers.datasets_import.base import ImportOptions, Problem
 from handlers.datasets_import.pipeline import prepare
 from handlers.datasets_import.validate import Validated
+from tests.support.dataset_utils import MemoryDatasetRepo
 from tests.support.series_data import PeExam, ct_dataset, save, write_pe_dataset
 
 
@@ -149,17 +150,6 @@ def test_rsna_pe_classes_are_fixed(tmp_path: Path, classes: list[str]) -> None:
     assert isinstance(result, Problem) and result.code == "invalid_classes"
 
 
-class _Repo:
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] = {}
-
-    async def get(self, dataset_id: str) -> Any:
-        return self.saved.get(dataset_id)
-
-    async def put(self, summary: Any) -> None:
-        self.saved[summary.id] = summary
-
-
 def test_the_registered_manifest_keeps_series_exam_labels_and_body_parts(
         tmp_path: Path) -> None:
     import asyncio
@@ -170,7 +160,7 @@ def test_the_registered_manifest_keeps_series_exam_labels_and_body_parts(
 
     exams = pe_exams()
     root = write_pe_dataset(tmp_path / "src", exams)
-    store, repo = LocalStore(tmp_path / "store"), _Repo()
+    store, repo = LocalStore(tmp_path / "store"), MemoryDatasetRepo()
     opts = ImportOptions(name="pe", format="rsna-pe", tenant="default", dataset_id="pe-1")
     report = asyncio.run(import_dataset(store, repo, root, opts))  # type: ignore[arg-type]
     assert report.registered, report.problems

@@ -26,7 +26,13 @@ from imaging.budget import DecodeBudget, default_budget, set_default_budget
 from infra.settings import Settings
 from infra.store import LocalStore, ObjectInfo, open_store
 from schemas.dataset import case_key
-from tests.support.dataset_utils import classification_folder, ct, write_csv, write_dicom
+from tests.support.dataset_utils import (
+    MemoryDatasetRepo,
+    classification_folder,
+    ct,
+    write_csv,
+    write_dicom,
+)
 
 
 def opts(**kw: Any) -> ImportOptions:
@@ -280,17 +286,6 @@ def test_progress_tracker_keeps_counts_monotonic_within_a_phase() -> None:
     assert tracker.snapshot()[1].done == 0
 
 
-class _Repo:
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] = {}
-
-    async def get(self, dataset_id: str) -> Any:
-        return self.saved.get(dataset_id)
-
-    async def put(self, summary: Any) -> None:
-        self.saved[summary.id] = summary
-
-
 def test_an_import_flushes_its_images_to_disk_once_before_the_manifest_names_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,7 +299,7 @@ def test_an_import_flushes_its_images_to_disk_once_before_the_manifest_names_the
     from schemas.dataset import manifest_key
 
     root = classification_folder(tmp_path / "src", n=6)
-    store, repo, calls = LocalStore(tmp_path / "store"), _Repo(), []
+    store, repo, calls = LocalStore(tmp_path / "store"), MemoryDatasetRepo(), []
     real_fsync, real_sync = local.os.fsync, LocalStore.sync
     monkeypatch.setattr(local.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
 
