@@ -6,19 +6,25 @@ transaction between them, so a writer killed half way (a stream leader killed, a
 node frozen) is repaired by a retry that does the step again. A counter therefore
 remembers the token of every change whose step is not yet recorded in the task's
 marker: the retry's change finds its token and is not counted twice. Once the
-marker records the step, the writer confirms the token and its next change of that
-counter drops it, so what a counter remembers is the steps in flight (bounded by
-:data:`UNCONFIRMED`), not a window of recent changes that a burst outruns: a window
-of the last 64 counted a retry twice after a 1,000-task burst in the cluster fault
-tests.
+marker records the step, the writer confirms the token and drops it with its next
+change of that counter, or alone after :data:`DROP_AFTER_S`; so what a counter
+remembers is the steps in flight, not a window of recent changes that a burst
+outruns (a window of the last 64 counted a retry twice after a 1,000-task burst in
+the cluster fault tests). A token whose writer died before confirming it goes after
+:data:`TOKEN_TTL_S`, longer than a message's redeliveries take; :data:`UNCONFIRMED`
+bounds the rest.
 
-Tokens are kept as short digests: a counter is rewritten on every change.
+Tokens are kept as short digests with the minute they were counted in: a counter is
+rewritten on every change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -30,12 +36,21 @@ UNCONFIRMED = 1024
 """Tokens a counter remembers of steps not yet confirmed; the oldest go first."""
 CONFIRMING_KEYS = 1024
 """Counters this writer holds confirmed tokens for (each dropped with its next change)."""
+DROP_AFTER_S = 1.0
+"""Confirmed tokens not dropped by a change of the counter meanwhile are dropped alone
+then: a burst drops them with its own changes, a lone task costs one more write."""
+TOKEN_TTL_S = 900.0
+"""A token left by a writer that died before confirming it is dropped after this long
+(a task index message's redeliveries take about five minutes)."""
+_DIGEST = 12
+log = logging.getLogger(__name__)
 
 
 class Counter(BaseModel):
     n: int = 0
     recent: list[str] = []
-    """Digests of the tokens of changes whose step may still be retried."""
+    """Digests of the tokens of changes whose step may still be retried, each followed
+    by ``@`` and the minute it was counted in (hexadecimal)."""
 
 
 def digest(token: str) -> str:
@@ -44,13 +59,27 @@ def digest(token: str) -> str:
                                     ).decode()
 
 
+def _minute(now: float) -> int:
+    return int(now // 60)
+
+
+def _kept(recent: list[str], dropped: set[str], now: float) -> list[str]:
+    """``recent`` without the dropped digests and those older than the TTL."""
+    oldest = _minute(now - TOKEN_TTL_S)
+    return [t for t in recent if t[:_DIGEST] not in dropped
+            and int(t[_DIGEST + 1:] or "0", 16) >= oldest]
+
+
 class StepCounters:
     """Changes of a listing's counters, queued per key behind one write
     (infra/kv/coalesce.py)."""
 
-    def __init__(self, update: Callable[[str, Change[Counter]], Awaitable[None]]) -> None:
+    def __init__(self, update: Callable[[str, Change[Counter]], Awaitable[None]],
+                 clock: Callable[[], float] = time.time) -> None:
         self.coalescer: Coalescer[Counter] = Coalescer(update)
+        self.clock = clock
         self._confirmed: OrderedDict[str, list[str]] = OrderedDict()
+        self._drops: dict[str, asyncio.Task[None]] = {}
 
     async def raise_to(self, key: str, n: int) -> None:
         """``n`` at least (idempotent without a token)."""
@@ -61,16 +90,17 @@ class StepCounters:
         """Add ``delta`` unless the change of ``token`` is remembered: whether it counted.
         The tokens this writer confirmed for ``key`` are dropped in the same write."""
         mark, done = digest(token), set(self._confirmed.pop(key, []))
-        counted = False
+        counted, now = False, self.clock()
 
         def change(c: Counter | None) -> Counter | None:
             nonlocal counted
             c = c or Counter()
-            kept = [t for t in c.recent if t not in done]
-            counted = mark not in kept
+            kept = _kept(c.recent, done, now)
+            counted = mark not in {t[:_DIGEST] for t in kept}
             if not counted:
                 return None if len(kept) == len(c.recent) else Counter(n=c.n, recent=kept)
-            return Counter(n=c.n + delta, recent=[*kept, mark][-UNCONFIRMED:])
+            stamped = f"{mark}@{_minute(now):x}"
+            return Counter(n=c.n + delta, recent=[*kept, stamped][-UNCONFIRMED:])
 
         try:
             await self.coalescer.apply(key, change)
@@ -88,3 +118,23 @@ class StepCounters:
         self._confirmed.move_to_end(key)
         while len(self._confirmed) > CONFIRMING_KEYS:
             self._confirmed.popitem(last=False)
+        if key not in self._drops:
+            self._drops[key] = asyncio.get_running_loop().create_task(self._drop_later(key))
+
+    async def _drop_later(self, key: str) -> None:
+        """The confirmed tokens of ``key`` that no change carried away meanwhile, dropped
+        in a write of their own (a failure leaves them to the TTL)."""
+        try:
+            await asyncio.sleep(DROP_AFTER_S)
+        finally:
+            if self._drops.get(key) is asyncio.current_task():
+                del self._drops[key]
+        done, now = set(self._confirmed.pop(key, [])), self.clock()
+        if not done:
+            return
+        try:
+            await self.coalescer.apply(key, lambda c: None if c is None or len(
+                kept := _kept(c.recent, done, now)) == len(c.recent) else Counter(
+                n=c.n, recent=kept))
+        except Exception as exc:  # the TTL drops them later
+            log.warning("dropping the confirmed tokens of %s: %s", key, exc)

@@ -47,6 +47,7 @@ passed through it since its oldest live task.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -215,17 +216,21 @@ class ListingIndex(ListingPages):
 
     async def _taken_for(self, lst: str, item_id: str, base: int | None, top: int) -> int:
         """The position a killed writer took for ``item_id`` (0: none), searched above
-        ``base`` up to a little above the count, oldest first, read from the stream
-        leader (a replica may still show an id in a position given up since). A retry
-        comes after a fault, when a burst may have taken many positions since."""
-        start = max(0, top - LOOKBACK) if base is None else base
-        for low in range(start + 1, top + LOOKAHEAD + 1, LOOKAHEAD):
-            positions = range(low, min(low + LOOKAHEAD, top + LOOKAHEAD + 1))
+        ``base``, oldest first, read from the stream leader (a replica may still show an
+        id in a position given up since). A retry comes after a fault, when a burst may
+        have taken many positions since, and a process's writers take positions well
+        above the count before it moves: the search goes on above the count until
+        :data:`LOOKAHEAD` positions in a row are free."""
+        low = (max(0, top - LOOKBACK) if base is None else base) + 1
+        while True:
+            positions = range(low, low + LOOKAHEAD)
             found = await asyncio.gather(*(self.owners.get(f"{lst}.{p}") for p in positions))
             for p, slot in zip(positions, found, strict=True):
                 if slot is not None and slot.id == item_id:
                     return p
-        return 0
+            if low > top and all(slot is None for slot in found):
+                return 0
+            low += LOOKAHEAD
 
     async def _take(self, lst: str, p: int, item_id: str) -> int | None:
         try:
@@ -268,6 +273,14 @@ class ListingIndex(ListingPages):
                        order: tuple[int, int]) -> None:
         """List ``item_id`` in ``state`` and no longer in its previous one (idempotent).
         ``order`` is (generation, rank of ``state``): an older state never wins."""
+        try:
+            await self._converge(tenant, item_id, state, order)
+        except BaseException:  # what this writer guessed of the marker is read afresh next
+            self.known.drop(self._marker(item_id))
+            raise
+
+    async def _converge(self, tenant: str, item_id: str, state: str,
+                        order: tuple[int, int]) -> None:
         await self.add(tenant, item_id)
         key = self._marker(item_id)
         for _ in range(20):
@@ -335,7 +348,8 @@ class ListingIndex(ListingPages):
                     len(changes) > 1 and changes[1].counted and winner.counted[1]]
             for change, twice in zip(changes, both, strict=False):
                 if twice:
-                    undo = Counted(change.key, f"undo:{change.token}", -change.delta, False)
+                    undo = Counted(change.key, f"undo:{uuid.uuid4().hex}:{change.token}",
+                                   -change.delta, False)
                     await self.counts.bump(*undo[:3])
                     self._confirm([undo])
         self._confirm(changes)

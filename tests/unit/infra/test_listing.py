@@ -11,6 +11,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
+from infra.kv import counting
 from infra.kv.known import Known
 from infra.kv.listing import TASKS, ListingIndex, Marker, Slot
 from infra.kv.pages import Cursor
@@ -395,5 +396,57 @@ async def test_a_frozen_writer_and_its_retry_count_the_step_once(
     with contextlib.suppress(KVConflict):
         await first
     assert await every_page(a, "acme", "rejected") == ["t2", "t1"]
-    assert (await a.page("acme", state="rejected")).total == 2
-    assert (await a.page("acme", state="requested")).total == 0
+    assert await live(a, "rejected") == 2 and await live(a, "requested") == 0  # unclamped
+
+
+async def live(index: ListingIndex, state: str, tenant: str = "acme") -> int:
+    """A state's live counter as stored (a page's total is never below 0)."""
+    counter = await index.counters.get(f"t.{tenant}.s.{state}.live")
+    return counter.n if counter else 0
+
+
+async def test_retries_find_positions_a_killed_process_took_far_above_the_count() -> None:
+    """A process's writers take positions above the count before it moves (a burst):
+    killed before the count moved, its 200 positions lie up to 200 above it, and each
+    redelivery elsewhere must find its own, not take a second."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+
+    async def killed(*args: Any) -> None:
+        raise TimeoutError("the leader was killed")
+
+    a.counts.raise_to = killed  # type: ignore[method-assign]
+    await asyncio.gather(*(a.add("acme", f"t{i}") for i in range(200)), return_exceptions=True)
+    await asyncio.gather(*(b.add("acme", f"t{i}") for i in range(200)))  # the redeliveries
+    ids = [i for _, i in await b.entries("acme")]
+    assert len(ids) == len(set(ids)) == 200 == (await b.page("acme")).total
+
+
+async def test_counters_forget_confirmed_tokens_and_a_dead_writers_after_the_ttl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a counter remembers stays the steps in flight: the tokens of a burst's
+    steps are dropped once recorded (with a later change, or alone shortly after), and
+    those of a writer that died before recording its step once the TTL has passed."""
+    monkeypatch.setattr(counting, "DROP_AFTER_S", 0.01)
+    js = FakeJetStream(KV_LISTINGS)
+    now = [1_000_000.0]
+    for lifetime in range(3):  # a process per burst: nothing carried over in memory
+        index = await ListingIndex.open(cast(Any, js), TASKS)
+        index.counts.clock = lambda: now[0]
+        ids = [f"g{lifetime}t{i}" for i in range(100)]
+        await asyncio.gather(*(enter(index, t, "requested") for t in ids))
+        await asyncio.gather(*(enter(index, t, "rejected") for t in ids))
+        await asyncio.sleep(0.05)
+        for state in ("requested", "rejected"):
+            counter = await index.counters.get(f"t.acme.s.{state}.live")
+            assert counter is not None and counter.recent == [], (lifetime, state)
+    assert await live(index, "rejected") == 300 and await live(index, "requested") == 0
+    dead = await ListingIndex.open(cast(Any, js), TASKS)
+    dead.counts.clock = lambda: now[0]
+    await dead.counts.bump("t.acme.s.rejected.live", "in:x:1", +1)  # never confirmed
+    now[0] += counting.TOKEN_TTL_S + 120
+    await index.counts.bump("t.acme.s.rejected.live", "in:y:2", +1)
+    counter = await index.counters.get("t.acme.s.rejected.live")
+    assert counter is not None and [t[:12] for t in counter.recent] == [
+        counting.digest("in:y:2")]
