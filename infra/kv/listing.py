@@ -341,7 +341,9 @@ class ListingIndex(ListingPages):
         """We lost the race to record a step that the winner recorded too (a retry while
         the first writer was frozen, not dead): each change both of us counted (its
         token forgotten in between) is counted once more than it happened; take it back.
-        Then confirm ours."""
+        Then confirm ours. Not covered: a writer frozen (a paused process, not a paused
+        NATS node: a late compare-and-set fails) past its retry's next step, so that the
+        winner's marker no longer says what that retry counted."""
         winner = won[0] if won else None
         if winner and (winner.state, winner.order) == (ours.state, ours.order):
             both = [changes[0].counted and winner.sp == ours.sp and winner.counted[0],
