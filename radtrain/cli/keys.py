@@ -31,15 +31,18 @@ TenantOpt = Annotated[str | None, typer.Option(help="Tenant id (default: the def
 
 
 def _run(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
-    """Connect, run, close; NATS is imported here so ``radtrain --help`` stays quick."""
-    from infra.bus.topology import connect
+    """Connect, run, close; NATS is imported here so ``radtrain --help`` stays quick.
+    NATS that cannot be reached, or a bucket that does not answer in time, is exit 4
+    (unavailable: retry) with one line on stderr, as for every command."""
+    from infra.errors import TransientError
+    from radtrain.cli.nats_session import open_js
 
     async def main() -> T:
-        nc, js = await connect(Settings(), name="radtrain-keys")
-        try:
-            return await work(js)
-        finally:
-            await nc.close()
+        async with open_js(Settings(), name="radtrain-keys") as js:
+            try:
+                return await work(js)
+            except TransientError as exc:
+                fail(f"NATS did not answer: {exc.message}", Exit.UNAVAILABLE)
 
     return asyncio.run(main())
 

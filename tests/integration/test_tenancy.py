@@ -193,3 +193,18 @@ async def test_traceparent_reaches_the_event_and_metrics_count(env: dict[str, An
     assert re.search(r'radtrain_http_requests_total\{method="POST",route="/v1/tasks",'
                      r'status="202"\} [1-9]', metrics), metrics[:2000]
     assert "radtrain_http_request_duration_seconds_bucket" in metrics
+
+
+def test_keys_commands_without_nats_exit_unavailable_with_one_line() -> None:
+    """Managing keys talks to NATS directly: NATS down is exit 4 (retry), not a
+    traceback or a command that waits for ever."""
+    import socket
+
+    from radtrain.cli.main import app
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"nats://127.0.0.1:{sock.getsockname()[1]}"
+    result = CliRunner(env={"RADTRAIN_NATS_URL": dead}).invoke(app, ["keys", "list"])
+    assert result.exit_code == 4, result.output
+    assert "NATS unreachable" in result.stderr and "Traceback" not in result.output
