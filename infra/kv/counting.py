@@ -70,6 +70,14 @@ def _kept(recent: list[str], dropped: set[str], now: float) -> list[str]:
             and int(t[_DIGEST + 1:] or "0", 16) >= oldest]
 
 
+def _dropping(dropped: set[str], now: float) -> Change[Counter]:
+    """The change that only forgets tokens (``None``: nothing to forget)."""
+    def change(c: Counter | None) -> Counter | None:
+        kept = _kept(c.recent, dropped, now) if c else []
+        return None if c is None or len(kept) == len(c.recent) else Counter(n=c.n, recent=kept)
+    return change
+
+
 class StepCounters:
     """Changes of a listing's counters, queued per key behind one write
     (infra/kv/coalesce.py)."""
@@ -91,6 +99,7 @@ class StepCounters:
         The tokens this writer confirmed for ``key`` are dropped in the same write."""
         mark, done = digest(token), set(self._confirmed.pop(key, []))
         counted, now = False, self.clock()
+        dropping = _dropping(done, now)
 
         def change(c: Counter | None) -> Counter | None:
             nonlocal counted
@@ -98,7 +107,7 @@ class StepCounters:
             kept = _kept(c.recent, done, now)
             counted = mark not in {t[:_DIGEST] for t in kept}
             if not counted:
-                return None if len(kept) == len(c.recent) else Counter(n=c.n, recent=kept)
+                return dropping(c)
             stamped = f"{mark}@{_minute(now):x}"
             return Counter(n=c.n + delta, recent=[*kept, stamped][-UNCONFIRMED:])
 
@@ -133,8 +142,6 @@ class StepCounters:
         if not done:
             return
         try:
-            await self.coalescer.apply(key, lambda c: None if c is None or len(
-                kept := _kept(c.recent, done, now)) == len(c.recent) else Counter(
-                n=c.n, recent=kept))
+            await self.coalescer.apply(key, _dropping(done, now))
         except Exception as exc:  # the TTL drops them later
             log.warning("dropping the confirmed tokens of %s: %s", key, exc)

@@ -241,10 +241,9 @@ class ListingIndex(ListingPages):
 
     async def add(self, tenant: str, item_id: str) -> Marker:
         """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
-        key = self._marker(item_id)
+        key, lst = self._marker(item_id), self._list(tenant, None)
         for _ in range(10):
             found, created = self.known.get(key), False
-            lst = self._list(tenant, None)
             if found is None:  # most likely a new id: its marker first, so a retry looks back
                 new = Marker(tenant=tenant, base=await self._count(f"{lst}.n"))
                 revision = await self.markers.create(key, new)
@@ -315,8 +314,7 @@ class ListingIndex(ListingPages):
         marker recording it, and the counter changes to confirm once it is."""
         lst = self._list(tenant, state)
         sp = await self._allocate(lst, item_id, marker.base, lookback=retry)
-        entered = Counted(f"{lst}.live", f"in:{item_id}:{sp}", +1, False)
-        changes = [entered._replace(counted=await self.counts.bump(*entered[:3]))]
+        changes = [await self._count_change(f"{lst}.live", f"in:{item_id}:{sp}", +1)]
         if marker.state is not None and marker.sp and (marker.state, marker.sp) != (state, sp):
             changes.append(await self._leave(self._list(tenant, marker.state), item_id,
                                              marker.sp))
@@ -328,9 +326,12 @@ class ListingIndex(ListingPages):
     async def _leave(self, lst: str, item_id: str, p: int) -> Counted:
         await self._update(self.slots, f"{lst}.{p}", lambda s: Slot(id="") if (
             s is not None and s.id == item_id) else None)
-        left = Counted(f"{lst}.live" if ".s." in lst else f"{lst}.gone",
-                       f"out:{item_id}:{p}", -1 if ".s." in lst else +1, False)
-        return left._replace(counted=await self.counts.bump(*left[:3]))
+        state_list = ".s." in lst
+        return await self._count_change(f"{lst}.live" if state_list else f"{lst}.gone",
+                                        f"out:{item_id}:{p}", -1 if state_list else +1)
+
+    async def _count_change(self, key: str, token: str, delta: int) -> Counted:
+        return Counted(key, token, delta, await self.counts.bump(key, token, delta))
 
     def _confirm(self, changes: list[Counted]) -> None:
         for change in changes:
@@ -350,10 +351,8 @@ class ListingIndex(ListingPages):
                     len(changes) > 1 and changes[1].counted and winner.counted[1]]
             for change, twice in zip(changes, both, strict=False):
                 if twice:
-                    undo = Counted(change.key, f"undo:{uuid.uuid4().hex}:{change.token}",
-                                   -change.delta, False)
-                    await self.counts.bump(*undo[:3])
-                    self._confirm([undo])
+                    self._confirm([await self._count_change(
+                        change.key, f"undo:{uuid.uuid4().hex}:{change.token}", -change.delta)])
         self._confirm(changes)
 
     async def _winner(self, key: str, lost_at: int) -> tuple[Marker, int] | None:

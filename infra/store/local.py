@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 import shutil
@@ -31,15 +32,14 @@ from infra.store.interface import (
 T = TypeVar("T")
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """``syncfs`` is not in the os module (Linux-only); the C library has it. Loaded on
+    the first ``sync``, not at import."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return None
-
-
-_LIBC = _libc()
-"""``syncfs`` is not in the os module (Linux-only); the C library has it."""
 
 
 def write_atomically(path: Path, writer: Callable[[IO[bytes]], T], fsync: bool = True) -> T:
@@ -135,7 +135,7 @@ class LocalStore:
         ``sync`` where the C library lacks it)."""
         fd = os.open(self._root_str or "/", os.O_RDONLY)
         try:
-            syncfs = getattr(_LIBC, "syncfs", None)
+            syncfs = getattr(_libc(), "syncfs", None)
             if syncfs is None or syncfs(fd) != 0:
                 os.sync()
         finally:
