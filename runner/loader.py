@@ -40,6 +40,20 @@ STREAM_AHEAD = 2
 """Batches the streaming thread prepares ahead of the training step."""
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (indices, augmentation draws) onto ``device`` without waiting.
+
+    A plain copy from pageable memory to a GPU waits for every kernel queued before
+    it: a few per training step left the GPU idle while the next step was launched
+    (measured on an H200, ResNet-50 compiled: 0.89x of the synthetic bound). From
+    pinned memory the copy is queued like a kernel; the caching host allocator keeps
+    the pinned buffer until the copy has run.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def epoch_order(data: PreparedData, gen: torch.Generator) -> torch.Tensor:
     """One epoch's train cases in order, drawn from the loop's generator only.
 
@@ -126,7 +140,7 @@ class BatchSource:
         if self.resident:
             assert self._x is not None and self._t is not None
             for idx in index_lists:
-                i = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.device)
+                i = to_device(torch.from_numpy(np.asarray(idx, dtype=np.int64)), self.device)
                 yield self._x[i].float().div_(255.0), self._t[i]
             return
         if self.data.shards is not None:

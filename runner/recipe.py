@@ -34,11 +34,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def optimizer_for(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
-    """No weight decay on norms and biases (timm's grouping)."""
+    """No weight decay on norms and biases (timm's grouping). On CUDA the fused kernels:
+    one launch per step for every parameter instead of a handful per tensor group, the
+    same update (their state dicts load into each other, so a checkpoint resumes on
+    either device)."""
     groups = param_groups_weight_decay(model, hp.weight_decay)
+    fused = all(p.is_cuda for p in model.parameters()) or None
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=hp.learning_rate)
+        return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=0.9, nesterov=True,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused)
 
 
 def precision(device: torch.device, hp: Hyperparameters

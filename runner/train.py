@@ -85,6 +85,9 @@ class TrainOptions:
     """The network's starting weights, resolved by the supervisor (a rank has no store)."""
     group: Group = field(default_factory=Group)
     """This process's training group (``runner.rank_group``): alone by default."""
+    read_loss_late: bool | None = None
+    """Read each step's loss once the next is queued (None: on CUDA, where reading
+    waits for the device; on the CPU a step has run when it returns)."""
 
 
 @dataclass
@@ -106,6 +109,17 @@ class TrainResult:
 
 
 _precision = precision  # the name bench/bench_train.py imports
+
+
+@dataclass
+class _EpochMeter:
+    """This pass's progress: its start, the samples it trained, the step not yet read."""
+
+    epoch: int
+    t0: float = field(default_factory=time.monotonic)
+    seen: int = 0
+    pending: tuple[torch.Tensor, int, int] | None = None
+    """(loss, samples, step) of the last step queued."""
 
 
 @dataclass
@@ -132,6 +146,7 @@ class _Loop:
     group: Group = field(default_factory=Group)
     eval_net: Callable[..., Any] | None = None
     """What evaluation runs (never the DDP wrapper: only rank 0 evaluates)."""
+    read_loss_late: bool = False
     started: float = field(default_factory=time.monotonic)
     step: int = 0
     start_step: int = 0
@@ -146,6 +161,7 @@ class _Loop:
     loss_sum: float = 0.0
     seen: int = 0
     epoch_lr: float = 0.0
+    norms: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
@@ -167,18 +183,31 @@ class _Loop:
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         if not self.strategy.normalise_input:
             return xb
-        c = xb.shape[1]
-        prep = self.spec.preprocessing
-        mean = torch.tensor(per_channel(prep.mean, c), device=xb.device).view(1, c, 1, 1)
-        std = torch.tensor(per_channel(prep.std, c), device=xb.device).view(1, c, 1, 1)
+        mean, std = self._mean_std(xb.shape[1], xb.device)
         xb = (xb - mean) / std
         if self.device.type == "cuda" and self.strategy.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb
 
+    def _mean_std(self, c: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Made once: a tensor built on a GPU from a list is a copy that waits for the queue."""
+        key = (c, str(device))
+        if key not in self.norms:
+            prep = self.spec.preprocessing
+            self.norms[key] = (
+                torch.tensor(per_channel(prep.mean, c), device=device).view(1, c, 1, 1),
+                torch.tensor(per_channel(prep.std, c), device=device).view(1, c, 1, 1))
+        return self.norms[key]
+
     # --- training -------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the train split (or its rest, when resumed); the mean training loss."""
+        """One pass over the train split (or its rest, when resumed); the mean training loss.
+
+        With ``read_loss_late`` a step's loss is read (and reported) once the next
+        step is queued: reading it waits for the GPU, and waiting before queuing left
+        the GPU idle while the next step was launched. Before a stop the last step is
+        settled, so a checkpoint's sums cover every step it counts.
+        """
         hp = self.spec.hyperparameters
         if self.order is None:
             self.order = epoch_order(self.data, self.gen)  # shard by shard when streaming
@@ -188,25 +217,42 @@ class _Loop:
         bs, group = hp.batch_size, self.group
         whole = [self.order[b * bs:(b + 1) * bs].numpy()
                  for b in range(self.batch_index, self.steps_per_epoch)]
-        t0, seen_here = time.monotonic(), 0
+        meter = _EpochMeter(epoch)
         for (xb, targets), batch in zip(self.source.batches([group.shard(b) for b in whole]),
                                         whole, strict=True):
             reason = self.should_stop()
             if reason:
+                self.settle(meter)
                 self.stop(reason)
             # a shard's mean loss weighted by its share: DDP's average is the batch's mean
             weight = xb.shape[0] * group.world / len(batch) if group.world > 1 else None
-            loss, n = group.mean_loss(self.train_step(xb, targets, weight), xb.shape[0])
+            loss = self.train_step(xb, targets, weight)
             self.batch_index += 1
-            self.seen, seen_here = self.seen + n, seen_here + n
-            self.loss_sum += loss * n
-            rate = seen_here / max(time.monotonic() - t0, 1e-9)
-            self.on_progress(ProgressUpdate(epoch, hp.epochs, self.step, self.total_steps, loss,
-                                            {}, rate, self.eta()))
+            self.settle(meter)  # the previous step's, now that this one is queued
+            meter.pending = (loss, xb.shape[0], self.step)
+            if not self.read_loss_late:
+                self.settle(meter)
+        self.settle(meter)
         self.order = None
         return self.loss_sum / max(self.seen, 1)
 
-    def train_step(self, xb: torch.Tensor, targets: Any, weight: float | None = None) -> float:
+    def settle(self, meter: _EpochMeter) -> None:
+        """Read the pending step's loss, add it to the epoch's sums and report the step."""
+        if meter.pending is None:
+            return
+        loss_t, n_here, step = meter.pending
+        meter.pending = None
+        loss, n = self.group.mean_loss(float(loss_t), n_here)
+        self.seen, meter.seen = self.seen + n, meter.seen + n
+        self.loss_sum += loss * n
+        rate = meter.seen / max(time.monotonic() - meter.t0, 1e-9)
+        hp = self.spec.hyperparameters
+        self.on_progress(ProgressUpdate(meter.epoch, hp.epochs, step, self.total_steps, loss,
+                                        {}, rate, self.eta()))
+
+    def train_step(self, xb: torch.Tensor, targets: Any,
+                   weight: float | None = None) -> torch.Tensor:
+        """Queue one step; its (detached) loss is returned unread."""
         hp, strat = self.spec.hyperparameters, self.strategy
         targets = strat.targets_to_device(targets)
         xb, targets = strat.augment(xb, targets, hp.augmentation, self.gen)
@@ -222,7 +268,7 @@ class _Loop:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def stop(self, reason: object) -> None:
         """Keep a checkpoint of exactly this position (unless fenced), then stop."""
@@ -310,6 +356,10 @@ def _build_loop(spec: TrainingSpec, data: PreparedData, device: torch.device,
     strategy = strategy_for(spec, data, device)
     if device.type == "cuda" and strategy.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        # Batches keep one shape for the whole run: cuDNN's timed choice of convolution
+        # kernels, made once per shape, pays back within the first epoch.
+        torch.backends.cudnn.benchmark = True
     n_train = len(data.indices("train"))
     steps = batch_plan(n_train, hp.batch_size, group.world)
     if steps == 0 or len(data.indices("val")) == 0:
@@ -325,7 +375,8 @@ def _build_loop(spec: TrainingSpec, data: PreparedData, device: torch.device,
     eval_net = None if ddp is model else (torch.compile(model) if options.compile else model)
     return _Loop(spec, data, device, on_progress, should_stop, model, net, strategy,
                  BatchSource(data, device, options.workers), gen, optimizer, scheduler, scaler,
-                 amp_dtype, steps, options.checkpointer, group, eval_net)
+                 amp_dtype, steps, options.checkpointer, group, eval_net,
+                 late if (late := options.read_loss_late) is not None else device.type == "cuda")
 
 
 def train(

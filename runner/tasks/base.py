@@ -21,6 +21,7 @@ from PIL import Image
 
 from imaging.palette import class_colour
 from runner.data import PreparedData
+from runner.loader import to_device
 from schemas.spec import TrainingSpec
 
 Targets = Any
@@ -110,7 +111,8 @@ def random_affine(b: int, level: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta.to(x.dtype), x.device), list(x.shape),
+                         align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
@@ -118,7 +120,7 @@ def contrast(xb: torch.Tensor, level: str, gen: torch.Generator) -> torch.Tensor
     """Per-sample gain for ``strong`` augmentation (drawn on the CPU generator)."""
     if level != "strong":
         return xb
-    gain = (0.9 + torch.rand(xb.shape[0], 1, 1, 1, generator=gen) * 0.2).to(xb.device)
+    gain = to_device(0.9 + torch.rand(xb.shape[0], 1, 1, 1, generator=gen) * 0.2, xb.device)
     return (xb * gain).clamp_(0.0, 1.0)
 
 

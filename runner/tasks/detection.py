@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from runner.loader import to_device
 from runner.tasks.base import EvalOutput, Model, Targets, TaskStrategy, colour, contrast, to_rgb
 
 log = logging.getLogger("radtrain.runner.detection")
@@ -47,7 +48,7 @@ class DetectionStrategy(TaskStrategy):
             return xb, targets
         b, w = xb.shape[0], xb.shape[-1]
         flip = torch.rand(b, generator=gen) < 0.5
-        xb = torch.where(flip.view(b, 1, 1, 1).to(xb.device), xb.flip(-1), xb)
+        xb = torch.where(to_device(flip.view(b, 1, 1, 1), xb.device), xb.flip(-1), xb)
         moved = []
         for i, t in enumerate(targets):
             if flip[i] and len(t):

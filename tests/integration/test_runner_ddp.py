@@ -36,19 +36,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from bench.device_ddp import World
 from infra.errors import TransientError
-from infra.store import LocalStore
-from radtrain.synthetic.ct import generate_dicom_dataset, synthetic_manifest
-from runner.checkpoint import Checkpointer, checkpoint_key
-from runner.data import PreparedData, prepare
-from runner.distributed import train_group
+from runner.checkpoint import checkpoint_key
 from runner.train import ProgressUpdate, TrainingStopped, TrainOptions, TrainResult, train
-from schemas.dataset import DatasetManifest
 from schemas.spec import TrainingSpec
 from tests.integration.test_runner_train import DATASET, make_spec
 
@@ -70,35 +65,9 @@ def ddp_spec(sha: str, task_id: str = "task-ddp", epochs: int = EPOCHS) -> Train
                                    "resources": spec.resources.model_copy(update={"gpus": 2})})
 
 
-class World:
-    def __init__(self, root: Path) -> None:
-        self.root, self.store = root, LocalStore(root / "store")
-        cases = generate_dicom_dataset(root / "gen", n_cases=40, seed=5, size=80)
-        for c in cases:
-            self.store.put_file(f"datasets/{DATASET}/cases/{c.file}", root / "gen" / c.file)
-        raw = json.dumps(synthetic_manifest(DATASET, "default", cases)).encode()
-        self.sha = self.store.put_bytes(f"datasets/{DATASET}/manifest.json", raw).sha256
-        self.manifest = DatasetManifest.model_validate_json(raw)
-
-    def data(self, spec: TrainingSpec) -> PreparedData:
-        return prepare(spec, self.manifest, self.store, self.root / "cache")
-
-    def ckpt(self, spec: TrainingSpec, guard: Any = lambda: True,
-             attempt: int = 1) -> Checkpointer:
-        """Attempt ``attempt``'s: it writes its own key, reads the older attempts'."""
-        return Checkpointer(self.store, spec, self.root / "ckpt" / spec.task_id, guard,
-                            attempt=attempt)
-
-    def group(self, spec: TrainingSpec, on_progress: Any, should_stop: Any,
-              options: TrainOptions) -> TrainResult:
-        return train_group(spec, self.data(spec), "cpu", 2, on_progress, should_stop,
-                           store=self.store, options=options, work_dir=self.root / "work",
-                           timeout_s=120)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return World(tmp_path_factory.mktemp("ddp"))
+    return World(tmp_path_factory.mktemp("ddp"), "cpu", 2, dataset=DATASET)
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +183,7 @@ def test_a_killed_rank_fails_the_attempt_as_transient(world: World) -> None:
 
 def launcher_main(root: str, sha: str) -> None:
     """The job's parent in its own process (the test kills it): train over two ranks."""
-    world = World.__new__(World)
-    world.root, world.store = Path(root), LocalStore(Path(root) / "store")
-    world.manifest = DatasetManifest.model_validate_json(
-        world.store.get_bytes(f"datasets/{DATASET}/manifest.json"))
+    world = World.opened(Path(root), "cpu", 2, dataset=DATASET)
     spec = ddp_spec(sha, "task-ddp-kill", KILL_EPOCHS)
 
     def on_progress(update: ProgressUpdate) -> None:

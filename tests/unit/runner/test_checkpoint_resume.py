@@ -147,3 +147,52 @@ def test_a_refused_guard_writes_nothing(tmp_path: Path) -> None:
     store, spec, data = LocalStore(tmp_path / "store"), tiny_spec(epochs=1), tiny_data(tmp_path)
     run(spec, data, Checkpointer(store, spec, tmp_path / "w", lambda: False))
     assert not store.list(f"runs/{spec.task_id}/")
+
+
+def _run_counted(spec: TrainingSpec, data: PreparedData, ckpt: Checkpointer | None,
+                 late: bool, stop_at_call: int | None = None,
+                 resume: dict[str, Any] | None = None) -> tuple[TrainResult, list[tuple]]:
+    """Stopped at the n-th ``should_stop`` call (a position, whatever was reported)."""
+    calls: list[int] = []
+    updates: list[tuple] = []
+
+    def should_stop() -> str | None:
+        calls.append(1)
+        return "shutdown" if stop_at_call is not None and len(calls) >= stop_at_call else None
+
+    def on_progress(u: Any) -> None:
+        if not u.epoch_end:
+            updates.append((u.epoch, u.step, u.total_steps, u.loss))
+
+    result = train(spec, data, CPU, on_progress, should_stop,
+                   options=TrainOptions(checkpointer=ckpt, resume=resume, read_loss_late=late))
+    return result, updates
+
+
+def test_reading_each_loss_a_step_late_changes_no_figure_and_no_checkpoint(
+        uninterrupted: TrainResult, tmp_path: Path) -> None:
+    """What CUDA runs do (runner.train ``read_loss_late``), on the CPU: the same updates
+    in the same order, the same sums in a checkpoint taken mid-epoch, the same end."""
+    spec, data = tiny_spec(), tiny_data(tmp_path)
+    now, now_updates = _run_counted(spec, data, None, late=False)
+    late, late_updates = _run_counted(spec, data, None, late=True)
+    assert late_updates == now_updates and len(now_updates) == 6
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history]
+               for r in (now, late)]
+    assert untimed[0] == untimed[1]
+    assert_same_run(uninterrupted, late)
+
+    states = {}
+    for flag in (False, True):
+        store = LocalStore(tmp_path / f"store-{flag}")
+        with pytest.raises(TrainingStopped):
+            _run_counted(spec, data, Checkpointer(store, spec, tmp_path / f"w-{flag}"),
+                         late=flag, stop_at_call=6)  # one step into epoch 3
+        states[flag] = Checkpointer(store, spec, tmp_path / f"w-{flag}", attempt=2).load()
+    mid, mid_late = states[False], states[True]
+    assert mid is not None and mid_late is not None
+    fields = ("epoch", "step", "batch_index", "seen", "loss_sum")
+    assert [mid_late[k] for k in fields] == [mid[k] for k in fields]
+    assert [mid[k] for k in fields[:4]] == [2, 5, 1, 8] and mid["loss_sum"] > 0
+    resumed, _ = _run_counted(spec, data, None, late=True, resume=mid_late)
+    assert_same_run(uninterrupted, resumed)
