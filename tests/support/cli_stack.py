@@ -28,7 +28,7 @@ from handlers.projector import handle_event as project
 from handlers.task_index import handle_event as index_event
 from handlers.weights_index import StoreWeightsIndex
 from infra.bus.publish import publish_event
-from infra.bus.subscriber import Subscriber, event_decoder, one_lane, run_subscriber
+from infra.bus.subscriber import Subscriber, event_decoder, run_subscriber
 from infra.bus.topology import PROJECTOR, TASK_INDEX, apply, connect
 from infra.kv import DatasetRepo, TaskRepo
 from infra.kv.listing import TASKS as TASK_LISTS
@@ -69,7 +69,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, box: dict[str, object]
         subs = [Subscriber(PROJECTOR, event_decoder(), partial(project, tasks=tasks,
                                                                cache=RecordCache())),
                 Subscriber(TASK_INDEX, event_decoder(), partial(index_event, tasks=tasks,
-                                                                index=index), lane=one_lane)]
+                                                                index=index))]
         loops = [asyncio.create_task(run_subscriber(js, s, stop, fetch_timeout=0.5))
                  for s in subs]
         await runner.setup()
