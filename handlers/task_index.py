@@ -80,11 +80,9 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     if state is not None and index.listed_at(event.subject, order(event.taskgeneration, state)):
         return []  # listed in this state or a later one already (an event behind the record)
     try:
-        if isinstance(event, TaskRequestedEvent):  # listed at once; its state follows
-            await index.add(event.data.tenant, event.data.task_id)
         known = records.get(event.subject) if records is not None else None
         record = known[0] if known is not None and reflects(known[0], event) else (
-            await _record_reflecting(tasks, event, wait_s))
+            await _record_reflecting(tasks, event, wait_s, index))
         await index.converge(record.tenant, record.task_id, record.state,
                              order(record.generation, record.state))
     except (nats.errors.Error, TimeoutError) as exc:
@@ -92,14 +90,21 @@ async def handle_event(event: Event, delivery: Delivery, *, tasks: TaskRepo,
     return []
 
 
-async def _record_reflecting(tasks: TaskRepo, event: Event, wait_s: float) -> TaskRecord:
+async def _record_reflecting(tasks: TaskRepo, event: Event, wait_s: float,
+                             index: ListingIndex) -> TaskRecord:
     """The projector consumes the same events side by side: give it a moment before
-    handing the message back for later."""
+    handing the message back for later. A new task is listed (in the list of all) as
+    soon as its record is found behind: its state follows. One found at once is listed
+    with its state by ``converge`` (one marker write fewer)."""
     deadline = asyncio.get_running_loop().time() + wait_s
+    first = True
     while True:
         found = await tasks.get(event.subject)
         if found is not None and reflects(found[0], event):
             return found[0]
+        if first and isinstance(event, TaskRequestedEvent):
+            await index.add(event.data.tenant, event.data.task_id)
+        first = False
         if asyncio.get_running_loop().time() >= deadline:
             raise TransientError("record_behind", f"record of {event.subject} does not show "
                                  f"task.{event.name} yet")

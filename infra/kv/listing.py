@@ -241,6 +241,14 @@ class ListingIndex(ListingPages):
 
     async def add(self, tenant: str, item_id: str) -> Marker:
         """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
+        return (await self._add(tenant, item_id, None))[0]
+
+    async def _add(self, tenant: str, item_id: str,
+                   entering: tuple[str, tuple[int, int]] | None) -> tuple[Marker, bool]:
+        """``add``; with ``entering`` (state, order), a new id's marker names the state it
+        enters (``pending``, and that list's count as ``base``) in the same write as its
+        position in the list of all: one marker write fewer per new id. True when this
+        call named it (no position has been taken for it yet)."""
         key, lst = self._marker(item_id), self._list(tenant, None)
         for _ in range(10):
             found, created = self.known.get(key), False
@@ -254,11 +262,16 @@ class ListingIndex(ListingPages):
                 self.known.put(key, *found)
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
-                return marker
+                return marker, False
             p = await self._allocate(lst, item_id, marker.base, lookback=not created)
-            listed = marker.model_copy(update={"all": p})
+            update: dict[str, object] = {"all": p}
+            if entering is not None and marker.pending is None:
+                state, order = entering
+                update.update(pending=state, pending_order=order,
+                              base=await self._count(f"{self._list(tenant, state)}.n"))
+            listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
-                return listed
+                return listed, "pending" in update
             await self._abandon(lst, item_id, p, await self._winner(key, revision), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
 
@@ -280,7 +293,7 @@ class ListingIndex(ListingPages):
 
     async def _converge(self, tenant: str, item_id: str, state: str,
                         order: tuple[int, int]) -> None:
-        await self.add(tenant, item_id)
+        _, fresh = await self._add(tenant, item_id, (state, order))
         key = self._marker(item_id)
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
@@ -290,8 +303,9 @@ class ListingIndex(ListingPages):
                 raise KVConflict(KV_LISTINGS, key, 0)
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
                 return  # listed there already, or a newer state is on its way
-            retry = marker.pending == state and marker.pending_order == order
-            if not retry:
+            named = marker.pending == state and marker.pending_order == order
+            retry, fresh = named and not fresh, False  # named by this call: nothing taken
+            if not named:
                 base = await self._count(f"{self._list(tenant, state)}.n")
                 marker = marker.model_copy(update={"pending": state, "pending_order": order,
                                                    "base": base})

@@ -152,6 +152,47 @@ async def test_a_writer_killed_half_way_is_repaired_by_the_retry(
     assert isinstance(marker, Marker) and marker.sp == 1 and marker.pending is None
 
 
+async def test_a_new_task_names_its_state_in_the_write_of_its_position(
+        index: ListingIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new id converged straight to a state: its marker is created, then written with
+    its position in the list of all *and* the state it enters, then with that state's
+    position: three marker writes (four when the state was named in a write of its own).
+    Killed after taking the state's position, the retry finds that position (the marker
+    named the state and its list's count) instead of taking another."""
+    writes: list[str] = []
+    for name in ("create", "compare_and_set"):
+        real = getattr(index.markers, name)
+
+        async def logged(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            writes.append(_name)
+            return await _real(*args)
+        monkeypatch.setattr(index.markers, name, logged)
+    await enter(index, "t0", "rejected")
+    assert writes == ["create", "compare_and_set", "compare_and_set"]
+    marker = await index.markers.get("mt.t0")
+    assert isinstance(marker, Marker) and (marker.all, marker.state, marker.sp) == (
+        1, "rejected", 1) and marker.pending is None
+
+    real_bump = index.counts.bump
+
+    async def killed(*args: Any) -> bool:
+        raise ConnectionError("killed after taking a position in 'rejected'")
+
+    monkeypatch.setattr(index.counts, "bump", killed)
+    with pytest.raises(ConnectionError):
+        await enter(index, "t1", "rejected")
+    named = await index.markers.get("mt.t1")
+    assert isinstance(named, Marker) and named.all == 2 and named.pending == "rejected"
+    assert named.base == 1  # the rejected list's count when t1 named it
+    monkeypatch.setattr(index.counts, "bump", real_bump)
+    index.known = Known()  # the redelivery, in a new process
+    await enter(index, "t1", "rejected")
+    page = await index.page("acme", state="rejected")
+    assert page.ids == ["t1", "t0"] and page.total == 2
+    assert await index.slots.get("t.acme.s.rejected.3") is None  # no second position
+    assert (await index.page("acme")).total == 2
+
+
 # --- writers start from what they know (Known): fewer round trips, same lists ----------
 
 
