@@ -208,14 +208,24 @@ async def wait_settled(js: JetStreamContext, settings: Settings) -> float:
     return time.perf_counter() - started
 
 
+async def stream_seqs(js: JetStreamContext) -> dict[str, int]:
+    """Each stream's last sequence. The difference over a run counts its JetStream writes
+    (each fsync'd before its ack with ``sync_interval: always``): a cost that, unlike a
+    rate, no other load on the machine moves."""
+    return {info.config.name or "": info.state.last_seq for info in await js.streams_info()}
+
+
 async def bench_e2e(stack: Stack, n: int, concurrency: int, cpu: dict[str, float] | None = None,
-                    settled: dict[str, float] | None = None) -> list[Rate]:
+                    settled: dict[str, float] | None = None,
+                    writes: dict[str, float] | None = None) -> list[Rate]:
     """The e2e rate, and the gateway's own rate over the same POSTs (its 202s); ``cpu``
     receives each process's CPU milliseconds per task over the run, ``settled`` the same
-    once every consumer of the task events is done (``after_s``: how long after)."""
+    once every consumer of the task events is done (``after_s``: how long after), and
+    ``writes`` each stream's writes per task by then."""
     meter = stack_meter(stack)
     meter.begin()
     nc, js = await connect(stack.settings, "bench-e2e")
+    seqs = await stream_seqs(js)
     rejected_at: dict[str, float] = {}
     posted: dict[str, float] = {}
     finished = asyncio.Event()
@@ -253,6 +263,10 @@ async def bench_e2e(stack: Stack, n: int, concurrency: int, cpu: dict[str, float
         if settled is not None:
             after_s = await wait_settled(js, stack.settings)
             settled.update(meter.per_item_ms(n) | {"after_s": after_s})
+            if writes is not None:
+                now = await stream_seqs(js)
+                writes.update({k: (v - seqs.get(k, 0)) / n for k, v in sorted(now.items())
+                               if v > seqs.get(k, 0)})
     finally:
         await kv_sub.unsubscribe()
         await nc.close()
@@ -273,7 +287,8 @@ def stop_service(stack: Stack, name: str) -> None:
 
 
 def run(args: argparse.Namespace, data: Path, cpu: dict[str, float] | None = None,
-        settled: dict[str, float] | None = None) -> list[Rate]:
+        settled: dict[str, float] | None = None,
+        writes: dict[str, float] | None = None) -> list[Rate]:
     settings = Settings(data_dir=data, store_dir=data / "store", cache_dir=data / "cache",
                         work_dir=data / "work", gateway_port=0, nats_port=0,
                         rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000,
@@ -285,7 +300,7 @@ def run(args: argparse.Namespace, data: Path, cpu: dict[str, float] | None = Non
                               settled={}))  # warm-up, and nothing left of it to do
         for _ in range(args.rounds):
             results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency, cpu,
-                                             settled))
+                                             settled, writes))
         stop_service(stack, "handlers")
 
         async def in_process() -> list[Rate]:
@@ -331,14 +346,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     cpu: dict[str, float] = {}
     settled: dict[str, float] = {}
+    writes: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="radtrain-bench-") as tmp:
-        results = run(args, Path(tmp), cpu, settled)
+        results = run(args, Path(tmp), cpu, settled, writes)
     report = {"events": args.events, "tasks": args.tasks, "concurrency": args.concurrency,
               "results": [asdict(r) | {"rate": r.rate} for r in results],
               "ratios": ratios(results),
               "e2e_cpu_ms_per_task": cpu, "e2e_cpu_ceiling_per_s": ceiling_per_s(cpu),
               "e2e_settled_cpu_ms_per_task": {k: v for k, v in settled.items() if k != "after_s"},
-              "e2e_settled_after_s": settled.get("after_s")}
+              "e2e_settled_after_s": settled.get("after_s"),
+              "e2e_writes_per_task": writes}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -366,6 +383,9 @@ def _print(report: dict[str, Any]) -> None:
     if done:  # the consumers that finish after the last KV rejected (task index, webhooks)
         print(f"  once every consumer is done ({report['e2e_settled_after_s']:.1f} s later): "
               + ", ".join(f"{k} {v:.2f}" for k, v in done.items()))
+    if writes := report["e2e_writes_per_task"]:  # each one fsync'd: what nats-server spends
+        print(f"e2e JetStream writes per task: {sum(writes.values()):.2f} ("
+              + ", ".join(f"{k} {v:.2f}" for k, v in writes.items()) + ")")
 
 
 if __name__ == "__main__":

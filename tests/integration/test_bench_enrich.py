@@ -23,5 +23,10 @@ def test_bench_enrich_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
     done = report["e2e_settled_cpu_ms_per_task"]  # every consumer caught up: no less work
     assert done.keys() == cpu.keys() and done["handlers"] >= cpu["handlers"]
     assert report["e2e_settled_after_s"] >= 0
+    writes = report["e2e_writes_per_task"]  # a rejected task: requested and rejected, ...
+    assert (writes["TASKS"], writes["KV_tasks"], writes["KV_admissions"]) == (2.0, 2.0, 1.0)
+    # ... listed: marker (created, placed, entered), two slots, some counter writes
+    assert 5.0 <= writes["KV_listings"] <= 12.0, writes
     out = capsys.readouterr().out
     assert "ratios" in out and "e2e CPU ms per task" in out and "every consumer is done" in out
+    assert "e2e JetStream writes per task" in out
