@@ -9,6 +9,7 @@ the run is told to stop, and a run given one continues exactly where it was.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from imaging.transforms import per_channel
+from infra.errors import PermanentError
 from infra.store import ObjectStore
 from runner.checkpoint import Sink, State, rng_state, set_rng_state
 from runner.data import PreparedData
@@ -37,6 +39,13 @@ from runner.recipe import (
 )
 from runner.tasks import EvalOutput, TaskStrategy, strategy_for
 from runner.tasks.base import augment
+from runner.train_types import (
+    EpochMeter,
+    ProgressUpdate,
+    TrainingStopped,
+    TrainOptions,
+    TrainResult,
+)
 from schemas.spec import TrainingSpec
 
 __all__ = ["ProgressUpdate", "TrainOptions", "TrainResult", "TrainingStopped", "augment",
@@ -46,80 +55,7 @@ EVAL_BATCH = 64
 SAMPLES = 8
 
 
-class TrainingStopped(Exception):
-    """``should_stop`` said why (cancelled, shutdown, fenced); a checkpoint may be kept."""
-
-    def __init__(self, reason: str, checkpoint_epoch: int | None = None) -> None:
-        super().__init__(f"training stopped: {reason}")
-        self.reason = reason
-        self.checkpoint_epoch = checkpoint_epoch
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """After every step (``metrics`` empty) and at each epoch end (val metrics)."""
-
-    epoch: int
-    """1-based; ``epochs`` is the planned total (early stopping may end sooner)."""
-    epochs: int
-    step: int
-    total_steps: int
-    loss: float | None
-    """The step's training loss, or the epoch's mean training loss at epoch end."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    throughput: float | None = None
-    """Training images per second over the current epoch."""
-    eta_s: float | None = None
-    epoch_end: bool = False
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    workers: int = 0
-    """DataLoader worker processes (0: batches are sliced in the training thread)."""
-    compile: bool = False
-    checkpointer: Sink | None = None
-    """Rank 0's only, in a group (``runner.distributed`` relays it to the supervisor)."""
-    resume: State | None = None
-    initial_weights: dict[str, torch.Tensor] | None = None
-    """The network's starting weights, resolved by the supervisor (a rank has no store)."""
-    group: Group = field(default_factory=Group)
-    """This process's training group (``runner.rank_group``): alone by default."""
-    read_loss_late: bool | None = None
-    """Read each step's loss once the next is queued (None: on CUDA, where reading
-    waits for the device; on the CPU a step has run when it returns)."""
-
-
-@dataclass
-class TrainResult:
-    model: nn.Module
-    metrics: dict[str, float]
-    """Validation metrics of the best epoch (whose weights ``model`` holds)."""
-    history: list[dict[str, float]]
-    best_epoch: int
-    seconds: float = 0.0
-    strategy: TaskStrategy | None = None
-    evaluation: EvalOutput | None = None
-    """The best model's validation predictions, for the plots."""
-    samples: np.ndarray | None = None
-    """The first validation images (uint8), in the order of ``evaluation``."""
-    example: torch.Tensor | None = None
-    """A model-ready CPU input (normalised as in training), for the ONNX check."""
-    resumed_from_epoch: int | None = None
-
-
 _precision = precision  # the name bench/bench_train.py imports
-
-
-@dataclass
-class _EpochMeter:
-    """This pass's progress: its start, the samples it trained, the step not yet read."""
-
-    epoch: int
-    t0: float = field(default_factory=time.monotonic)
-    seen: int = 0
-    pending: tuple[torch.Tensor, int, int] | None = None
-    """(loss, samples, step) of the last step queued."""
 
 
 @dataclass
@@ -217,7 +153,7 @@ class _Loop:
         bs, group = hp.batch_size, self.group
         whole = [self.order[b * bs:(b + 1) * bs].numpy()
                  for b in range(self.batch_index, self.steps_per_epoch)]
-        meter = _EpochMeter(epoch)
+        meter = EpochMeter(epoch)
         for (xb, targets), batch in zip(self.source.batches([group.shard(b) for b in whole]),
                                         whole, strict=True):
             reason = self.should_stop()
@@ -236,13 +172,17 @@ class _Loop:
         self.order = None
         return self.loss_sum / max(self.seen, 1)
 
-    def settle(self, meter: _EpochMeter) -> None:
+    def settle(self, meter: EpochMeter) -> None:
         """Read the pending step's loss, add it to the epoch's sums and report the step."""
         if meter.pending is None:
             return
         loss_t, n_here, step = meter.pending
         meter.pending = None
         loss, n = self.group.mean_loss(float(loss_t), n_here)
+        if not math.isfinite(loss):  # every later step would be as lost: fail, say why
+            raise PermanentError("training_diverged", f"the training loss is {loss} at step "
+                                 f"{step} (epoch {meter.epoch}): the run diverged; lower "
+                                 f"hyperparameters.learning_rate (now {self.lr():g})")
         self.seen, meter.seen = self.seen + n, meter.seen + n
         self.loss_sum += loss * n
         rate = meter.seen / max(time.monotonic() - meter.t0, 1e-9)

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from infra.errors import PermanentError
 from infra.store import LocalStore
 from runner.checkpoint import Checkpointer, checkpoint_key
 from runner.data import PreparedData
+from runner.model import build_model
 from runner.train import TrainingStopped, TrainOptions, TrainResult, train
 from schemas.spec import TrainingSpec
 
@@ -194,3 +196,20 @@ def test_reading_each_loss_a_step_late_changes_no_figure_and_no_checkpoint(
     assert state["loss_sum"] == pytest.approx(step_3_loss * 8, rel=1e-12)
     resumed, _ = _run_counted(spec, data, None, late=True, resume=state)
     assert_same_run(now, resumed)
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_diverged_run_fails_at_its_first_bad_step_naming_it(tmp_path: Path, late: bool) -> None:
+    """A NaN loss poisons every later step: the run fails at once (permanent, the step
+    named, what to change said) instead of training to the end on NaN weights."""
+    spec, data = tiny_spec(), tiny_data(tmp_path)
+    weights = build_model(spec.model).state_dict()
+    first = next(k for k, v in weights.items() if v.is_floating_point() and k.endswith("weight"))
+    weights[first].fill_(float("nan"))
+    reported: list[Any] = []
+    with pytest.raises(PermanentError) as failed:
+        train(spec, data, CPU, reported.append, lambda: False,
+              options=TrainOptions(initial_weights=weights, read_loss_late=late))
+    assert failed.value.code == "training_diverged"
+    assert "loss is nan at step 1 (epoch 1)" in failed.value.message
+    assert "learning_rate" in failed.value.message and reported == []
