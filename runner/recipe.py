@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,18 @@ def optimizer_for(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimize
         return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=0.9, nesterov=True,
                                fused=fused)
     return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """A checkpoint's optimizer state, run with the kernels this optimizer was built with.
+    ``load_state_dict`` takes every hyperparameter of the writer's groups, ``fused`` too:
+    a checkpoint written on a CPU would resume unfused on a GPU, and one written on a
+    GPU fused on a CPU (whose fused kernels round differently). The flag is set before
+    loading, so the state (Adam's ``step``) is placed as the kernels need it."""
+    groups = [dict(saved, fused=own["fused"]) if "fused" in own else saved
+              for saved, own in zip(state["param_groups"], optimizer.param_groups,
+                                    strict=False)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def precision(device: torch.device, hp: Hyperparameters

@@ -4,7 +4,9 @@ Transport-free and synchronous: the caller rate-limits ``on_progress`` and
 turns ``should_stop`` into cancellation, shutdown or fencing. One loop for
 every task type; what differs (targets, loss, metrics) is the strategy's
 (``runner.tasks``). A full checkpoint is written after every epoch and when
-the run is told to stop, and a run given one continues exactly where it was.
+the run is told to stop, and a run given one continues exactly where it was (bit for
+bit on the CPU; on CUDA up to the rounding of the kernels cuDNN times and picks in each
+process, ``cudnn.benchmark``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from runner.rank_group import Group
 from runner.recipe import (
     batch_plan,
     cpu_state,
+    load_optimizer_state,
     lr_factor,
     optimizer_for,
     precision,
@@ -52,6 +55,8 @@ __all__ = ["ProgressUpdate", "TrainOptions", "TrainResult", "TrainingStopped", "
            "lr_factor", "seed_everything", "train"]
 
 EVAL_BATCH = 64
+NONFINITE_IN_ROW_MAX = 10
+"""fp16 steps in a row whose loss may be non-finite (skipped by the grad scaler)."""
 SAMPLES = 8
 
 
@@ -98,6 +103,7 @@ class _Loop:
     seen: int = 0
     epoch_lr: float = 0.0
     norms: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    nonfinite_in_row: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -169,6 +175,10 @@ class _Loop:
             if not self.read_loss_late:
                 self.settle(meter)
         self.settle(meter)
+        if self.seen == 0:  # fp16: every step of the epoch skipped
+            raise PermanentError("training_diverged", f"no step of epoch {epoch} had a finite "
+                                 "training loss: the run diverged; lower "
+                                 f"hyperparameters.learning_rate (now {self.lr():g})")
         self.order = None
         return self.loss_sum / max(self.seen, 1)
 
@@ -179,16 +189,32 @@ class _Loop:
         loss_t, n_here, step = meter.pending
         meter.pending = None
         loss, n = self.group.mean_loss(float(loss_t), n_here)
-        if not math.isfinite(loss):  # every later step would be as lost: fail, say why
-            raise PermanentError("training_diverged", f"the training loss is {loss} at step "
-                                 f"{step} (epoch {meter.epoch}): the run diverged; lower "
-                                 f"hyperparameters.learning_rate (now {self.lr():g})")
+        hp = self.spec.hyperparameters
+        rate = (meter.seen + n) / max(time.monotonic() - meter.t0, 1e-9)
+        if not math.isfinite(loss):
+            self.skip_or_fail(loss, step, meter.epoch)  # fp16: the scaler skipped the update
+            self.on_progress(ProgressUpdate(meter.epoch, hp.epochs, step, self.total_steps,
+                                            None, {}, rate, self.eta()))
+            return
+        self.nonfinite_in_row = 0
         self.seen, meter.seen = self.seen + n, meter.seen + n
         self.loss_sum += loss * n
-        rate = meter.seen / max(time.monotonic() - meter.t0, 1e-9)
-        hp = self.spec.hyperparameters
         self.on_progress(ProgressUpdate(meter.epoch, hp.epochs, step, self.total_steps, loss,
                                         {}, rate, self.eta()))
+
+    def skip_or_fail(self, loss: float, step: int, epoch: int) -> None:
+        """A non-finite loss. In bf16 or fp32 every later step would be as lost: the run
+        fails at once, saying why. In fp16 the grad scaler skips the step's update and
+        lowers its scale, so a few in a row are an overflow it recovers from; the step is
+        left out of the epoch's sums."""
+        self.nonfinite_in_row += 1
+        if self.scaler.is_enabled() and self.nonfinite_in_row <= NONFINITE_IN_ROW_MAX:
+            return
+        also = (f" for {self.nonfinite_in_row} steps in a row (fp16, the grad scaler did not "
+                "recover)") if self.scaler.is_enabled() else ""
+        raise PermanentError("training_diverged", f"the training loss is {loss} at step "
+                             f"{step} (epoch {epoch}){also}: the run diverged; lower "
+                             f"hyperparameters.learning_rate (now {self.lr():g})")
 
     def train_step(self, xb: torch.Tensor, targets: Any,
                    weight: float | None = None) -> torch.Tensor:
@@ -248,7 +274,7 @@ class _Loop:
 
     def restore(self, st: State) -> None:
         self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        load_optimizer_state(self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
         set_rng_state(st["rng"], self.gen)

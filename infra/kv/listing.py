@@ -65,8 +65,11 @@ from infra.kv.repository import KVRepository, leader_reads
 
 LOOKBACK = 64
 """Positions searched below the counter, for a marker that does not say where to look."""
-LOOKAHEAD = 64
-"""Positions searched above the counter (taken, the counter not raised yet) by a retry."""
+LOOKAHEAD = 256
+"""Positions searched at once above the counter by a retry, which stops at the first
+window of them all free. Free positions below a killed writer's are the other lanes'
+(up to a fetched batch, 64, per process: the task index handles them side by side),
+reserved and never or not yet created; 256 covers two processes' with room."""
 WINNER_WAITS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 """Pauses while the write that beat ours is still in flight (then the step is retried)."""
 TASKS = "t"

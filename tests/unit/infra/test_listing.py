@@ -491,3 +491,14 @@ async def test_counters_forget_confirmed_tokens_and_a_dead_writers_after_the_ttl
     counter = await index.counters.get("t.acme.s.rejected.live")
     assert counter is not None and [t[:12] for t in counter.recent] == [
         counting.digest("in:y:2")]
+
+
+def test_a_retry_searches_past_what_two_processes_lanes_can_leave_free() -> None:
+    """The task index handles a fetched batch's tasks side by side: each process may hold
+    a batch of positions reserved and not (yet) created below a killed writer's. A retry
+    stops at the first window of free positions, so a window must outlast two batches."""
+    from infra.bus.subscriber import Subscriber
+    from infra.kv import listing
+
+    batch = Subscriber.__dataclass_fields__["batch"].default  # the task index's
+    assert listing.LOOKAHEAD >= 2 * batch

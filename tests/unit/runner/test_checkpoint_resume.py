@@ -19,6 +19,7 @@ from infra.store import LocalStore
 from runner.checkpoint import Checkpointer, checkpoint_key
 from runner.data import PreparedData
 from runner.model import build_model
+from runner.recipe import load_optimizer_state
 from runner.train import TrainingStopped, TrainOptions, TrainResult, train
 from schemas.spec import TrainingSpec
 
@@ -213,3 +214,48 @@ def test_a_diverged_run_fails_at_its_first_bad_step_naming_it(tmp_path: Path, la
     assert failed.value.code == "training_diverged"
     assert "loss is nan at step 1 (epoch 1)" in failed.value.message
     assert "learning_rate" in failed.value.message and reported == []
+
+
+def test_fp16_skips_a_few_non_finite_steps_and_fails_an_epoch_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a grad scaler (fp16, a GPU without bf16) a non-finite loss is an overflow the
+    scaler skips: reported without a loss, left out of the sums. An epoch with no finite
+    step at all fails the run."""
+    import runner.train as loop
+
+    scaled = (None, torch.amp.GradScaler("cpu", enabled=True))
+    monkeypatch.setattr(loop, "precision", lambda device, hp: scaled)
+    spec, data = tiny_spec(), tiny_data(tmp_path)
+    weights = build_model(spec.model).state_dict()
+    first = next(k for k, v in weights.items() if v.is_floating_point() and k.endswith("weight"))
+    weights[first].fill_(float("nan"))
+    reported: list[Any] = []
+    with pytest.raises(PermanentError) as failed:
+        train(spec, data, CPU, reported.append, lambda: False,
+              options=TrainOptions(initial_weights=weights))
+    assert failed.value.code == "training_diverged"
+    assert "no step of epoch 1 had a finite training loss" in failed.value.message
+    assert [(u.step, u.loss) for u in reported] == [(1, None), (2, None)]
+
+
+def test_a_checkpoint_resumes_with_the_kernels_of_the_optimizer_it_is_loaded_into() -> None:
+    """``fused`` is this optimizer's (fused on CUDA), not the writer's; the state moves."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    writer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # as on a CPU: unfused
+    for _ in range(3):
+        model(torch.randn(8, 4)).sum().backward()
+        writer.step()
+    saved = writer.state_dict()
+    reader = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)  # as on a GPU
+    load_optimizer_state(reader, saved)
+    assert reader.param_groups[0]["fused"] is True
+    p = next(iter(model.parameters()))
+    assert float(reader.state[p]["step"]) == 3.0
+    assert torch.equal(reader.state[p]["exp_avg"], writer.state[p]["exp_avg"])
+    model(torch.randn(8, 4)).sum().backward()
+    reader.step()  # runs on the fused kernel with the carried state
+    assert float(reader.state[p]["step"]) == 4.0
+    back = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    load_optimizer_state(back, reader.state_dict())
+    assert back.param_groups[0]["fused"] is None
