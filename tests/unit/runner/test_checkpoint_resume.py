@@ -199,10 +199,8 @@ def test_reading_each_loss_a_step_late_changes_no_figure_and_no_checkpoint(
     assert_same_run(now, resumed)
 
 
-@pytest.mark.parametrize("late", [False, True])
-def test_a_diverged_run_fails_at_its_first_bad_step_naming_it(tmp_path: Path, late: bool) -> None:
-    """A NaN loss poisons every later step: the run fails at once (permanent, the step
-    named, what to change said) instead of training to the end on NaN weights."""
+def train_from_nan_weights(tmp_path: Path, late: bool) -> tuple[PermanentError, list[Any]]:
+    """The tiny run from weights one of which is NaN: its error and what it reported."""
     spec, data = tiny_spec(), tiny_data(tmp_path)
     weights = build_model(spec.model).state_dict()
     first = next(k for k, v in weights.items() if v.is_floating_point() and k.endswith("weight"))
@@ -211,9 +209,17 @@ def test_a_diverged_run_fails_at_its_first_bad_step_naming_it(tmp_path: Path, la
     with pytest.raises(PermanentError) as failed:
         train(spec, data, CPU, reported.append, lambda: False,
               options=TrainOptions(initial_weights=weights, read_loss_late=late))
-    assert failed.value.code == "training_diverged"
-    assert "loss is nan at step 1 (epoch 1)" in failed.value.message
-    assert "learning_rate" in failed.value.message and reported == []
+    return failed.value, reported
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_diverged_run_fails_at_its_first_bad_step_naming_it(tmp_path: Path, late: bool) -> None:
+    """A NaN loss poisons every later step: the run fails at once (permanent, the step
+    named, what to change said) instead of training to the end on NaN weights."""
+    failed, reported = train_from_nan_weights(tmp_path, late)
+    assert failed.code == "training_diverged"
+    assert "loss is nan at step 1 (epoch 1)" in failed.message
+    assert "learning_rate" in failed.message and reported == []
 
 
 def test_fp16_skips_a_few_non_finite_steps_and_fails_an_epoch_of_them(
@@ -225,16 +231,9 @@ def test_fp16_skips_a_few_non_finite_steps_and_fails_an_epoch_of_them(
 
     scaled = (None, torch.amp.GradScaler("cpu", enabled=True))
     monkeypatch.setattr(loop, "precision", lambda device, hp: scaled)
-    spec, data = tiny_spec(), tiny_data(tmp_path)
-    weights = build_model(spec.model).state_dict()
-    first = next(k for k, v in weights.items() if v.is_floating_point() and k.endswith("weight"))
-    weights[first].fill_(float("nan"))
-    reported: list[Any] = []
-    with pytest.raises(PermanentError) as failed:
-        train(spec, data, CPU, reported.append, lambda: False,
-              options=TrainOptions(initial_weights=weights))
-    assert failed.value.code == "training_diverged"
-    assert "no step of epoch 1 had a finite training loss" in failed.value.message
+    failed, reported = train_from_nan_weights(tmp_path, False)
+    assert failed.code == "training_diverged"
+    assert "no step of epoch 1 had a finite training loss" in failed.message
     assert [(u.step, u.loss) for u in reported] == [(1, None), (2, None)]
 
 
