@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,29 +51,44 @@ def _spec(args: argparse.Namespace) -> TrainingSpec:
     })
 
 
-def _data(args: argparse.Namespace) -> PreparedData:
-    """In memory, every case but one in train: the loop, not the evaluation, is timed."""
-    n, s = args.cases + 1, args.image_size
+def random_data(cases: int, size: int, val: int = 1,
+                cache: Path | None = None) -> PreparedData:
+    """Random images, every case but ``val`` in train: the loop, not the evaluation, is
+    timed. With ``cache`` the images are a memory-mapped ``x.npy`` there, as the runner's
+    cache is (each DDP rank maps it itself); else in memory."""
+    n = cases + val
     rng = np.random.default_rng(0)
-    split = np.array(["train"] * args.cases + ["val"])
+    x = rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8)
+    if cache is not None:
+        cache.mkdir(parents=True)
+        np.save(cache / "x.npy", x)
+        x = np.load(cache / "x.npy", mmap_mode="r")
     return PreparedData(
-        x=rng.integers(0, 255, (n, 3, s, s), dtype=np.uint8),
-        y=rng.integers(0, 2, n).astype(np.int64), case_ids=[f"c{i}" for i in range(n)],
-        patient_ids=[None] * n, split=split, classes=["normal", "finding"],
-        label_mode="single_label", cache_path=Path("/nonexistent"), cache_hit=True)
+        x=x, y=rng.integers(0, 2, n).astype(np.int64), case_ids=[f"c{i}" for i in range(n)],
+        patient_ids=[None] * n, split=np.array(["train"] * cases + ["val"] * val),
+        classes=["normal", "finding"], label_mode="single_label",
+        cache_path=cache or Path("/nonexistent"), cache_hit=True)
 
 
-def loop_rate(spec: TrainingSpec, args: argparse.Namespace, device: torch.device) -> float:
+def steady_rate(run: Callable[[Callable[[ProgressUpdate], None]], object]) -> float:
+    """Images/s of a training run given its progress callback: the rate it reports
+    itself at each epoch's last step, the median over the epochs after the first."""
     rates: dict[int, float] = {}
 
     def on_progress(u: ProgressUpdate) -> None:
         if not u.epoch_end and u.throughput is not None:
             rates[u.epoch] = u.throughput  # the last step's value: the whole epoch's rate
 
-    train(spec, _data(args), device, on_progress, lambda: False,
-          options=TrainOptions(workers=args.workers, compile=args.compile))
+    run(on_progress)
     later = [r for e, r in rates.items() if e > 1] or list(rates.values())
     return statistics.median(later)
+
+
+def loop_rate(spec: TrainingSpec, args: argparse.Namespace, device: torch.device) -> float:
+    data = random_data(args.cases, args.image_size)
+    options = TrainOptions(workers=args.workers, compile=args.compile)
+    return steady_rate(lambda progress: train(spec, data, device, progress, lambda: False,
+                                              options=options))
 
 
 class Bound:

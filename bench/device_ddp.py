@@ -30,15 +30,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from bench.bench_train import random_data, steady_rate
 from infra.store import LocalStore
 from radtrain.synthetic.ct import DEMO_WINDOWS, generate_dicom_dataset, synthetic_manifest
 from runner.checkpoint import Checkpointer
@@ -156,40 +155,16 @@ def check_equal_and_resume(world: World) -> dict[str, Any]:
     return {"equal": _compare(group, one), "resume": resumed}
 
 
-def _rate_data(root: Path, cases: int, size: int) -> PreparedData:
-    cache = root / "rate-cache"
-    cache.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(cache / "x.npy", rng.integers(0, 255, (cases + 8, 3, size, size), dtype=np.uint8))
-    split = np.array(["train"] * cases + ["val"] * 8)
-    return PreparedData(
-        x=np.load(cache / "x.npy", mmap_mode="r"), y=rng.integers(0, 2, cases + 8).astype(np.int64),
-        case_ids=[f"c{i}" for i in range(cases + 8)], patient_ids=[None] * (cases + 8),
-        split=split, classes=["normal", "finding"], label_mode="single_label",
-        cache_path=cache, cache_hit=True)
-
-
 def check_rate(world: World, args: argparse.Namespace) -> dict[str, Any]:
     cases, batch, size = args.cases, args.batch, args.image_size
-    data = _rate_data(world.root, cases, size)
+    data = random_data(cases, size, val=8, cache=world.root / "rate-cache")
     spec = _spec("0" * 64, cases, args.network, size, 3, batch, world.gpus, "ddp-rate")
-
-    def measured(run: Any) -> float:
-        rates: dict[int, float] = {}
-
-        def on_progress(u: ProgressUpdate) -> None:
-            if not u.epoch_end and u.throughput is not None:
-                rates[u.epoch] = u.throughput
-        run(on_progress)
-        return statistics.median([r for e, r in rates.items() if e > 1] or list(rates.values()))
-
     options = TrainOptions(workers=args.workers)
-    one = measured(lambda p: train(spec, data, torch.device(world.device), p, lambda: False,
-                                   options=options))
-    group = measured(lambda p: train_group(spec, data, world.device, world.gpus, p,
-                                           lambda: False,
-                                           store=None, options=options,
-                                           work_dir=world.root / "work", timeout_s=300))
+    one = steady_rate(lambda p: train(spec, data, torch.device(world.device), p,
+                                      lambda: False, options=options))
+    group = steady_rate(lambda p: train_group(spec, data, world.device, world.gpus, p,
+                                              lambda: False, store=None, options=options,
+                                              work_dir=world.root / "work", timeout_s=300))
     return {"network": args.network, "image_size": size, "batch": batch, "ranks": world.gpus,
             "one_process_images_per_s": one, "group_images_per_s": group,
             "ratio_group_over_one": group / one}

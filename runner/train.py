@@ -339,10 +339,12 @@ def _build_loop(spec: TrainingSpec, data: PreparedData, device: torch.device,
     amp_dtype, scaler = precision(device, hp)
     net: Callable[..., Any] = torch.compile(ddp) if options.compile else ddp
     eval_net = None if ddp is model else (torch.compile(model) if options.compile else model)
+    late = options.read_loss_late
+    if late is None:
+        late = device.type == "cuda"
     return _Loop(spec, data, device, on_progress, should_stop, model, net, strategy,
                  BatchSource(data, device, options.workers), gen, optimizer, scheduler, scaler,
-                 amp_dtype, steps, options.checkpointer, group, eval_net,
-                 late if (late := options.read_loss_late) is not None else device.type == "cuda")
+                 amp_dtype, steps, options.checkpointer, group, eval_net, late)
 
 
 def train(

@@ -269,9 +269,7 @@ class ListingIndex(ListingPages):
             p = await self._allocate(lst, item_id, marker.base, lookback=not created)
             update: dict[str, object] = {"all": p}
             if entering is not None and marker.pending is None:
-                state, order = entering
-                update.update(pending=state, pending_order=order,
-                              base=await self._count(f"{self._list(tenant, state)}.n"))
+                update |= await self._entering(tenant, *entering)
             listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
                 return listed, "pending" in update
@@ -309,9 +307,7 @@ class ListingIndex(ListingPages):
             named = marker.pending == state and marker.pending_order == order
             retry, fresh = named and not fresh, False  # named by this call: nothing taken
             if not named:
-                base = await self._count(f"{self._list(tenant, state)}.n")
-                marker = marker.model_copy(update={"pending": state, "pending_order": order,
-                                                   "base": base})
+                marker = marker.model_copy(update=await self._entering(tenant, state, order))
                 written = await self._write(self.markers, key, marker, revision)
                 if written is None:
                     continue
@@ -324,6 +320,13 @@ class ListingIndex(ListingPages):
             await self._abandon(self._list(tenant, state), item_id, done.sp, won, state)
             await self._take_back(changes, done, won)
         raise KVConflict(KV_LISTINGS, key, 20)
+
+    async def _entering(self, tenant: str, state: str,
+                        order: tuple[int, int]) -> dict[str, object]:
+        """A marker's fields naming the state it enters, with that list's count (``base``),
+        read before any position is taken for it, so a retry searches above."""
+        base = await self._count(f"{self._list(tenant, state)}.n")
+        return {"pending": state, "pending_order": order, "base": base}
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
                     order: tuple[int, int], retry: bool) -> tuple[Marker, list[Counted]]:
