@@ -19,6 +19,8 @@ from tests.support.nats_users import NatsUsers, start_authenticated_nats
 # imported, which can happen while test modules are collected.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+WORKER_LEAKS = "radtrain_error_body_leaks"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _record_error_bodies() -> Iterator[None]:
@@ -43,6 +45,11 @@ def _record_error_bodies() -> Iterator[None]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     found = leaks.SESSION.leaks()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller reports
+        workeroutput[WORKER_LEAKS] = [[status, text, kinds] for status, text, kinds in found]
+        return
+    found += leaks.FROM_WORKERS
     if not found:
         return
     lines = [f"{len(found)} error bodies leak internals (issue 17, tests/support/leaks.py):"]
@@ -51,6 +58,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if reporter is not None:
         reporter.write_line("\n".join(lines), red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist (``make test-fast`` runs two workers): each worker hands back the leaks
+    its tests answered, and the controller's ``pytest_sessionfinish`` reports them all."""
+    output = getattr(node, "workeroutput", {})
+    leaks.FROM_WORKERS.extend((s, t, list(k)) for s, t, k in output.get(WORKER_LEAKS, []))
 
 
 @pytest.fixture(scope="session", autouse=True)

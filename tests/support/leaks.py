@@ -83,3 +83,6 @@ def recording(original: Callable[..., Any], sink: ErrorBodies) -> Callable[..., 
 
 SESSION = ErrorBodies()
 """The session's recorder (tests/conftest.py installs it)."""
+
+FROM_WORKERS: list[tuple[int, str, list[str]]] = []
+"""Leaks found by pytest-xdist workers, gathered by the controller (tests/conftest.py)."""
