@@ -2,7 +2,7 @@
 consume → publish loop with no work, measured in the same run on the same server.
 
     python -m bench.bench_enrich [--events 3000] [--tasks 2000] [--concurrency 64]
-                                 [--rounds 1] [--json]
+                                 [--rounds 1] [--handlers 1] [--json]
 
 One embedded stack (nats-server with ``sync_interval: always``, the gateway and
 the handlers processes) on loopback:
@@ -34,6 +34,8 @@ import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -286,6 +288,20 @@ def stop_service(stack: Stack, name: str) -> None:
     proc.wait(30)
 
 
+def add_handlers(stack: Stack, count: int) -> list[str]:
+    """``count`` more handlers processes beside the stack's (a pool, as in ``radtrain up
+    --cluster``): their names in ``stack.procs``."""
+    names = []
+    for i in range(2, count + 2):
+        name = f"handlers-{i}"
+        stack.logs[name] = (stack.settings.data_dir / "logs" / f"{name}.log").open("ab")
+        stack.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "handlers"], env=stack.env, stdout=stack.logs[name],
+            stderr=subprocess.STDOUT, start_new_session=True)
+        names.append(name)
+    return names
+
+
 def run(args: argparse.Namespace, data: Path, cpu: dict[str, float] | None = None,
         settled: dict[str, float] | None = None,
         writes: dict[str, float] | None = None) -> list[Rate]:
@@ -296,12 +312,14 @@ def run(args: argparse.Namespace, data: Path, cpu: dict[str, float] | None = Non
     stack = start_stack(settings, services=("gateway", "handlers"))
     results: list[Rate] = []
     try:
+        pool = ["handlers", *add_handlers(stack, args.handlers - 1)]
         asyncio.run(bench_e2e(stack, min(100, args.tasks), min(16, args.concurrency),
                               settled={}))  # warm-up, and nothing left of it to do
         for _ in range(args.rounds):
             results += asyncio.run(bench_e2e(stack, args.tasks, args.concurrency, cpu,
                                              settled, writes))
-        stop_service(stack, "handlers")
+        for name in pool:
+            stop_service(stack, name)
 
         async def in_process() -> list[Rate]:
             nc, js = await connect(stack.settings, "bench-enrich")
@@ -342,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tasks", type=int, default=2000, help="POSTs for the e2e path")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent POSTs")
     parser.add_argument("--rounds", type=int, default=1, help="repeat each measure")
+    parser.add_argument("--handlers", type=int, default=1,
+                        help="handlers processes for the e2e path (a pool sharing its consumers)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     cpu: dict[str, float] = {}
@@ -350,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="radtrain-bench-") as tmp:
         results = run(args, Path(tmp), cpu, settled, writes)
     report = {"events": args.events, "tasks": args.tasks, "concurrency": args.concurrency,
+              "handlers": args.handlers,
               "results": [asdict(r) | {"rate": r.rate} for r in results],
               "ratios": ratios(results),
               "e2e_cpu_ms_per_task": cpu, "e2e_cpu_ceiling_per_s": ceiling_per_s(cpu),
@@ -365,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _print(report: dict[str, Any]) -> None:
     print(f"enrich: {report['events']} events; e2e: {report['tasks']} tasks, "
-          f"concurrency {report['concurrency']}")
+          f"concurrency {report['concurrency']}, {report['handlers']} handlers process(es)")
     print(f"{'path':<32}{'count':>7}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for r in report["results"]:
         p50 = f"{r['p50_ms']:>9.1f}" if r["p50_ms"] is not None else f"{'':>9}"

@@ -68,13 +68,13 @@ async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
     """Admission, then ``tasks.requested.<id>``: 409 when refused, 503 when NATS is not
     there (nothing refused is published; a retry publishes only what the stream lacks).
 
-    ``minted``: this request drew the id (nobody else can name it yet), so the claim and
-    the publish go out together (:func:`~infra.admission.admit_minted`): one round trip."""
+    ``minted``: this request drew the id (nobody else can name it yet), so it is
+    published unclaimed (:func:`~infra.admission.admit_minted`): one round trip."""
     js = request.app[JS]
     try:
         if minted:
-            admission = await admit_minted(request.app[ADMISSIONS], event, ingress,
-                                           partial(publish_event, js, event), digest=digest)
+            admission = await admit_minted(event, ingress, partial(publish_event, js, event),
+                                           digest=digest)
         else:
             admission = await admit(request.app[ADMISSIONS], js, event, ingress,
                                     digest=digest)

@@ -19,27 +19,30 @@ another tenant         (any)                           ``unavailable``: refused,
 The tenant is always the authenticated one (API key, event-secret owner, NATS
 subject token), never the body's. A task id the ``TASKS`` stream already knows
 without a KV record (a task from before admission existed) is judged against
-the owner its ``task.requested`` names, and that owner is written to KV.
+the owner its ``task.requested`` names, and that owner is written to KV. An id the
+gateway draws itself (``POST /v1/tasks``) is never claimed (:func:`admit_minted`):
+nobody can name it before its ``task.requested`` is published, so it is judged that
+way too, or by its task record once the stream has aged the event out.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from infra.bus.topology import KV_ADMISSIONS, TASKS_STREAM
+from infra.bus.topology import KV_ADMISSIONS, KV_TASKS, TASKS_STREAM
 from infra.errors import KVConflict
-from infra.kv.repository import Bucket, BucketRepo
+from infra.kv.repository import Bucket, BucketRepo, KVRepository
 from schemas.admission import AdmissionRecord, Ingress, request_digest
 from schemas.common import is_identifier
 from schemas.events import TaskRequestedEvent, parse_event
@@ -75,9 +78,37 @@ class Admission:
 
 
 class AdmissionRepo(BucketRepo[AdmissionRecord]):
-    """KV ``admissions``: task id → AdmissionRecord. No TTL: a task id is used once."""
+    """KV ``admissions``: task id → AdmissionRecord. No TTL: a task id is used once.
+
+    ``tasks``: KV ``tasks``, whose records name their tenant: the owner of an id drawn
+    by the gateway (never claimed here) once the ``TASKS`` stream has aged its
+    ``task.requested`` out (``None``: not consulted, as in unit tests of the table)."""
 
     BUCKET = Bucket(KV_ADMISSIONS, AdmissionRecord)
+
+    def __init__(self, kv: KVRepository[AdmissionRecord], tasks: KeyValue | None = None
+                 ) -> None:
+        super().__init__(kv)
+        self.tasks = tasks
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, seal_key: bytes | None = None) -> Self:
+        return cls(await cls.BUCKET.open(js, seal_key), await js.key_value(KV_TASKS))
+
+    async def recorded_owner(self, task_id: str) -> AdmissionRecord | None:
+        """The tenant the task's record (KV ``tasks``) names, with a digest that matches
+        no request: a retry of an aged-out task is a conflict, never published again."""
+        if self.tasks is None:
+            return None
+        try:
+            entry = await self.tasks.get(task_id)
+        except KeyNotFoundError:
+            return None
+        tenant = _tenant_of(entry.value or b"")
+        if tenant is None:
+            return None
+        return AdmissionRecord(tenant=tenant, body_sha256=UNREADABLE_DIGEST, ingress="http",
+                               admitted_at=datetime.now(UTC))
 
     async def claim(self, task_id: str, fresh: AdmissionRecord) -> tuple[Outcome, AdmissionRecord]:
         """Create ``fresh`` unless the id is taken: the outcome and the owner's record."""
@@ -116,8 +147,17 @@ def _raw_tenant(data: bytes) -> str | None:
         doc = json.loads(data)
     except ValueError:
         return None
-    inner = doc.get("data") if isinstance(doc, dict) else None
-    tenant = inner.get("tenant") if isinstance(inner, dict) else None
+    return _tenant_of(doc.get("data") if isinstance(doc, dict) else None)
+
+
+def _tenant_of(doc: object) -> str | None:
+    """``doc["tenant"]`` when it is an identifier (``doc``: a dict, or JSON bytes of one)."""
+    if isinstance(doc, bytes):
+        try:
+            doc = json.loads(doc)
+        except ValueError:
+            return None
+    tenant = doc.get("tenant") if isinstance(doc, dict) else None
     return tenant if isinstance(tenant, str) and is_identifier(tenant) else None
 
 
@@ -138,13 +178,9 @@ def _fresh(event: TaskRequestedEvent, ingress: Ingress, digest: str | None) -> A
 
 
 async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedEvent,
-                ingress: Ingress, *, minted: bool = False, digest: str | None = None
-                ) -> Admission:
+                ingress: Ingress, *, digest: str | None = None) -> Admission:
     """Admit ``event``'s task id for its (authenticated) tenant; see the module's table.
 
-    ``minted``: the caller drew the id itself (a random 128-bit id, ``POST /v1/tasks``),
-    so a first claim cannot name a task the stream already holds and the stream is not
-    asked (one round trip fewer on the submit path); a retry of that id still is.
     ``digest``: :func:`~schemas.admission.request_digest` of ``event.data``, if known.
     NATS errors propagate (the gateway answers 503, the NATS ingress naks).
     """
@@ -154,52 +190,35 @@ async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedE
     outcome, record = await repo.claim(task_id, fresh)
     if outcome in ("conflict", "unavailable"):
         return Admission(outcome, record, publish=False)
-    if minted and outcome == "admitted":
-        return Admission(outcome, record, publish=True)
     prior = await requested_in_stream(js, task_id)
-    if prior is None:
+    owner = _owner_of(prior) if prior is not None else await repo.recorded_owner(task_id)
+    if owner is None:
         return Admission(outcome, record, publish=True)
-    owner = _owner_of(prior)
     judged = decide(owner, tenant, digest)
     if judged != "retry" and outcome == "admitted":
-        # Known to the stream before admission existed: its first requester owns it.
-        log.warning("task id %s was requested before it was admitted; owner recorded", task_id)
+        # Requested without a claim (an id the gateway drew, or from before admission
+        # existed): its first requester owns it, recorded now.
+        log.info("task id %s was requested without a claim; owner recorded", task_id)
         await repo.record_owner(task_id, owner)
         return Admission(judged, owner, publish=False)
     return Admission("retry", record, publish=False)
 
 
-async def admit_minted(repo: AdmissionRepo, event: TaskRequestedEvent, ingress: Ingress,
+async def admit_minted(event: TaskRequestedEvent, ingress: Ingress,
                        publish: Callable[[], Awaitable[object]], *, digest: str | None = None
                        ) -> Admission:
-    """Claim a task id the caller drew itself AND publish its ``task.requested``, both at
-    once: one round trip (one fsync with ``sync_interval: always``) instead of two.
+    """Publish the ``task.requested`` of a task id the caller drew itself, unclaimed: one
+    JetStream write (one fsync with ``sync_interval: always``) instead of two.
 
     Safe only for a fresh random 128-bit id (``POST /v1/tasks``, a new Idempotency-Key):
-    no one else can name it before it is published, so its claim is never refused and
-    "nothing refused is published" still holds. Each half may fail alone: an admission
-    without its event is finished by a retry (:func:`admit` publishes what the stream
-    lacks); an event without its admission is judged by the owner it names (see the
-    module's docstring), which is this tenant. The returned ``publish`` is ``False``:
-    it is done. NATS errors propagate (the claim's first)."""
+    no one else can name it before it is published, so a claim could never be refused.
+    Whoever names it later goes through :func:`admit`, whose claim finds no record and
+    judges by the owner the stream's ``task.requested`` names or, once the stream has
+    aged it out, the task's record (KV ``tasks``): this tenant. The returned ``publish``
+    is ``False``: it is done. NATS errors propagate."""
     fresh = _fresh(event, ingress, digest)
-    publishing = asyncio.ensure_future(publish())  # goes out in the same flush as the claim
-    try:
-        outcome, record = await repo.claim(event.data.task_id, fresh)
-    except BaseException:
-        publishing.add_done_callback(_retrieved)  # superseded by the claim's error
-        raise
-    await publishing
-    if outcome != "admitted":  # 2^-122: a drawn id met an admitted one; the msg id dedups
-        log.error("drawn task id %s was already admitted (%s): published anyway",
-                  event.data.task_id, outcome)
-    return Admission(outcome, record, publish=False)
-
-
-def _retrieved(task: asyncio.Future[object]) -> None:
-    """Mark an outcome nobody awaits as seen (no "exception never retrieved" warning)."""
-    if not task.cancelled():
-        task.exception()
+    await publish()
+    return Admission("admitted", fresh, publish=False)
 
 
 # --- the event an upstream system sent, bound to its authenticated tenant ----------------

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.idempotency import IdempotencyStore
 from gateway.tasks import new_task_id
-from infra.admission import AdmissionRepo
+from infra.admission import AdmissionRepo, admit
 from infra.bus.publish import publish_event
 from infra.bus.topology import connect
 from infra.settings import Settings
@@ -134,8 +134,13 @@ async def test_a_key_reused_after_its_window_creates_a_new_task(
         again = await client.post("/v1/tasks", json=BODY, headers=key)
         assert (await again.json())["task_id"] == new_id
     nc, js = await connect(settings, "test-idem")
-    try:
+    try:  # another tenant naming either id meets its owner
         admissions = await AdmissionRepo.open(js)
+        for task_id in (old_id, new_id):
+            foreign = TaskRequestedEvent(source="test", subject=task_id, data=TaskRequested(
+                **TaskRequest.model_validate(BODY).model_dump(), task_id=task_id,
+                tenant="intruder"))
+            assert (await admit(admissions, js, foreign, "events")).outcome == "unavailable"
         owners = [await admissions.get(t) for t in (old_id, new_id)]
         assert [o.tenant if o else None for o in owners] == ["default", "default"]
     finally:

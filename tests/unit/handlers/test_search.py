@@ -25,7 +25,7 @@ from handlers.search.handler import (
 from handlers.search.results import importance_plot, result_files
 from handlers.search.study import importances
 from infra.admission import AdmissionRepo
-from infra.bus.names import KV_ADMISSIONS, KV_SEARCHES
+from infra.bus.names import KV_ADMISSIONS, KV_SEARCHES, KV_TASKS
 from infra.errors import TransientError
 from infra.store import ObjectStore
 from schemas.events import (
@@ -286,7 +286,7 @@ def test_importances_and_plots_fall_back_gracefully() -> None:
 class JS(fake_bus.FakeJetStream):
     def __init__(self) -> None:
         super().__init__()
-        self.kv = fake_kv.FakeJetStream(KV_SEARCHES, KV_ADMISSIONS)
+        self.kv = fake_kv.FakeJetStream(KV_SEARCHES, KV_ADMISSIONS, KV_TASKS)
 
     async def key_value(self, bucket: str) -> fake_kv.FakeKeyValue:
         return await self.kv.key_value(bucket)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -152,67 +150,65 @@ async def test_a_task_the_stream_knew_before_admission_keeps_its_owner() -> None
     assert (mine.outcome, mine.publish) == ("retry", False)
 
 
-# --- a drawn id: claim and publish in one round trip ----------------------------------
+# --- a drawn id: published unclaimed, judged by the stream or its record later ----------
 
 
-class FailingKV(FakeKeyValue):
-    async def create(self, key: str, value: bytes, validate_keys: bool = True,
-                     msg_ttl: float | None = None) -> int:
-        raise nats.errors.TimeoutError
-
-
-class GatedKV(FakeKeyValue):
-    """Its create waits until the publish has gone out: a claim made before the
-    publish (two round trips one after the other) never finishes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def create(self, key: str, value: bytes, validate_keys: bool = True,
-                     msg_ttl: float | None = None) -> int:
-        await self.gate.wait()
-        return await super().create(key, value, validate_keys, msg_ttl)
-
-
-async def test_a_drawn_id_is_claimed_and_published_together() -> None:
-    kv, js = GatedKV(), FakeJetStream()
-    repo = AdmissionRepo(KVRepository(cast(KeyValue, kv), AdmissionRecord, "admissions"))
+async def test_a_drawn_id_is_published_unclaimed_and_owned_by_its_tenant() -> None:
+    """One JetStream write: the publish. Whoever names the id afterwards meets the owner
+    the stream's event names (the claim made then records it)."""
+    repo, js = _repo(), FakeJetStream()
     event = _event("drawn1", "acme")
 
     async def publish() -> object:
-        ack = await js.publish(event.nats_subject, encode_event(event),
-                               headers={"Nats-Msg-Id": event.msg_id})
-        kv.gate.set()
-        return ack
+        return await js.publish(event.nats_subject, encode_event(event),
+                                headers={"Nats-Msg-Id": event.msg_id})
 
-    admission = await asyncio.wait_for(admit_minted(repo, event, "http", publish,
-                                                    digest=DIGEST), 2.0)
+    admission = await admit_minted(event, "http", publish, digest=DIGEST)
     assert (admission.outcome, admission.publish) == ("admitted", False)  # published: done
     assert [p.msg_id for p in js.on("tasks.requested.drawn1")] == ["drawn1:requested"]
-    owner = await repo.get("drawn1")
-    assert owner is not None and owner.tenant == "acme" and owner.body_sha256 == DIGEST
+    assert await repo.get("drawn1") is None  # no claim written
     # A retry of that id (a replayed Idempotency-Key) is judged as before: nothing twice.
     again = await admit(repo, js.as_js(), event, "http")
     assert (again.outcome, again.publish) == ("retry", False)
+    foreign = await admit(repo, js.as_js(), _event("drawn1", "evil"), "events")
+    assert (foreign.outcome, foreign.publish) == ("unavailable", False)
+    owner = await repo.get("drawn1")
+    assert owner is not None and owner.tenant == "acme"
+    assert len(js.on("tasks.requested.drawn1")) == 1
 
 
-async def test_either_half_failing_is_the_callers_error_and_nothing_is_left_unread(
-        caplog: pytest.LogCaptureFixture) -> None:
+class TaskRecords(FakeKeyValue):
+    """KV ``tasks`` holding one record of ``tenant``'s."""
+
+    def __init__(self, task_id: str, tenant: str) -> None:
+        super().__init__("tasks")
+        self._append(task_id, json.dumps({"task_id": task_id, "tenant": tenant}).encode(),
+                     None)
+
+
+async def test_a_drawn_id_aged_out_of_the_stream_keeps_its_owner_by_its_record() -> None:
+    """``TASKS`` keeps events ``stream_max_age_days``; KV ``tasks`` keeps the record, and
+    with it the owner of an id that was never claimed."""
+    js = FakeJetStream()  # holds nothing: the task.requested aged out
+    repo = AdmissionRepo(KVRepository(cast(KeyValue, FakeKeyValue()), AdmissionRecord,
+                                      "admissions"), cast(KeyValue, TaskRecords("old", "acme")))
+    foreign = await admit(repo, js.as_js(), _event("old", "evil"), "events")
+    assert (foreign.outcome, foreign.publish) == ("unavailable", False)
+    owner = await repo.get("old")
+    assert owner is not None and owner.tenant == "acme"
+    mine = await admit(repo, js.as_js(), _event("old", "acme"), "events")
+    assert (mine.outcome, mine.publish) == ("conflict", False)  # never published again
+    fresh = await admit(repo, js.as_js(), _event("new", "evil"), "events")
+    assert (fresh.outcome, fresh.publish) == ("admitted", True)  # no record: a new id
+    assert js.on("tasks.requested.old") == []
+
+
+async def test_a_failed_publish_of_a_drawn_id_is_the_callers_error() -> None:
     js = FakeJetStream(fail_publish=True)
     event = _event("drawn2", "acme")
 
     async def publish() -> object:
         return await js.publish(event.nats_subject, encode_event(event))
 
-    repo = _repo()
-    with pytest.raises(nats.errors.TimeoutError):  # the publish failed, the claim held
-        await admit_minted(repo, event, "http", publish)
-    assert await repo.get("drawn2") is not None  # a keyed retry publishes what is missing
-    failing = AdmissionRepo(KVRepository(cast(KeyValue, FailingKV()), AdmissionRecord,
-                                         "admissions"))
-    with pytest.raises(nats.errors.TimeoutError):  # the claim failed (the publish too)
-        await admit_minted(failing, event, "http", publish)
-    await asyncio.sleep(0.01)
-    gc.collect()  # asyncio logs an unretrieved task exception when the task is collected
-    assert "never retrieved" not in caplog.text
+    with pytest.raises(nats.errors.TimeoutError):
+        await admit_minted(event, "http", publish)
