@@ -91,14 +91,22 @@ class Marker(BaseModel):
     """The state being entered: a retry looks for the position already taken."""
     pending_order: tuple[int, int] = (0, 0)
     base: int | None = None
-    """The count of the list being entered (all while ``all`` is 0, else ``pending``'s),
-    read before a position was taken: every position taken for it is above, so a retry
-    searches from there however far the list has grown (``None``: a marker written
-    before this field; the last :data:`LOOKBACK` positions are searched)."""
+    """The count of the list being entered (``pending``'s; all's while ``all`` is 0 and no
+    state is named), read before a position was taken: every position taken for it is
+    above, so a retry searches from there however far the list has grown (``None``: a
+    marker written before this field; the last :data:`LOOKBACK` positions are searched)."""
+    all_base: int | None = None
+    """The count of the list of all when the marker was created: where a retry searches
+    for the position in it (``None``: a marker written before this field; ``base``)."""
     counted: tuple[bool, bool] = (False, False)
     """Whether the writer that recorded ``state`` counted entering it and leaving the
     previous state (infra/kv/counting.py): a writer that lost the race to record the
     same step takes back what both counted."""
+
+
+def _all_base(marker: Marker) -> int | None:
+    """Where a retry searches for the position in the list of all."""
+    return marker.base if marker.all_base is None else marker.all_base
 
 
 class Counted(NamedTuple):
@@ -256,7 +264,7 @@ class ListingIndex(ListingPages):
         for _ in range(10):
             found, created = self.known.get(key), False
             if found is None:  # most likely a new id: its marker first, so a retry looks back
-                new = Marker(tenant=tenant, base=await self._count(f"{lst}.n"))
+                new = await self._new_marker(tenant, entering)
                 revision = await self.markers.create(key, new)
                 found, created = ((new, revision), True) if revision else (
                     await self._winner(key, 0), False)
@@ -266,7 +274,11 @@ class ListingIndex(ListingPages):
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker, False
-            p = await self._allocate(lst, item_id, marker.base, lookback=not created)
+            p = await self._allocate(lst, item_id, _all_base(marker), lookback=not created)
+            if created and marker.pending is not None:
+                # Named with the marker: the position is recorded with the state's (one
+                # marker write fewer); a retry finds it above ``all_base``.
+                return marker.model_copy(update={"all": p}), True
             update: dict[str, object] = {"all": p}
             if entering is not None and marker.pending is None:
                 update |= await self._entering(tenant, *entering)
@@ -275,6 +287,16 @@ class ListingIndex(ListingPages):
                 return listed, "pending" in update
             await self._abandon(lst, item_id, p, await self._winner(key, revision), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
+
+    async def _new_marker(self, tenant: str,
+                          entering: tuple[str, tuple[int, int]] | None) -> Marker:
+        """A new id's marker: the counts of the lists it enters, read before any position
+        is taken for it (with ``entering``, that state named too)."""
+        base = await self._count(f"{self._list(tenant, None)}.n")
+        new = Marker(tenant=tenant, base=base, all_base=base)
+        if entering is None:
+            return new
+        return new.model_copy(update=await self._entering(tenant, *entering))
 
     def listed_at(self, item_id: str, order: tuple[int, int]) -> bool:
         """Whether this writer knows ``item_id`` listed in a state of ``order`` or newer
@@ -294,14 +316,17 @@ class ListingIndex(ListingPages):
 
     async def _converge(self, tenant: str, item_id: str, state: str,
                         order: tuple[int, int]) -> None:
-        _, fresh = await self._add(tenant, item_id, (state, order))
+        added, fresh = await self._add(tenant, item_id, (state, order))
         key = self._marker(item_id)
+        unrecorded = added.all if fresh and not self._recorded_all(key) else 0
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
             # it says is listed or on its way is; anything else is settled by the writes.
             marker, revision, _ = await self._entry(self.markers, key)
             if marker is None:
                 raise KVConflict(KV_LISTINGS, key, 0)
+            if unrecorded:  # its position in the list of all goes with this step's write
+                marker = marker.model_copy(update={"all": unrecorded})
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
                 return  # listed there already, or a newer state is on its way
             named = marker.pending == state and marker.pending_order == order
@@ -318,8 +343,16 @@ class ListingIndex(ListingPages):
                 return
             won = await self._winner(key, revision)
             await self._abandon(self._list(tenant, state), item_id, done.sp, won, state)
+            if unrecorded:
+                await self._abandon(self._list(tenant, None), item_id, unrecorded, won, "all")
+                unrecorded = 0
             await self._take_back(changes, done, won)
         raise KVConflict(KV_LISTINGS, key, 20)
+
+    def _recorded_all(self, key: str) -> bool:
+        """Whether the known marker holds a position in the list of all."""
+        known = self.known.get(key)
+        return known is not None and bool(known[0].all)
 
     async def _entering(self, tenant: str, state: str,
                         order: tuple[int, int]) -> dict[str, object]:

@@ -26,8 +26,9 @@ def test_bench_enrich_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
     writes = report["e2e_writes_per_task"]  # a rejected task: requested and rejected, ...
     assert (writes["TASKS"], writes["KV_tasks"]) == (2.0, 2.0)
     assert "KV_admissions" not in writes  # a drawn task id is published unclaimed
-    # ... listed: marker (created, placed, entered), two slots, some counter writes
-    assert 5.0 <= writes["KV_listings"] <= 12.0, writes
+    # ... listed: marker (created naming its state, then both positions), two slots, some
+    # counter writes
+    assert 4.0 < writes["KV_listings"] <= 12.0, writes
     out = capsys.readouterr().out
     assert "ratios" in out and "e2e CPU ms per task" in out and "every consumer is done" in out
     assert "e2e JetStream writes per task" in out

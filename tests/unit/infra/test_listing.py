@@ -154,11 +154,10 @@ async def test_a_writer_killed_half_way_is_repaired_by_the_retry(
 
 async def test_a_new_task_names_its_state_in_the_write_of_its_position(
         index: ListingIndex, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new id converged straight to a state: its marker is created, then written with
-    its position in the list of all *and* the state it enters, then with that state's
-    position: three marker writes (four when the state was named in a write of its own).
-    Killed after taking the state's position, the retry finds that position (the marker
-    named the state and its list's count) instead of taking another."""
+    """A new id converged straight to a state: its marker is created naming the state it
+    enters (and the counts of both lists), then written with both positions: two marker
+    writes (four when each was written on its own). Killed after taking both positions,
+    the retry finds them (above the counts the marker holds) instead of taking others."""
     writes: list[str] = []
     for name in ("create", "compare_and_set"):
         real = getattr(index.markers, name)
@@ -168,7 +167,7 @@ async def test_a_new_task_names_its_state_in_the_write_of_its_position(
             return await _real(*args)
         monkeypatch.setattr(index.markers, name, logged)
     await enter(index, "t0", "rejected")
-    assert writes == ["create", "compare_and_set", "compare_and_set"]
+    assert writes == ["create", "compare_and_set"]
     marker = await index.markers.get("mt.t0")
     assert isinstance(marker, Marker) and (marker.all, marker.state, marker.sp) == (
         1, "rejected", 1) and marker.pending is None
@@ -182,14 +181,16 @@ async def test_a_new_task_names_its_state_in_the_write_of_its_position(
     with pytest.raises(ConnectionError):
         await enter(index, "t1", "rejected")
     named = await index.markers.get("mt.t1")
-    assert isinstance(named, Marker) and named.all == 2 and named.pending == "rejected"
-    assert named.base == 1  # the rejected list's count when t1 named it
+    assert isinstance(named, Marker) and named.all == 0 and named.pending == "rejected"
+    assert (named.all_base, named.base) == (1, 1)  # the lists' counts when t1 named it
     monkeypatch.setattr(index.counts, "bump", real_bump)
     index.known = Known()  # the redelivery, in a new process
     await enter(index, "t1", "rejected")
     page = await index.page("acme", state="rejected")
     assert page.ids == ["t1", "t0"] and page.total == 2
     assert await index.slots.get("t.acme.s.rejected.3") is None  # no second position
+    assert await index.slots.get("t.acme.all.3") is None
+    assert (await index.page("acme")).ids == ["t1", "t0"]
     assert (await index.page("acme")).total == 2
 
 
