@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -60,6 +60,7 @@ from infra.errors import KVConflict
 from infra.kv.counting import Counter, StepCounters
 from infra.kv.direct import DirectReader
 from infra.kv.known import Known, NextPositions
+from infra.kv.listing_marker import Counted, Marker, all_base
 from infra.kv.listing_pages import ListingPages, Slot
 from infra.kv.repository import KVRepository, leader_reads
 
@@ -76,45 +77,6 @@ TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
 M = TypeVar("M", bound=BaseModel)
-
-
-class Marker(BaseModel):
-    tenant: str
-    all: int = 0
-    """Position in the tenant's list of all (0: being taken)."""
-    state: str | None = None
-    sp: int = 0
-    """Position in the list of ``state`` (0: not listed in a state yet)."""
-    order: tuple[int, int] = (0, 0)
-    """(generation, state rank) of ``state``: an older state never replaces a newer one."""
-    pending: str | None = None
-    """The state being entered: a retry looks for the position already taken."""
-    pending_order: tuple[int, int] = (0, 0)
-    base: int | None = None
-    """The count of the list being entered (``pending``'s; all's while ``all`` is 0 and no
-    state is named), read before a position was taken: every position taken for it is
-    above, so a retry searches from there however far the list has grown (``None``: a
-    marker written before this field; the last :data:`LOOKBACK` positions are searched)."""
-    all_base: int | None = None
-    """The count of the list of all when the marker was created: where a retry searches
-    for the position in it (``None``: a marker written before this field; ``base``)."""
-    counted: tuple[bool, bool] = (False, False)
-    """Whether the writer that recorded ``state`` counted entering it and leaving the
-    previous state (infra/kv/counting.py): a writer that lost the race to record the
-    same step takes back what both counted."""
-
-
-def _all_base(marker: Marker) -> int | None:
-    """Where a retry searches for the position in the list of all."""
-    return marker.base if marker.all_base is None else marker.all_base
-
-
-class Counted(NamedTuple):
-    """A counter change of a step: confirmed once the step is recorded."""
-    key: str
-    token: str
-    delta: int
-    counted: bool
 
 
 class ListingIndex(ListingPages):
@@ -274,7 +236,7 @@ class ListingIndex(ListingPages):
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker, False
-            p = await self._allocate(lst, item_id, _all_base(marker), lookback=not created)
+            p = await self._allocate(lst, item_id, all_base(marker), lookback=not created)
             if created and marker.pending is not None:
                 # Named with the marker: the position is recorded with the state's (one
                 # marker write fewer); a retry finds it above ``all_base``.

@@ -13,7 +13,8 @@ from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
 from infra.kv import counting
 from infra.kv.known import Known
-from infra.kv.listing import TASKS, ListingIndex, Marker, Slot
+from infra.kv.listing import TASKS, ListingIndex, Slot
+from infra.kv.listing_marker import Marker
 from infra.kv.pages import Cursor
 from schemas.record import STATE_RANK
 from tests.support.fake_kv import FakeJetStream
