@@ -213,7 +213,9 @@ class ListingIndex(ListingPages):
             raise
 
     async def add(self, tenant: str, item_id: str) -> Marker:
-        """List ``item_id`` under ``tenant`` once (idempotent): its marker."""
+        """List ``item_id`` under ``tenant`` once (idempotent): its marker. A new id whose
+        marker names a state is left to the writer entering it (its position in the list
+        of all is recorded with that state's): the marker then has ``all == 0``."""
         return (await self._add(tenant, item_id, None))[0]
 
     async def _add(self, tenant: str, item_id: str,
@@ -236,13 +238,18 @@ class ListingIndex(ListingPages):
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
                 return marker, False
+            named = (marker.pending, marker.pending_order) if marker.pending else None
+            if named and (entering is None or entering[1] < named[1]):
+                return marker, False  # listed by the writer entering the newer state named
             p = await self._allocate(lst, item_id, all_base(marker), lookback=not created)
-            if created and marker.pending is not None:
-                # Named with the marker: the position is recorded with the state's (one
-                # marker write fewer); a retry finds it above ``all_base``.
-                return marker.model_copy(update={"all": p}), True
+            if named and entering == named:
+                # Named with the marker (by this call, or a writer killed or still at it):
+                # the position is recorded with the state's, one marker write fewer. No
+                # write here: one naming the same state without its position would make
+                # that writer give up a position that this call may adopt.
+                return marker.model_copy(update={"all": p}), created
             update: dict[str, object] = {"all": p}
-            if entering is not None and marker.pending is None:
+            if entering is not None:  # nothing named yet, or an older state: replaced
                 update |= await self._entering(tenant, *entering)
             listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
@@ -280,7 +287,7 @@ class ListingIndex(ListingPages):
                         order: tuple[int, int]) -> None:
         added, fresh = await self._add(tenant, item_id, (state, order))
         key = self._marker(item_id)
-        unrecorded = added.all if fresh and not self._recorded_all(key) else 0
+        unrecorded = 0 if self._recorded_all(key) else added.all
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
             # it says is listed or on its way is; anything else is settled by the writes.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
 from typing import Any, cast
 
 import pytest
@@ -193,6 +194,53 @@ async def test_a_new_task_names_its_state_in_the_write_of_its_position(
     assert await index.slots.get("t.acme.all.3") is None
     assert (await index.page("acme")).ids == ["t1", "t0"]
     assert (await index.page("acme")).total == 2
+
+
+class Gated:
+    """Pauses an index's marker writes that record a state: the n-th waits for ``go(n)``
+    once it has said ``reached(n)``."""
+
+    def __init__(self, index: ListingIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.go: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.calls = 0
+        real = index.markers.compare_and_set
+
+        async def gated(key: str, value: Marker, revision: int) -> int | None:
+            if value.state is not None:
+                self.calls += 1
+                n = self.calls
+                self.reached[n].set()
+                await self.go[n].wait()
+            return await real(key, value, revision)
+        monkeypatch.setattr(index.markers, "compare_and_set", gated)
+
+
+async def test_a_second_writer_of_a_new_task_never_has_the_first_give_up_what_it_adopts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes enter a new task in the same state at once. The first created its
+    marker naming the state and took both positions; the second finds and adopts them.
+    A marker write of the second's before it records the state (its position in the
+    list of all alone) made the first lose its write, give up the state position the
+    second had adopted, and the second record it: listed nowhere (the cluster fault
+    tests saw it). Now only writes that record the state are made."""
+    js = FakeJetStream(KV_LISTINGS)
+    first, second = [await ListingIndex.open(cast(Any, js), TASKS) for _ in range(2)]
+    one, two = Gated(first, monkeypatch), Gated(second, monkeypatch)
+    a = asyncio.create_task(enter(first, "t1", "rejected"))
+    await one.reached[1].wait()  # both positions taken, about to record them
+    b = asyncio.create_task(enter(second, "t1", "rejected"))
+    await two.reached[1].wait()  # the same positions found, about to record them
+    one.go[1].set()
+    await asyncio.wait([a, asyncio.create_task(one.reached[2].wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    two.go[1].set()
+    await b
+    one.go[2].set()
+    await a
+    assert await every_page(first, "acme", "rejected") == ["t1"]
+    assert (await first.page("acme", state="rejected")).total == 1
+    assert await every_page(first, "acme") == ["t1"] and (await first.page("acme")).total == 1
 
 
 # --- writers start from what they know (Known): fewer round trips, same lists ----------
