@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -77,6 +77,15 @@ TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
 M = TypeVar("M", bound=BaseModel)
+
+
+class Added(NamedTuple):
+    """What ``_add`` did: the marker (as read or written), whether this call named the
+    state being entered (no position taken for it yet), and the position it took in the
+    list of all that no marker records yet (0: none; recorded with the state's)."""
+    marker: Marker
+    fresh: bool
+    unrecorded: int
 
 
 class ListingIndex(ListingPages):
@@ -216,14 +225,13 @@ class ListingIndex(ListingPages):
         """List ``item_id`` under ``tenant`` once (idempotent): its marker. A new id whose
         marker names a state is left to the writer entering it (its position in the list
         of all is recorded with that state's): the marker then has ``all == 0``."""
-        return (await self._add(tenant, item_id, None))[0]
+        return (await self._add(tenant, item_id, None)).marker
 
     async def _add(self, tenant: str, item_id: str,
-                   entering: tuple[str, tuple[int, int]] | None) -> tuple[Marker, bool]:
+                   entering: tuple[str, tuple[int, int]] | None) -> Added:
         """``add``; with ``entering`` (state, order), a new id's marker names the state it
-        enters (``pending``, and that list's count as ``base``) in the same write as its
-        position in the list of all: one marker write fewer per new id. True when this
-        call named it (no position has been taken for it yet)."""
+        enters (``pending``, and that list's count as ``base``) from its creation, and its
+        position in the list of all is recorded with that state's (:class:`Added`)."""
         key, lst = self._marker(item_id), self._list(tenant, None)
         for _ in range(10):
             found, created = self.known.get(key), False
@@ -237,23 +245,23 @@ class ListingIndex(ListingPages):
                 self.known.put(key, *found)
             marker, revision = found
             if marker.all:  # a position in the list of all is never given up: a guess will do
-                return marker, False
+                return Added(marker, False, 0)
             named = (marker.pending, marker.pending_order) if marker.pending else None
             if named and (entering is None or entering[1] < named[1]):
-                return marker, False  # listed by the writer entering the newer state named
+                return Added(marker, False, 0)  # listed by the writer entering the state named
             p = await self._allocate(lst, item_id, all_base(marker), lookback=not created)
             if named and entering == named:
                 # Named with the marker (by this call, or a writer killed or still at it):
                 # the position is recorded with the state's, one marker write fewer. No
                 # write here: one naming the same state without its position would make
                 # that writer give up a position that this call may adopt.
-                return marker.model_copy(update={"all": p}), created
+                return Added(marker, created, p)
             update: dict[str, object] = {"all": p}
             if entering is not None:  # nothing named yet, or an older state: replaced
                 update |= await self._entering(tenant, *entering)
             listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
-                return listed, "pending" in update
+                return Added(listed, "pending" in update, 0)
             await self._abandon(lst, item_id, p, await self._winner(key, revision), "all")
         raise KVConflict(KV_LISTINGS, key, 10)
 
@@ -285,15 +293,19 @@ class ListingIndex(ListingPages):
 
     async def _converge(self, tenant: str, item_id: str, state: str,
                         order: tuple[int, int]) -> None:
-        added, fresh = await self._add(tenant, item_id, (state, order))
+        fresh, unrecorded = (await self._add(tenant, item_id, (state, order)))[1:]
         key = self._marker(item_id)
-        unrecorded = 0 if self._recorded_all(key) else added.all
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
             # it says is listed or on its way is; anything else is settled by the writes.
             marker, revision, _ = await self._entry(self.markers, key)
             if marker is None:
                 raise KVConflict(KV_LISTINGS, key, 0)
+            if unrecorded and marker.all:  # recorded by another writer (never changed after)
+                if marker.all != unrecorded:
+                    await self._abandon(self._list(tenant, None), item_id, unrecorded,
+                                        (marker, revision), "all")
+                unrecorded = 0
             if unrecorded:  # its position in the list of all goes with this step's write
                 marker = marker.model_copy(update={"all": unrecorded})
             if (marker.order >= order and marker.sp) or marker.pending_order > order:
@@ -317,11 +329,6 @@ class ListingIndex(ListingPages):
                 unrecorded = 0
             await self._take_back(changes, done, won)
         raise KVConflict(KV_LISTINGS, key, 20)
-
-    def _recorded_all(self, key: str) -> bool:
-        """Whether the known marker holds a position in the list of all."""
-        known = self.known.get(key)
-        return known is not None and bool(known[0].all)
 
     async def _entering(self, tenant: str, state: str,
                         order: tuple[int, int]) -> dict[str, object]:

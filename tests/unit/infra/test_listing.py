@@ -243,6 +243,35 @@ async def test_a_second_writer_of_a_new_task_never_has_the_first_give_up_what_it
     assert await every_page(first, "acme") == ["t1"] and (await first.page("acme")).total == 1
 
 
+async def test_a_position_in_all_taken_while_another_writer_recorded_its_own_is_given_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The creator of a new task's marker is slow to take its position in the list of
+    all; meanwhile another process takes another and records the task whole, and the
+    creator's cache forgets the marker (evicted). The creator reads the winner's marker
+    first thing in its step: its own position is given up, not left listed twice."""
+    js = FakeJetStream(KV_LISTINGS)
+    first, second = [await ListingIndex.open(cast(Any, js), TASKS) for _ in range(2)]
+    go, paused = asyncio.Event(), asyncio.Event()
+    real = first.slots.create
+
+    async def slow(key: str, value: Slot) -> int | None:
+        if key.startswith("t.acme.all.") and not go.is_set():
+            paused.set()
+            await go.wait()
+        return await real(key, value)
+    monkeypatch.setattr(first.slots, "create", slow)
+    a = asyncio.create_task(enter(first, "t1", "rejected"))
+    await paused.wait()  # marker created naming 'rejected'; its position not taken yet
+    await enter(second, "t1", "rejected")
+    first.known = Known()
+    go.set()
+    await a
+    assert await every_page(first, "acme") == ["t1"]
+    assert (await first.page("acme")).total == 1
+    assert await every_page(first, "acme", "rejected") == ["t1"]
+    assert (await first.page("acme", state="rejected")).total == 1
+
+
 # --- writers start from what they know (Known): fewer round trips, same lists ----------
 
 
