@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from functools import partial
 
 import nats.errors
 from aiohttp import web
@@ -24,7 +23,7 @@ from gateway.observe import traceparent_of
 from gateway.paging import cursor_param
 from gateway.search import children_page
 from gateway.task_records import records_of, task_record_for
-from infra.admission import Admission, admit, admit_minted
+from infra.admission import Admission, admit
 from infra.bus.publish import publish_event
 from infra.bus.topology import streams_exist
 from infra.telemetry.logging import task_id_var
@@ -64,20 +63,19 @@ def refusal(admission: Admission, task_id: str) -> ApiError | None:
 
 async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
                             ingress: Ingress, *, minted: bool = False,
-                            digest: str | None = None) -> Admission:
+                            digest: str | None = None) -> None:
     """Admission, then ``tasks.requested.<id>``: 409 when refused, 503 when NATS is not
     there (nothing refused is published; a retry publishes only what the stream lacks).
 
-    ``minted``: this request drew the id (nobody else can name it yet), so it is
-    published unclaimed (:func:`~infra.admission.admit_minted`): one round trip."""
+    ``minted``: this request drew the id, which nobody else can name before its 202, so
+    it is published unclaimed: one JetStream write (infra/admission.py judges whoever
+    names it later by the owner its ``task.requested`` or its record names)."""
     js = request.app[JS]
     try:
         if minted:
-            admission = await admit_minted(event, ingress, partial(publish_event, js, event),
-                                           digest=digest)
-        else:
-            admission = await admit(request.app[ADMISSIONS], js, event, ingress,
-                                    digest=digest)
+            await publish_event(js, event)
+            return
+        admission = await admit(request.app[ADMISSIONS], js, event, ingress, digest=digest)
         problem = refusal(admission, event.data.task_id)
         if problem is not None:
             raise problem
@@ -85,7 +83,6 @@ async def admit_and_publish(request: web.Request, event: TaskRequestedEvent,
             await publish_event(js, event)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
-    return admission
 
 
 def accepted_now(task_id: str) -> web.Response:
@@ -97,15 +94,16 @@ def accepted_now(task_id: str) -> web.Response:
 
 @routes.post("/v1/tasks")
 async def submit_task(request: web.Request) -> web.Response:
-    """Validated once (the body straight into :class:`TaskRequest`); its digest is
-    computed once and serves both the Idempotency-Key record and admission."""
+    """Validated once (the body straight into :class:`TaskRequest`). Its digest (the
+    costliest part of a plain request when it was computed for every one) only with an
+    Idempotency-Key: it serves both the key's record and a replay's admission."""
     req = await read_model(request, TaskRequest)
     tenant = tenant_of(request)
     key = request_key(request)
     if not getattr(request.app[CONNECTED], "is_connected", False):
         # Fail fast: a publish now would wait for its ack timeout, buffered in the client.
         raise unavailable(ConnectionError("not connected to NATS"))
-    digest = request_digest(req)
+    digest = request_digest(req) if key is not None else None
     traceparent = traceparent_of(request)
 
     async def publish(task_id: str, won: bool = True) -> None:
@@ -119,7 +117,7 @@ async def submit_task(request: web.Request) -> web.Response:
             source="radtrain/gateway", subject=task_id, traceparent=traceparent, data=data),
             "http", minted=won, digest=digest)
 
-    if key is None:
+    if key is None or digest is None:  # digest: None exactly when there is no key
         task_id = new_task_id()
         await publish(task_id)
         return accepted_now(task_id)

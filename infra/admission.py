@@ -20,16 +20,16 @@ The tenant is always the authenticated one (API key, event-secret owner, NATS
 subject token), never the body's. A task id the ``TASKS`` stream already knows
 without a KV record (a task from before admission existed) is judged against
 the owner its ``task.requested`` names, and that owner is written to KV. An id the
-gateway draws itself (``POST /v1/tasks``) is never claimed (:func:`admit_minted`):
-nobody can name it before its ``task.requested`` is published, so it is judged that
-way too, or by its task record once the stream has aged the event out.
+gateway draws itself (``POST /v1/tasks``, a new Idempotency-Key) is never claimed:
+nobody can name it before its ``task.requested`` is published (one JetStream write,
+not two), so it is judged that way too, or by its task record (KV ``tasks``) once the
+stream has aged the event out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
@@ -202,23 +202,6 @@ async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedE
         await repo.record_owner(task_id, owner)
         return Admission(judged, owner, publish=False)
     return Admission("retry", record, publish=False)
-
-
-async def admit_minted(event: TaskRequestedEvent, ingress: Ingress,
-                       publish: Callable[[], Awaitable[object]], *, digest: str | None = None
-                       ) -> Admission:
-    """Publish the ``task.requested`` of a task id the caller drew itself, unclaimed: one
-    JetStream write (one fsync with ``sync_interval: always``) instead of two.
-
-    Safe only for a fresh random 128-bit id (``POST /v1/tasks``, a new Idempotency-Key):
-    no one else can name it before it is published, so a claim could never be refused.
-    Whoever names it later goes through :func:`admit`, whose claim finds no record and
-    judges by the owner the stream's ``task.requested`` names or, once the stream has
-    aged it out, the task's record (KV ``tasks``): this tenant. The returned ``publish``
-    is ``False``: it is done. NATS errors propagate."""
-    fresh = _fresh(event, ingress, digest)
-    await publish()
-    return Admission("admitted", fresh, publish=False)
 
 
 # --- the event an upstream system sent, bound to its authenticated tenant ----------------

@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import nats.errors
 import pytest
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -17,7 +16,6 @@ from infra.admission import (
     InconsistentEvent,
     TenantMismatch,
     admit,
-    admit_minted,
     bind_tenant,
     decide,
     inbound_event,
@@ -154,18 +152,13 @@ async def test_a_task_the_stream_knew_before_admission_keeps_its_owner() -> None
 
 
 async def test_a_drawn_id_is_published_unclaimed_and_owned_by_its_tenant() -> None:
-    """One JetStream write: the publish. Whoever names the id afterwards meets the owner
-    the stream's event names (the claim made then records it)."""
+    """The gateway publishes a drawn id's event alone (gateway/tasks.py). Whoever names
+    the id afterwards meets the owner the stream's event names (the claim made then
+    records it)."""
     repo, js = _repo(), FakeJetStream()
     event = _event("drawn1", "acme")
-
-    async def publish() -> object:
-        return await js.publish(event.nats_subject, encode_event(event),
-                                headers={"Nats-Msg-Id": event.msg_id})
-
-    admission = await admit_minted(event, "http", publish, digest=DIGEST)
-    assert (admission.outcome, admission.publish) == ("admitted", False)  # published: done
-    assert [p.msg_id for p in js.on("tasks.requested.drawn1")] == ["drawn1:requested"]
+    await js.publish(event.nats_subject, encode_event(event),
+                     headers={"Nats-Msg-Id": event.msg_id})
     assert await repo.get("drawn1") is None  # no claim written
     # A retry of that id (a replayed Idempotency-Key) is judged as before: nothing twice.
     again = await admit(repo, js.as_js(), event, "http")
@@ -201,14 +194,3 @@ async def test_a_drawn_id_aged_out_of_the_stream_keeps_its_owner_by_its_record()
     fresh = await admit(repo, js.as_js(), _event("new", "evil"), "events")
     assert (fresh.outcome, fresh.publish) == ("admitted", True)  # no record: a new id
     assert js.on("tasks.requested.old") == []
-
-
-async def test_a_failed_publish_of_a_drawn_id_is_the_callers_error() -> None:
-    js = FakeJetStream(fail_publish=True)
-    event = _event("drawn2", "acme")
-
-    async def publish() -> object:
-        return await js.publish(event.nats_subject, encode_event(event))
-
-    with pytest.raises(nats.errors.TimeoutError):
-        await admit_minted(event, "http", publish)
