@@ -34,8 +34,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -53,7 +51,7 @@ from bench.cpu import CpuMeter, ceiling_per_s
 from infra.bus.subscriber import Subscriber, run_subscriber
 from infra.bus.topology import ENRICH, KV_TASKS, TASKS_STREAM, connect, consumer_configs, stream_of
 from infra.settings import Settings
-from radtrain.stack import Stack, start_stack
+from radtrain.stack import Stack, start_service, start_stack
 from schemas.events import TaskRequestedEvent, encode_event
 from schemas.tasks import TaskRequested
 
@@ -291,14 +289,9 @@ def stop_service(stack: Stack, name: str) -> None:
 def add_handlers(stack: Stack, count: int) -> list[str]:
     """``count`` more handlers processes beside the stack's (a pool, as in ``radtrain up
     --cluster``): their names in ``stack.procs``."""
-    names = []
-    for i in range(2, count + 2):
-        name = f"handlers-{i}"
-        stack.logs[name] = (stack.settings.data_dir / "logs" / f"{name}.log").open("ab")
-        stack.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "handlers"], env=stack.env, stdout=stack.logs[name],
-            stderr=subprocess.STDOUT, start_new_session=True)
-        names.append(name)
+    names = [f"handlers-{i}" for i in range(2, count + 2)]
+    for name in names:
+        start_service(stack, name, "handlers")
     return names
 
 

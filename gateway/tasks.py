@@ -103,7 +103,7 @@ async def submit_task(request: web.Request) -> web.Response:
     if not getattr(request.app[CONNECTED], "is_connected", False):
         # Fail fast: a publish now would wait for its ack timeout, buffered in the client.
         raise unavailable(ConnectionError("not connected to NATS"))
-    digest = request_digest(req) if key is not None else None
+    digest: str | None = None  # set below, with a key only: read by publish when called
     traceparent = traceparent_of(request)
 
     async def publish(task_id: str, won: bool = True) -> None:
@@ -117,10 +117,11 @@ async def submit_task(request: web.Request) -> web.Response:
             source="radtrain/gateway", subject=task_id, traceparent=traceparent, data=data),
             "http", minted=won, digest=digest)
 
-    if key is None or digest is None:  # digest: None exactly when there is no key
+    if key is None:
         task_id = new_task_id()
         await publish(task_id)
         return accepted_now(task_id)
+    digest = request_digest(req)
     return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(), digest,
                               ttl_s=request.app[SETTINGS].idempotency_ttl_s,
                               answer=accepted, publish=publish)

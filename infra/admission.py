@@ -104,7 +104,7 @@ class AdmissionRepo(BucketRepo[AdmissionRecord]):
             entry = await self.tasks.get(task_id)
         except KeyNotFoundError:
             return None
-        tenant = _tenant_of(entry.value or b"")
+        tenant = _tenant_in(_json(entry.value or b""))
         if tenant is None:
             return None
         return AdmissionRecord(tenant=tenant, body_sha256=UNREADABLE_DIGEST, ingress="http",
@@ -143,20 +143,19 @@ def _owner_of(raw: RawStreamMsg) -> AdmissionRecord:
 
 
 def _raw_tenant(data: bytes) -> str | None:
+    doc = _json(data)
+    return _tenant_in(doc.get("data") if isinstance(doc, dict) else None)
+
+
+def _json(data: bytes) -> object:
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except ValueError:
         return None
-    return _tenant_of(doc.get("data") if isinstance(doc, dict) else None)
 
 
-def _tenant_of(doc: object) -> str | None:
-    """``doc["tenant"]`` when it is an identifier (``doc``: a dict, or JSON bytes of one)."""
-    if isinstance(doc, bytes):
-        try:
-            doc = json.loads(doc)
-        except ValueError:
-            return None
+def _tenant_in(doc: object) -> str | None:
+    """``doc["tenant"]`` when ``doc`` is a dict and that is an identifier."""
     tenant = doc.get("tenant") if isinstance(doc, dict) else None
     return tenant if isinstance(tenant, str) and is_identifier(tenant) else None
 

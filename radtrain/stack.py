@@ -148,6 +148,16 @@ def start_local_nats(settings: Settings) -> tuple[ManagedProcess, str, Path]:
     return proc, url, auth.seed_path("services", "services")
 
 
+def start_service(stack: Stack, name: str, module: str | None = None) -> None:
+    """``python -m <module>`` (``name`` by default) in the stack's environment, logging to
+    ``<data_dir>/logs/<name>.log``; one more member of a pool under another ``name``."""
+    log = (stack.settings.data_dir.resolve() / "logs" / f"{name}.log").open("ab")
+    stack.logs[name] = log
+    stack.procs[name] = subprocess.Popen(
+        [sys.executable, "-m", module or name], env=stack.env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def start_stack(settings: Settings, *, embedded_nats: bool = True,
                 services: tuple[str, ...] = SERVICES) -> Stack:
     """Start the whole stack; on any failure stop what was started and raise."""
@@ -178,11 +188,7 @@ def start_stack(settings: Settings, *, embedded_nats: bool = True,
         if "runner" in services:
             stage_offline_weights(settings, stack.env, log_dir)
         for name in services:
-            log = (log_dir / f"{name}.log").open("ab")
-            stack.logs[name] = log
-            stack.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", name], env=stack.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+            start_service(stack, name)
         if "gateway" in services:
             wait_ready(stack)
     except BaseException:

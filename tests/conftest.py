@@ -62,7 +62,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
-    """pytest-xdist (``make test-fast`` runs two workers): each worker hands back the leaks
+    """pytest-xdist (``make test-fast``, a worker per core): each worker hands back the leaks
     its tests answered, and the controller's ``pytest_sessionfinish`` reports them all."""
     output = getattr(node, "workeroutput", {})
     leaks.FROM_WORKERS.extend((s, t, list(k)) for s, t, k in output.get(WORKER_LEAKS, []))

@@ -293,7 +293,8 @@ class ListingIndex(ListingPages):
 
     async def _converge(self, tenant: str, item_id: str, state: str,
                         order: tuple[int, int]) -> None:
-        fresh, unrecorded = (await self._add(tenant, item_id, (state, order)))[1:]
+        added = await self._add(tenant, item_id, (state, order))
+        fresh, unrecorded = added.fresh, added.unrecorded
         key = self._marker(item_id)
         for _ in range(20):
             # A known marker may be behind the bucket, never ahead (orders only grow): what
