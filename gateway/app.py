@@ -31,6 +31,7 @@ from gateway.app_keys import (
     DELIVERIES,
     IDEMPOTENCY,
     JS,
+    KEYED_IDS,
     LIMITER,
     REPLAY,
     SETTINGS,
@@ -46,6 +47,7 @@ from gateway.console import console_middleware
 from gateway.errors import error_middleware
 from gateway.flows import routes as flow_routes
 from gateway.idempotency import IdempotencyStore
+from gateway.keyed_ids import KeyedIds
 from gateway.ratelimit import RateLimiter
 from gateway.search import routes as search_routes
 from gateway.tasks import routes
@@ -53,7 +55,7 @@ from gateway.tenancy import ApiKeyRepo, ReplayGuard, TenantRepo
 from gateway.workers import Supervisor, watch_parent
 from infra.admission import AdmissionRepo
 from infra.bus.topology import connect
-from infra.event_loop import loop_factory
+from infra.event_loop import freeze_startup_heap, loop_factory
 from infra.kv import DeliveryRepo, TaskRepo, WebhookRepo
 from infra.kv.listing import TASKS as TASK_KIND
 from infra.kv.listing import ListingIndex
@@ -107,7 +109,9 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[webhooks.BREAKERS] = await open_when_ready(webhooks.open_breakers, js)  # issue 17
     app[IDEMPOTENCY] = await open_when_ready(IdempotencyStore.open, js)
     app[ADMISSIONS] = await open_when_ready(AdmissionRepo.open, js)
+    app[KEYED_IDS] = KeyedIds.for_gateway(app[SETTINGS], seal)
     app[TASK_LISTS] = await open_when_ready(partial(ListingIndex.open, kind=TASK_KIND), js)
+    freeze_startup_heap()
     yield
     await nc.drain()
 

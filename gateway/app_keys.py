@@ -6,6 +6,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from gateway.idempotency import IdempotencyStore
+from gateway.keyed_ids import KeyedIds
 from gateway.ratelimit import RateLimiter
 from gateway.tenancy import ReplayGuard, TenantRepo
 from infra.admission import AdmissionRepo
@@ -26,6 +27,8 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 STORE: web.AppKey[ObjectStore] = web.AppKey("store")
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 ADMISSIONS = web.AppKey("admissions", AdmissionRepo)
+KEYED_IDS: web.AppKey[KeyedIds | None] = web.AppKey("keyed_ids")
+"""``None``: every Idempotency-Key takes the KV path (gateway/keyed_ids.py)."""
 TASK_LISTS = web.AppKey("task_lists", ListingIndex)
 
 # Request-scoped values set by the middlewares (gateway/auth.py, gateway/observe.py).

@@ -1,5 +1,9 @@
 """Idempotent submission: one ``Idempotency-Key`` → one task and one answer, for a window.
 
+``POST /v1/tasks`` derives a new key's task id and lets the stream decide
+(gateway/keyed_ids.py: one write); this module's KV path serves a key reused after
+its window, gateways without a seal key, and dataset imports (:func:`submit_once`).
+
 KV ``idempotency`` holds, per tenant and key, the task id the key names, the
 sha256 of the canonical request body and the response. ``kv.create`` is atomic,
 so among concurrent requests exactly one claims the key; the others find its
@@ -91,6 +95,14 @@ class IdempotencyStore(BucketRepo[IdempotencyRecord]):
 
     BUCKET = Bucket(KV_IDEMPOTENCY, IdempotencyRecord)
 
+    async def recorded(self, tenant: str, key: str, ttl_s: float | None,
+                       now: datetime | None = None) -> IdempotencyRecord | None:
+        """The key's record if it is within its window (a read: nothing is claimed)."""
+        found = await self.kv.get(kv_key(tenant, key))
+        if found is None or expired(found, now or datetime.now(UTC), ttl_s):
+            return None
+        return found
+
     async def claim(self, tenant: str, key: str, task_id: str, digest: str, *,
                     answer: StoredResponse | None = None, ttl_s: float | None = None,
                     now: datetime | None = None) -> tuple[IdempotencyRecord, int, bool]:
@@ -124,6 +136,12 @@ def respond(stored: StoredResponse, replayed: bool) -> web.Response:
     return web.json_response(stored.body, status=stored.status, headers=headers)
 
 
+def key_reused(key: str, task_id: str) -> ApiError:
+    return ApiError(409, "idempotency_key_reused",
+                    f"{HEADER} {key!r} was already used with a different request body "
+                    f"(task {task_id}); send a new key for a new task")
+
+
 async def submit_keyed(
     store: IdempotencyStore, tenant: str, key: str, fresh_id: str, digest: str, *,
     ttl_s: float | None,
@@ -136,13 +154,21 @@ async def submit_keyed(
     try:
         record, _, won = await store.claim(tenant, key, fresh_id, digest, ttl_s=ttl_s,
                                            answer=answer(fresh_id))
-        if record.body_sha256 != digest:
-            raise ApiError(409, "idempotency_key_reused",
-                           f"{HEADER} {key!r} was already used with a different request body "
-                           f"(task {record.task_id}); send a new key for a new task")
-        await publish(record.task_id, won)
+        return await answer_recorded(record, won, key, digest, answer=answer, publish=publish)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
+
+
+async def answer_recorded(
+    record: IdempotencyRecord, won: bool, key: str, digest: str, *,
+    answer: Callable[[str], StoredResponse],
+    publish: Callable[[str, bool], Awaitable[None]],
+) -> web.Response:
+    """The answer to a request whose key ``record`` holds (``won``: this request wrote
+    it): 409 for another body, else publish (what the stream lacks) and answer."""
+    if record.body_sha256 != digest:
+        raise key_reused(key, record.task_id)
+    await publish(record.task_id, won)
     return respond(record.response or answer(record.task_id), replayed=not won)
 
 

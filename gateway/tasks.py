@@ -8,7 +8,15 @@ import uuid
 import nats.errors
 from aiohttp import web
 
-from gateway.app_keys import ADMISSIONS, CONNECTED, IDEMPOTENCY, JS, SETTINGS, TASK_LISTS
+from gateway.app_keys import (
+    ADMISSIONS,
+    CONNECTED,
+    IDEMPOTENCY,
+    JS,
+    KEYED_IDS,
+    SETTINGS,
+    TASK_LISTS,
+)
 from gateway.artifacts import public_record
 from gateway.auth import tenant_of
 from gateway.body import int_param, read_model
@@ -19,12 +27,13 @@ from gateway.idempotency import (
     submit_keyed,
     unavailable,
 )
+from gateway.keyed_ids import KeyedRequest, submit_derived
 from gateway.observe import traceparent_of
 from gateway.paging import cursor_param
 from gateway.search import children_page
 from gateway.task_records import records_of, task_record_for
 from infra.admission import Admission, admit
-from infra.bus.publish import publish_event
+from infra.bus.publish import publish_event, publish_first_event
 from infra.bus.topology import streams_exist
 from infra.telemetry.logging import task_id_var
 from schemas.admission import Ingress, request_digest
@@ -106,25 +115,41 @@ async def submit_task(request: web.Request) -> web.Response:
     digest: str | None = None  # set below, with a key only: read by publish when called
     traceparent = traceparent_of(request)
 
-    async def publish(task_id: str, won: bool = True) -> None:
-        """``won``: this request drew ``task_id`` (a replay's id is judged by admission)."""
+    def event_for(task_id: str) -> TaskRequestedEvent:
         task_id_var.set(task_id)  # this request's context only: tags its log lines
         # The request's fields are validated already: validating a dict of them (nested
         # models pass as they are) costs a third of re-dumping and re-parsing them.
         data = TaskRequested.model_validate({**req.__dict__, "task_id": task_id,
                                              "tenant": tenant, "idempotency_key": key})
-        await admit_and_publish(request, TaskRequestedEvent(
-            source="radtrain/gateway", subject=task_id, traceparent=traceparent, data=data),
-            "http", minted=won, digest=digest)
+        return TaskRequestedEvent(source="radtrain/gateway", subject=task_id,
+                                  traceparent=traceparent, data=data)
+
+    async def publish(task_id: str, won: bool = True) -> None:
+        """``won``: this request drew ``task_id`` (a replay's id is judged by admission)."""
+        await admit_and_publish(request, event_for(task_id), "http", minted=won,
+                                digest=digest)
 
     if key is None:
         task_id = new_task_id()
         await publish(task_id)
         return accepted_now(task_id)
     digest = request_digest(req)
-    return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(), digest,
-                              ttl_s=request.app[SETTINGS].idempotency_ttl_s,
-                              answer=accepted, publish=publish)
+
+    async def kv_path() -> web.Response:
+        return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(),
+                                  digest, ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+                                  answer=accepted, publish=publish)
+
+    async def publish_first(task_id: str) -> bool:
+        return await publish_first_event(request.app[JS], event_for(task_id))
+
+    ids = request.app[KEYED_IDS]
+    if ids is None:
+        return await kv_path()
+    keyed = KeyedRequest(tenant, key, digest, publish_first=publish_first, publish=publish,
+                         answer=accepted)
+    return await submit_derived(ids, request.app[JS], request.app[IDEMPOTENCY], keyed,
+                                kv_path=kv_path)
 
 
 @routes.get("/v1/tasks/{task_id}")

@@ -146,6 +146,7 @@ async def run(settings: Settings, stop: asyncio.Event,
                             searches=await open_when_ready(SearchRepo.open, js))
         log.info("handlers consuming %s", ", ".join(table))
         ready.consumers = [(stream_of(name), name) for name in table]
+        event_loop.freeze_startup_heap()
         loops = [asyncio.create_task(
             # issue 17: webhook jobs start fairly across tenants and endpoints
             run_fair_deliveries(js, sub, stop, settings) if name == WEBHOOK_DELIVERIES

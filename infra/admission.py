@@ -127,7 +127,7 @@ class AdmissionRepo(BucketRepo[AdmissionRecord]):
         await self.kv.put(task_id, owner)
 
 
-def _owner_of(raw: RawStreamMsg) -> AdmissionRecord:
+def owner_of(raw: RawStreamMsg) -> AdmissionRecord:
     """The owner a stream ``task.requested`` names; an unreadable one matches no request."""
     at = raw.time or datetime.now(UTC)
     try:
@@ -160,6 +160,17 @@ def _tenant_in(doc: object) -> str | None:
     return tenant if isinstance(tenant, str) and is_identifier(tenant) else None
 
 
+async def first_requested_in_stream(js: JetStreamContext, task_id: str
+                                    ) -> RawStreamMsg | None:
+    """The first ``tasks.requested.<id>`` the stream holds (a redrive publishes others
+    later: the first one's time is when the task was requested), if any."""
+    try:
+        return await js.get_msg(TASKS_STREAM, seq=1, subject=f"tasks.requested.{task_id}",
+                                next=True)
+    except NotFoundError:
+        return None
+
+
 async def requested_in_stream(js: JetStreamContext, task_id: str) -> RawStreamMsg | None:
     """The last ``tasks.requested.<id>`` the stream holds, if any."""
     try:
@@ -190,7 +201,7 @@ async def admit(repo: AdmissionRepo, js: JetStreamContext, event: TaskRequestedE
     if outcome in ("conflict", "unavailable"):
         return Admission(outcome, record, publish=False)
     prior = await requested_in_stream(js, task_id)
-    owner = _owner_of(prior) if prior is not None else await repo.recorded_owner(task_id)
+    owner = owner_of(prior) if prior is not None else await repo.recorded_owner(task_id)
     if owner is None:
         return Admission(outcome, record, publish=True)
     judged = decide(owner, tenant, digest)

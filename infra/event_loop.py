@@ -8,6 +8,7 @@ a drop-in loop, so the choice is made here once, from a setting, not in each ser
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -30,3 +31,12 @@ def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
     """``asyncio.run`` on the chosen loop (Python 3.11's Runner takes the factory)."""
     with asyncio.Runner(loop_factory=loop_factory(use_uvloop)) as runner:
         return runner.run(main)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated so far (modules, catalogs, models, clients) out of the
+    garbage collector's reach: its full collections traversed that heap each time, a
+    45-55 ms stall of every request in flight (p99 of ``bench_submit`` 44-55 ms against
+    14-20 ms frozen). Called once a service has started, before it serves."""
+    gc.collect()
+    gc.freeze()

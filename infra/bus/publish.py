@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from nats.js.errors import BadRequestError
 
 from infra.telemetry.logging import traceparent_var
 from schemas.events import Envelope, encode_event
@@ -26,3 +27,30 @@ async def publish_event(
         timeout=ack_timeout_s,
         headers={"Nats-Msg-Id": event.msg_id},
     )
+
+
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for a failed ``Nats-Expected-Last-*`` precondition."""
+
+
+async def publish_first_event(
+    js: JetStreamContext, event: Envelope, *, ack_timeout_s: float = 10.0
+) -> bool:
+    """Publish ``event`` only if its subject holds no message yet (JetStream checks it
+    atomically: ``Nats-Expected-Last-Subject-Sequence: 0``): ``True`` when this call
+    stored it, ``False`` when the subject already held one (another publish, possibly
+    of the same event, came first). A create for events, as ``kv.create`` is for keys."""
+    if event.traceparent is None and traceparent_var.get() is not None:
+        event = event.model_copy(update={"traceparent": traceparent_var.get()})
+    try:
+        ack = await js.publish(
+            event.nats_subject,
+            encode_event(event),
+            timeout=ack_timeout_s,
+            headers={"Nats-Msg-Id": event.msg_id, "Nats-Expected-Last-Subject-Sequence": "0"},
+        )
+    except BadRequestError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            return False
+        raise
+    return not ack.duplicate
