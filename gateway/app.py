@@ -47,7 +47,7 @@ from gateway.console import console_middleware
 from gateway.errors import error_middleware
 from gateway.flows import routes as flow_routes
 from gateway.idempotency import IdempotencyStore
-from gateway.keyed_ids import KeyedIds
+from gateway.keyed_ids import keyed_ids_for
 from gateway.ratelimit import RateLimiter
 from gateway.search import routes as search_routes
 from gateway.tasks import routes
@@ -109,7 +109,8 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[webhooks.BREAKERS] = await open_when_ready(webhooks.open_breakers, js)  # issue 17
     app[IDEMPOTENCY] = await open_when_ready(IdempotencyStore.open, js)
     app[ADMISSIONS] = await open_when_ready(AdmissionRepo.open, js)
-    app[KEYED_IDS] = KeyedIds.for_gateway(app[SETTINGS], seal)
+    app[KEYED_IDS] = await open_when_ready(
+        partial(keyed_ids_for, settings=app[SETTINGS], seal_key=seal), js)
     app[TASK_LISTS] = await open_when_ready(partial(ListingIndex.open, kind=TASK_KIND), js)
     freeze_startup_heap()
     yield

@@ -95,14 +95,6 @@ class IdempotencyStore(BucketRepo[IdempotencyRecord]):
 
     BUCKET = Bucket(KV_IDEMPOTENCY, IdempotencyRecord)
 
-    async def recorded(self, tenant: str, key: str, ttl_s: float | None,
-                       now: datetime | None = None) -> IdempotencyRecord | None:
-        """The key's record if it is within its window (a read: nothing is claimed)."""
-        found = await self.kv.get(kv_key(tenant, key))
-        if found is None or expired(found, now or datetime.now(UTC), ttl_s):
-            return None
-        return found
-
     async def claim(self, tenant: str, key: str, task_id: str, digest: str, *,
                     answer: StoredResponse | None = None, ttl_s: float | None = None,
                     now: datetime | None = None) -> tuple[IdempotencyRecord, int, bool]:
@@ -147,28 +139,20 @@ async def submit_keyed(
     ttl_s: float | None,
     answer: Callable[[str], StoredResponse],
     publish: Callable[[str, bool], Awaitable[None]],
+    now: datetime | None = None,
 ) -> web.Response:
     """One key → one id → one answer. ``fresh_id`` is the id a new (or expired) key gets;
     ``publish(id, won)`` is always called, ``won`` when this request claimed the key (a
-    replay publishes only what the stream lacks: the callee decides)."""
+    replay publishes only what the stream lacks: the callee decides). ``now``: when the
+    request was decided (the record's ``created_at``)."""
     try:
         record, _, won = await store.claim(tenant, key, fresh_id, digest, ttl_s=ttl_s,
-                                           answer=answer(fresh_id))
-        return await answer_recorded(record, won, key, digest, answer=answer, publish=publish)
+                                           answer=answer(fresh_id), now=now)
+        if record.body_sha256 != digest:
+            raise key_reused(key, record.task_id)
+        await publish(record.task_id, won)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
-
-
-async def answer_recorded(
-    record: IdempotencyRecord, won: bool, key: str, digest: str, *,
-    answer: Callable[[str], StoredResponse],
-    publish: Callable[[str, bool], Awaitable[None]],
-) -> web.Response:
-    """The answer to a request whose key ``record`` holds (``won``: this request wrote
-    it): 409 for another body, else publish (what the stream lacks) and answer."""
-    if record.body_sha256 != digest:
-        raise key_reused(key, record.task_id)
-    await publish(record.task_id, won)
     return respond(record.response or answer(record.task_id), replayed=not won)
 
 

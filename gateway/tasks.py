@@ -49,7 +49,8 @@ routes = web.RouteTableDef()
 
 
 def new_task_id() -> str:
-    """Always a new id; an Idempotency-Key maps to one in KV ``idempotency``."""
+    """A new random id: a request without an Idempotency-Key, or a key's next task after
+    its window (a key's first task has an id derived from it: gateway/keyed_ids.py)."""
     return uuid.uuid4().hex
 
 
@@ -135,7 +136,8 @@ async def submit_task(request: web.Request) -> web.Response:
         return accepted_now(task_id)
     digest = request_digest(req)
 
-    async def kv_path() -> web.Response:
+    ids = request.app[KEYED_IDS]
+    if ids is None:
         return await submit_keyed(request.app[IDEMPOTENCY], tenant, key, new_task_id(),
                                   digest, ttl_s=request.app[SETTINGS].idempotency_ttl_s,
                                   answer=accepted, publish=publish)
@@ -143,13 +145,9 @@ async def submit_task(request: web.Request) -> web.Response:
     async def publish_first(task_id: str) -> bool:
         return await publish_first_event(request.app[JS], event_for(task_id))
 
-    ids = request.app[KEYED_IDS]
-    if ids is None:
-        return await kv_path()
     keyed = KeyedRequest(tenant, key, digest, publish_first=publish_first, publish=publish,
-                         answer=accepted)
-    return await submit_derived(ids, request.app[JS], request.app[IDEMPOTENCY], keyed,
-                                kv_path=kv_path)
+                         answer=accepted, draw_id=new_task_id)
+    return await submit_derived(ids, request.app[JS], request.app[IDEMPOTENCY], keyed)
 
 
 @routes.get("/v1/tasks/{task_id}")

@@ -23,7 +23,8 @@ the owner its ``task.requested`` names, and that owner is written to KV. An id t
 gateway draws itself (``POST /v1/tasks``, a new Idempotency-Key) is never claimed:
 nobody can name it before its ``task.requested`` is published (one JetStream write,
 not two), so it is judged that way too, or by its task record (KV ``tasks``) once the
-stream has aged the event out.
+stream has aged the event out. So is an id derived from an Idempotency-Key
+(gateway/keyed_ids.py): nobody without the services' seal key can compute it.
 """
 
 from __future__ import annotations

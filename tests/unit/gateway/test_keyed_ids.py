@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from nats.js.api import RawStreamMsg
+from nats.js.api import RawStreamMsg, StreamConfig
 
 from gateway.keyed_ids import EPOCH_S, KeyedIds, judge
 from infra.settings import Settings
@@ -45,23 +45,39 @@ def test_the_id_depends_on_secret_tenant_key_and_epoch() -> None:
     assert base not in others and len(others) == 5
 
 
-def test_epochs_and_their_first_window() -> None:
-    ids = KeyedIds(SECRET, 60.0, 600.0)
-    assert ids.epoch(1200.0) == 2 and ids.epoch(1799.9) == 2
-    assert ids.in_first_window(1200.0) and ids.in_first_window(1259.9)
-    assert not ids.in_first_window(1260.0) and not ids.in_first_window(1799.0)
+def test_epochs_their_first_window_and_the_band() -> None:
+    ids = KeyedIds(SECRET, 60.0, 600.0, origin_s=100.0, band_s=30.0)
+    assert ids.epoch(1300.0) == 2 and ids.epoch(1899.9) == 2 and ids.epoch(99.0) == -1
+    assert ids.in_first_window(1300.0) and ids.in_first_window(1359.9)
+    assert not ids.in_first_window(1360.0) and not ids.in_first_window(1899.0)
+    # the band: from 30 s before an epoch's start to the end of its first window
+    assert [ids.in_band(t) for t in (1869.9, 1870.0, 1900.0, 1959.9, 1960.0)] == [
+        False, True, True, True, False]
 
 
-def test_the_scheme_needs_a_secret_and_a_stream_that_outlives_an_epoch_and_a_window(
+def stream(**limits: Any) -> StreamConfig:
+    return StreamConfig(name="TASKS", max_age=limits.pop("max_age", 30 * 86_400.0),
+                        **limits)
+
+
+def test_the_scheme_needs_a_seal_key_and_a_stream_that_keeps_an_epoch_and_a_window(
         tmp_path: Any) -> None:
-    settings = Settings(store_dir=tmp_path)  # 30 days kept, a day's window
-    made = KeyedIds.for_gateway(settings, SECRET)
-    assert made == KeyedIds(SECRET, 86_400.0, EPOCH_S)
-    assert KeyedIds.for_gateway(settings, None) is None
-    short = Settings(store_dir=tmp_path, stream_max_age_days=EPOCH_S / 86_400 + 0.5)
-    assert KeyedIds.for_gateway(short, SECRET) is None
-    enough = Settings(store_dir=tmp_path, stream_max_age_days=EPOCH_S / 86_400 + 1)
-    assert KeyedIds.for_gateway(enough, SECRET) is not None
+    settings = Settings(store_dir=tmp_path)  # a day's window
+    made = KeyedIds.for_stream(settings, SECRET, stream())
+    assert made is not None and (made.ttl_s, made.epoch_s) == (86_400.0, EPOCH_S)
+    assert made.secret not in (SECRET, KeyedIds.for_stream(settings, bytes(32), stream()))
+    assert KeyedIds.for_stream(settings, SECRET, stream(max_age=0.0)) is not None  # for ever
+    assert KeyedIds.for_stream(settings, None, stream()) is None
+    short = EPOCH_S + 86_400.0 - 1
+    assert KeyedIds.for_stream(settings, SECRET, stream(max_age=short)) is None
+    assert KeyedIds.for_stream(settings, SECRET, stream(max_age=short + 1)) is not None
+    for limit in ({"max_msgs": 10**9}, {"max_bytes": 10**12}, {"max_msgs_per_subject": 5}):
+        assert KeyedIds.for_stream(settings, SECRET, stream(**limit)) is None, limit
+    unlimited = {"max_msgs": -1, "max_bytes": -1, "max_msgs_per_subject": -1}
+    assert KeyedIds.for_stream(settings, SECRET, stream(**unlimited)) is not None
+    # a window longer than an epoch would span three epochs: only last epoch's is read
+    week = Settings(store_dir=tmp_path, idempotency_ttl_s=EPOCH_S + 1)
+    assert KeyedIds.for_stream(week, SECRET, stream(max_age=0.0)) is None
 
 
 @pytest.mark.parametrize(("found", "verdict"), [
