@@ -34,7 +34,10 @@ from typing import Any
 
 import aiohttp
 
+from bench.bare_http import bare_server
 from bench.cpu import CpuMeter, ceiling_per_s
+from gateway import keyed_ids
+from gateway.keyed_ids import KeyedIds
 from infra.bus.topology import connect
 from infra.settings import Settings
 from radtrain.stack import Stack, start_stack
@@ -126,26 +129,43 @@ def _gateway_total(cpu: dict[str, float]) -> dict[str, float]:
 
 async def bench_gateway(stack: Stack, n: int, concurrency: int, sync: str,
                         with_key: bool) -> Result:
-    url = f"{stack.gateway_url}/v1/tasks"
-    run = uuid.uuid4().hex[:8]
     headers = {"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/json"}
+    seconds, lat, cpu = await _post_tasks(f"{stack.gateway_url}/v1/tasks", headers, n,
+                                          concurrency, with_key, lambda: stack_meter(stack))
+    return _result(sync, "gateway+idempotency-key" if with_key else "gateway", seconds, lat,
+                   _gateway_total(cpu))
+
+
+async def bench_bare_http(stack: Stack, n: int, concurrency: int, sync: str) -> Result:
+    """The HTTP hop alone (bench/bare_http.py), with the gateway's client: what one
+    request costs this machine before the gateway does anything."""
+    with bare_server() as (url, pid):
+        headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+        seconds, lat, cpu = await _post_tasks(
+            f"{url}/v1/tasks", headers, n, concurrency, False,
+            lambda: CpuMeter({"bare server": pid, "bench client": os.getpid()}))
+    return _result(sync, "bare HTTP", seconds, lat, cpu)
+
+
+async def _post_tasks(url: str, headers: dict[str, str], n: int, concurrency: int,
+                      with_key: bool, meter_of: Callable[[], CpuMeter]
+                      ) -> tuple[float, list[float], dict[str, float]]:
+    run = uuid.uuid4().hex[:8]
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
         async def one(i: int) -> None:
             extra = {"Idempotency-Key": f"bench-{run}-{i}"} if with_key else None
             async with session.post(url, data=BODY_BYTES, headers=extra) as resp:
                 if resp.status != 202:
-                    raise RuntimeError(f"gateway answered {resp.status}: {await resp.text()}")
+                    raise RuntimeError(f"{url} answered {resp.status}: {await resp.text()}")
 
         # Warm-up (connections, key cache) with keys of its own: the measured requests are
         # all new keys (a key the warm-up used would be measured as a replay).
         await _measure(min(50, n), concurrency, lambda i: one(n + i))
-        meter = stack_meter(stack)
+        meter = meter_of()
         meter.begin()
         seconds, lat = await _measure(n, concurrency, one)
-        cpu = _gateway_total(meter.per_item_ms(n))
-    return _result(sync, "gateway+idempotency-key" if with_key else "gateway", seconds, lat,
-                   cpu)
+        return seconds, lat, meter.per_item_ms(n)
 
 
 async def bench_raw(stack: Stack, n: int, concurrency: int, sync: str) -> Result:
@@ -182,6 +202,7 @@ def run_mode(sync_always: bool, n: int, concurrency: int, data: Path,
     try:
         async def all_paths() -> list[Result]:
             return [await bench_raw(stack, n, concurrency, sync),
+                    await bench_bare_http(stack, n, concurrency, sync),
                     await bench_gateway(stack, n, concurrency, sync, with_key=False),
                     await bench_gateway(stack, n, concurrency, sync, with_key=True)]
 
@@ -198,10 +219,23 @@ def ratios(results: list[Result]) -> dict[str, float]:
         for path in ("gateway", "gateway+idempotency-key"):
             out[f"{path}/raw throughput, sync {sync}"] = by[(sync, path)].rps / raw.rps
             out[f"{path}/raw p99, sync {sync}"] = by[(sync, path)].p99_ms / raw.p99_ms
+        out[f"bare HTTP/raw throughput, sync {sync}"] = by[(sync, "bare HTTP")].rps / raw.rps
+        out[f"gateway/bare HTTP throughput, sync {sync}"] = (by[(sync, "gateway")].rps
+                                                             / by[(sync, "bare HTTP")].rps)
+        out[f"idempotency-key/plain throughput, sync {sync}"] = (
+            by[(sync, "gateway+idempotency-key")].rps / by[(sync, "gateway")].rps)
     for path in ("raw nats-py", "gateway", "gateway+idempotency-key"):
         out[f"{path} throughput, always/default"] = (by[("always", path)].rps
                                                      / by[("default", path)].rps)
     return out
+
+
+def in_key_band(now: float | None = None) -> bool:
+    """Whether keyed requests ran in the weekly band, where a new key is claimed in KV
+    too (two writes: gateway/keyed_ids.py), so two runs compare like with like."""
+    ids = KeyedIds(b"", Settings().idempotency_ttl_s, keyed_ids.EPOCH_S,
+                   keyed_ids.EPOCH_ORIGIN_S, keyed_ids.BAND_S)
+    return ids.in_band(time.time() if now is None else now)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -222,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "gateway_workers": args.gateway_workers, "cpus": os.cpu_count(),
               "results": [asdict(r) | {"rps": r.rps, "cpu_ceiling_per_s": ceiling_per_s(r.cpu_ms)}
                           for r in results],
-              "ratios": ratios(results)}
+              "ratios": ratios(results), "key_band": in_key_band()}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -247,6 +281,8 @@ def _print(report: dict[str, Any]) -> None:
         ceiling = r["cpu_ceiling_per_s"]
         print(f"  {r['sync']:<8}{r['path']:<26}{parts}; total {cpu['total']:.3f}"
               + (f" -> at most {ceiling:.0f} req/s on {report['cpus']} CPUs" if ceiling else ""))
+    if report["key_band"]:
+        print("(keyed requests ran in the weekly band: a KV claim and a publish each)")
     print("ratios (DESIGN.md §12 bound: raw nats-py at the same concurrency):")
     for name, value in report["ratios"].items():
         print(f"  {name:<52}{value:>6.2f}")

@@ -13,13 +13,17 @@ def test_bench_submit_reports_every_path_and_ratio(capsys: pytest.CaptureFixture
     report = bench_submit.main(["--requests", "20", "--concurrency", "4"])
     paths = {(r["sync"], r["path"]) for r in report["results"]}
     assert paths == {(s, p) for s in ("always", "default")
-                     for p in ("raw nats-py", "gateway", "gateway+idempotency-key")}
+                     for p in ("raw nats-py", "bare HTTP", "gateway", "gateway+idempotency-key")}
     assert all(r["rps"] > 0 and r["requests"] == 20 for r in report["results"])
     assert "gateway/raw throughput, sync always" in report["ratios"]
     assert "raw nats-py throughput, always/default" in report["ratios"]
+    assert {"gateway/bare HTTP throughput, sync default",
+            "idempotency-key/plain throughput, sync always"} <= set(report["ratios"])
+    assert isinstance(report["key_band"], bool)
     assert report["gateway_workers"] == 1
     for r in report["results"]:  # the CPU split of each path, whatever the machine's load
-        assert {"nats-server", "bench client", "total"} <= set(r["cpu_ms"])
-        assert ("gateway" in r["cpu_ms"]) == (r["path"] != "raw nats-py")
+        server = "bare server" if r["path"] == "bare HTTP" else "nats-server"
+        assert {server, "bench client", "total"} <= set(r["cpu_ms"])
+        assert ("gateway" in r["cpu_ms"]) == r["path"].startswith("gateway")
     out = capsys.readouterr().out
     assert "ratios" in out and "CPU ms per request" in out
