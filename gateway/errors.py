@@ -83,6 +83,12 @@ def from_validation(exc: ValidationError) -> ApiError:
     return ApiError(422, "validation_error", f"invalid request: {fields}", details)
 
 
+def connection_closed(exc: RuntimeError) -> bool:
+    """uvloop's error for a write on a connection that has just closed: the NATS client
+    writing while it reconnects (nats-py lets it through as it is), not a bug of ours."""
+    return "handler is closed" in str(exc)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
     try:
@@ -100,6 +106,14 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except (nats.errors.Error, TimeoutError) as exc:  # e.g. a KV read (API key) while its
         # stream elects a leader or the node is unreachable: the client retries
         log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)
+        return error_response(503, "unavailable", "event bus unavailable, retry later",
+                              headers={"Retry-After": "1"})
+    except RuntimeError as exc:
+        if not connection_closed(exc):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error; see the gateway log")
+        log.warning("event bus connection closed on %s %s: %r", request.method, request.path,
+                    exc)
         return error_response(503, "unavailable", "event bus unavailable, retry later",
                               headers={"Retry-After": "1"})
     except web.HTTPException as exc:

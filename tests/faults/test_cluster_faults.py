@@ -53,7 +53,11 @@ from tests.faults.helpers import fault_settings, per_task, subject_counts, wait_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
 ELECTION_TIMEOUT_S = 9.0  # nats-server raft: a follower campaigns after 4-9 s without a leader
-FREEZE_S = ELECTION_TIMEOUT_S + 6.0  # an election, plus a 5 s request timeout in flight
+PUBLISH_ACK_TIMEOUT_S = 10.0  # infra/bus/publish.py: a publish in flight at the freeze
+# A publish in flight when the leader froze waits out its ack timeout; its retry then
+# waits for a leader, whose election may take a second campaign (CI saw a freeze of
+# 9 + 6 s with nothing accepted during it).
+FREEZE_S = 2 * ELECTION_TIMEOUT_S + PUBLISH_ACK_TIMEOUT_S
 GW_N = 200  # submissions in the gateway test
 LEADER_N = 1000
 FREEZE_N = 300

@@ -44,6 +44,20 @@ async def test_bus_timeout_outside_a_route_step_is_503() -> None:
             await client.close()
 
 
+async def test_a_write_on_the_closing_nats_connection_is_503() -> None:
+    """uvloop's error when the NATS client writes as its connection drops (CI saw it
+    during a nats-server restart: a 500 where the client should retry)."""
+    client = await _client(RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False "
+        "0x564d797e0650>; the handler is closed"))
+    try:
+        resp = await client.get("/x")
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"]["code"] == "unavailable"
+    finally:
+        await client.close()
+
+
 async def test_unexpected_error_stays_500() -> None:
     client = await _client(RuntimeError("bug"))
     try:
