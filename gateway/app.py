@@ -112,7 +112,6 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KEYED_IDS] = await open_when_ready(
         partial(keyed_ids_for, settings=app[SETTINGS], seal_key=seal), js)
     app[TASK_LISTS] = await open_when_ready(partial(ListingIndex.open, kind=TASK_KIND), js)
-    freeze_startup_heap()
     yield
     await nc.drain()
 
@@ -131,10 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     serve(settings, worker=args.worker is not None)
 
 
+async def _freeze_heap(_: web.Application) -> None:
+    freeze_startup_heap()
+
+
 def serve(settings: Settings, *, worker: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, on uvloop when ``settings.uvloop`` (a large share of
     each request's CPU is the loop's); a worker shares the port and watches its parent."""
     app = create_app(settings)
+    app.on_startup.append(_freeze_heap)  # after the NATS context's start: the whole heap
     if worker:
         app.cleanup_ctx.append(watch_parent)
     # access_log=None: observe_middleware logs every request already.

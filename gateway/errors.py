@@ -86,7 +86,7 @@ def from_validation(exc: ValidationError) -> ApiError:
 def connection_closed(exc: RuntimeError) -> bool:
     """uvloop's error for a write on a connection that has just closed: the NATS client
     writing while it reconnects (nats-py lets it through as it is), not a bug of ours."""
-    return "handler is closed" in str(exc)
+    return str(exc).endswith("; the handler is closed")
 
 
 @web.middleware
@@ -110,8 +110,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
                               headers={"Retry-After": "1"})
     except RuntimeError as exc:
         if not connection_closed(exc):
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return error_response(500, "internal", "internal error; see the gateway log")
+            return _internal(request)
         log.warning("event bus connection closed on %s %s: %r", request.method, request.path,
                     exc)
         return error_response(503, "unavailable", "event bus unavailable, retry later",
@@ -123,5 +122,10 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, exc.text or exc.reason, headers=keep)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal", "internal error; see the gateway log")
+        return _internal(request)
+
+
+def _internal(request: web.Request) -> web.Response:
+    """500 for an error we did not expect: the traceback goes to the log only."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal", "internal error; see the gateway log")

@@ -1,8 +1,9 @@
 """Idempotent submission: one ``Idempotency-Key`` → one task and one answer, for a window.
 
 ``POST /v1/tasks`` derives a new key's task id and lets the stream decide
-(gateway/keyed_ids.py: one write); this module's KV path serves a key reused after
-its window, gateways without a seal key, and dataset imports (:func:`submit_once`).
+(gateway/keyed_ids.py: one write). This module is the KV path: a key reused after its
+window, a key in the band around a week's start, every key of a gateway without a
+seal key, and dataset imports (:func:`submit_once`).
 
 KV ``idempotency`` holds, per tenant and key, the task id the key names, the
 sha256 of the canonical request body and the response. ``kv.create`` is atomic,
@@ -16,7 +17,7 @@ record.
 - different body → 409: the key is bound to the first request.
 
 The record is created with its answer already in it (a 202 names only the task
-id), so a new key costs one round trip (``kv.create``), not read + create +
+id), so a key new to KV costs one round trip (``kv.create``), not read + create +
 complete.
 
 The retention window is ``settings.idempotency_ttl_s`` (24 h by default): the

@@ -59,10 +59,10 @@ from nats.js.api import RawStreamMsg, StreamConfig
 
 from gateway.errors import ApiError
 from gateway.idempotency import (
-    REPLAYED,
     IdempotencyStore,
     StoredResponse,
     key_reused,
+    respond,
     submit_keyed,
     unavailable,
 )
@@ -86,12 +86,15 @@ Publish = Callable[[str, bool], Awaitable[None]]
 
 @dataclass(frozen=True)
 class KeyedIds:
+    """The derivation and its calendar: epochs of ``epoch_s`` from ``origin_s``, a window
+    of ``ttl_s``, a band of ``band_s`` before each epoch (built by :meth:`for_stream`)."""
+
     secret: bytes
     """Derived from the seal key (never the seal key itself: ids are shown to tenants)."""
     ttl_s: float
     epoch_s: float
-    origin_s: float = 0.0
-    band_s: float = BAND_S
+    origin_s: float
+    band_s: float
 
     @classmethod
     def for_stream(cls, settings: Settings, seal_key: bytes | None,
@@ -117,10 +120,13 @@ class KeyedIds:
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:32]
 
     def in_first_window(self, now: float) -> bool:
-        """Last epoch's id of a key may still be within its window."""
-        return now - self.origin_s - self.epoch(now) * self.epoch_s < self.ttl_s
+        """Last epoch's id of a key may still be within its window: one stored up to
+        ``band_s`` after the epoch's start (a gateway's clock behind, a slow ack) is in
+        its window until ``ttl_s`` after that."""
+        return now - self.origin_s - self.epoch(now) * self.epoch_s < self.ttl_s + self.band_s
 
     def in_band(self, now: float) -> bool:
+        """From ``band_s`` before an epoch's start to the end of its first window."""
         next_start = self.origin_s + (self.epoch(now) + 1) * self.epoch_s
         return self.in_first_window(now) or next_start - now <= self.band_s
 
@@ -130,8 +136,9 @@ async def keyed_ids_for(js: JetStreamContext, settings: Settings, seal_key: byte
     """The gateway's scheme, judged on the ``TASKS`` stream as it is configured."""
     ids = KeyedIds.for_stream(settings, seal_key, (await js.stream_info(TASKS_STREAM)).config)
     if ids is None:
-        log.info("Idempotency-Keys are claimed in KV (no seal key, or TASKS keeps events "
-                 "less than %.0f days plus the window, or has other limits)", EPOCH_S / 86_400)
+        log.info("Idempotency-Keys are claimed in KV: no seal key, a window longer than "
+                 "%.0f days, or a TASKS stream that keeps events less than that plus the "
+                 "window or has message, byte or per-subject limits", EPOCH_S / 86_400)
     return ids
 
 
@@ -167,8 +174,13 @@ class Purged(ApiError):
     def __init__(self, task_id: str) -> None:
         super().__init__(503, "unavailable", "the event stream changed under this request; "
                          "retry with the same key", headers={"Retry-After": "1"})
-        log.error("tasks.requested.%s was refused as present, then not found: was TASKS "
-                  "purged or its limits changed?", task_id)
+        self.task_id = task_id
+
+
+def purged(task_id: str) -> Purged:
+    log.error("tasks.requested.%s was refused as present, then not found: was TASKS "
+              "purged or its limits changed?", task_id)
+    return Purged(task_id)
 
 
 async def submit_derived(ids: KeyedIds, js: JetStreamContext, store: IdempotencyStore,
@@ -199,7 +211,7 @@ async def submit_derived(ids: KeyedIds, js: JetStreamContext, store: Idempotency
         else:
             verdict = await _verdict(js, own, req, when, ids.ttl_s)
             if verdict == "absent":
-                raise Purged(own)
+                raise purged(own)
     except (nats.errors.Error, TimeoutError) as exc:
         raise unavailable(exc) from exc
     if verdict in ("replay", "conflict"):
@@ -221,7 +233,7 @@ def _publish_claimed(js: JetStreamContext, req: KeyedRequest, when: datetime,
             if verdict == "conflict":
                 raise key_reused(req.key, task_id)
             if verdict != "replay":
-                raise Purged(task_id)
+                raise purged(task_id)
 
     return publish
 
@@ -235,6 +247,4 @@ async def _verdict(js: JetStreamContext, task_id: str, req: KeyedRequest, now: d
 def _answer(verdict: Verdict, task_id: str, req: KeyedRequest) -> web.Response:
     if verdict == "conflict":
         raise key_reused(req.key, task_id)
-    stored = req.answer(task_id)
-    headers = dict(stored.headers) | ({REPLAYED: "true"} if verdict == "replay" else {})
-    return web.json_response(stored.body, status=stored.status, headers=headers)
+    return respond(req.answer(task_id), replayed=verdict == "replay")

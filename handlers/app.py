@@ -128,7 +128,7 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
 
 
 async def run(settings: Settings, stop: asyncio.Event,
-              readiness: Readiness | None = None) -> None:
+              readiness: Readiness | None = None, *, freeze: bool = False) -> None:
     ready = readiness or Readiness()
     nc, js = await connect(settings, name="radtrain-handlers")
     ready.nc, ready.js = nc, js
@@ -146,7 +146,8 @@ async def run(settings: Settings, stop: asyncio.Event,
                             searches=await open_when_ready(SearchRepo.open, js))
         log.info("handlers consuming %s", ", ".join(table))
         ready.consumers = [(stream_of(name), name) for name in table]
-        event_loop.freeze_startup_heap()
+        if freeze:  # the service, not a test running it in its own process
+            event_loop.freeze_startup_heap()
         loops = [asyncio.create_task(
             # issue 17: webhook jobs start fairly across tenants and endpoints
             run_fair_deliveries(js, sub, stop, settings) if name == WEBHOOK_DELIVERIES
@@ -174,7 +175,7 @@ async def _main(settings: Settings) -> None:
     readiness = Readiness()
     probes = await serve_health(settings.metrics_host, settings.handlers_health_port, readiness)
     try:
-        await run(settings, stop, readiness)
+        await run(settings, stop, readiness, freeze=True)
     finally:
         if probes is not None:
             await probes.cleanup()

@@ -20,7 +20,7 @@ The tenant is always the authenticated one (API key, event-secret owner, NATS
 subject token), never the body's. A task id the ``TASKS`` stream already knows
 without a KV record (a task from before admission existed) is judged against
 the owner its ``task.requested`` names, and that owner is written to KV. An id the
-gateway draws itself (``POST /v1/tasks``, a new Idempotency-Key) is never claimed:
+gateway draws itself (``POST /v1/tasks`` without an Idempotency-Key) is never claimed:
 nobody can name it before its ``task.requested`` is published (one JetStream write,
 not two), so it is judged that way too, or by its task record (KV ``tasks``) once the
 stream has aged the event out. So is an id derived from an Idempotency-Key

@@ -10,6 +10,13 @@ from infra.telemetry.logging import traceparent_var
 from schemas.events import Envelope, encode_event
 
 
+def traced(event: Envelope) -> Envelope:
+    """``event`` with the trace of the message or request being handled, if it has none."""
+    if event.traceparent is None and traceparent_var.get() is not None:
+        return event.model_copy(update={"traceparent": traceparent_var.get()})
+    return event
+
+
 async def publish_event(
     js: JetStreamContext, event: Envelope, *, ack_timeout_s: float = 10.0
 ) -> PubAck:
@@ -19,8 +26,7 @@ async def publish_event(
     being handled (set by the bus subscriber or the gateway middleware), so
     every event of a task carries the trace of the HTTP request that started it.
     """
-    if event.traceparent is None and traceparent_var.get() is not None:
-        event = event.model_copy(update={"traceparent": traceparent_var.get()})
+    event = traced(event)
     return await js.publish(
         event.nats_subject,
         encode_event(event),
@@ -40,8 +46,7 @@ async def publish_first_event(
     atomically: ``Nats-Expected-Last-Subject-Sequence: 0``): ``True`` when this call
     stored it, ``False`` when the subject already held one (another publish, possibly
     of the same event, came first). A create for events, as ``kv.create`` is for keys."""
-    if event.traceparent is None and traceparent_var.get() is not None:
-        event = event.model_copy(update={"traceparent": traceparent_var.get()})
+    event = traced(event)
     try:
         ack = await js.publish(
             event.nats_subject,

@@ -13,7 +13,7 @@ def at(*fields: int) -> float:
 
 def test_the_band_is_thursdays_first_day_and_the_minute_before() -> None:
     assert in_key_band(at(2026, 12, 3, 0, 0, 1))  # a Thursday: a week's start
-    assert in_key_band(at(2026, 12, 3, 23, 59))  # still the first window (a day)
+    assert in_key_band(at(2026, 12, 4, 0, 0, 59))  # still the first window (a day + 60 s)
     assert in_key_band(at(2026, 12, 2, 23, 59, 30))  # a minute before
-    assert not in_key_band(at(2026, 12, 4, 0, 0, 1))
+    assert not in_key_band(at(2026, 12, 4, 0, 1, 1))
     assert not in_key_band(at(2026, 12, 2, 23, 58))
