@@ -71,6 +71,11 @@ def _submit_figures() -> tuple[Figure, ...]:
                 Figure(f"Idempotency-Key path / plain path, req/s, sync {sync}",
                        ratio_of(f"gateway+idempotency-key/raw throughput, sync {sync}",
                                 f"gateway/raw throughput, sync {sync}"), (">=", 0.8))]
+    # The HTTP hop alone (bench/bare_http.py): how much of the gap is HTTP, how much ours.
+    out += [Figure("bare HTTP 202 / raw publishes, req/s, sync default",
+                   ratio("bare HTTP/raw throughput, sync default")),
+            Figure("gateway / bare HTTP 202, req/s, sync default",
+                   ratio("gateway/bare HTTP throughput, sync default"))]
     # Issue 16 item 3 (H4): what bounds the path whatever else shares the machine.
     out += [Figure("gateway CPU ms per request (plain, sync default)",
                    _submit_cpu("gateway", "gateway")),

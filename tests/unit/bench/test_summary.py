@@ -35,6 +35,15 @@ def test_the_idempotency_key_path_is_compared_with_the_plain_one() -> None:
     assert rows["gateway / raw publishes, req/s, sync default"].value is None
 
 
+def test_the_submit_path_is_also_read_against_the_bare_http_hop() -> None:
+    report = {"ratios": {"bare HTTP/raw throughput, sync default": 0.94,
+                         "gateway/bare HTTP throughput, sync default": 0.31}}
+    rows = {r.figure: r for r in rows_of(BY["submit"], report)}
+    assert rows["bare HTTP 202 / raw publishes, req/s, sync default"].value == 0.94
+    hop = rows["gateway / bare HTTP 202, req/s, sync default"]
+    assert (hop.value, hop.target, hop.met) == (0.31, "", None)  # a reference, no target
+
+
 def test_a_failed_benchmark_is_a_row_that_says_why() -> None:
     rows = rows_of(BY["train"], {"error": "exit 1: boom"})
     assert len(rows) == 1 and rows[0].met is False and "boom" in rows[0].error
