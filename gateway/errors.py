@@ -105,16 +105,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
                               headers={"Retry-After": str(max(1, round(exc.delay_s or 5.0)))})
     except (nats.errors.Error, TimeoutError) as exc:  # e.g. a KV read (API key) while its
         # stream elects a leader or the node is unreachable: the client retries
-        log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)
-        return error_response(503, "unavailable", "event bus unavailable, retry later",
-                              headers={"Retry-After": "1"})
+        return _bus_unavailable(request, exc)
     except RuntimeError as exc:
-        if not connection_closed(exc):
-            return _internal(request)
-        log.warning("event bus connection closed on %s %s: %r", request.method, request.path,
-                    exc)
-        return error_response(503, "unavailable", "event bus unavailable, retry later",
-                              headers={"Retry-After": "1"})
+        return _bus_unavailable(request, exc) if connection_closed(exc) else _internal(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -123,6 +116,12 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         return error_response(exc.status, code, exc.text or exc.reason, headers=keep)
     except Exception:
         return _internal(request)
+
+
+def _bus_unavailable(request: web.Request, exc: BaseException) -> web.Response:
+    log.warning("event bus unavailable on %s %s: %r", request.method, request.path, exc)
+    return error_response(503, "unavailable", "event bus unavailable, retry later",
+                          headers={"Retry-After": "1"})
 
 
 def _internal(request: web.Request) -> web.Response:

@@ -168,19 +168,12 @@ class KeyedRequest:
     draw_id: Callable[[], str]
 
 
-class Purged(ApiError):
-    """The stream refused an id's ``task.requested`` and then did not have it."""
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(503, "unavailable", "the event stream changed under this request; "
-                         "retry with the same key", headers={"Retry-After": "1"})
-        self.task_id = task_id
-
-
-def purged(task_id: str) -> Purged:
+def purged(task_id: str) -> ApiError:
+    """503: the stream refused an id's ``task.requested`` and then did not have it."""
     log.error("tasks.requested.%s was refused as present, then not found: was TASKS "
               "purged or its limits changed?", task_id)
-    return Purged(task_id)
+    return ApiError(503, "unavailable", "the event stream changed under this request; "
+                    "retry with the same key", headers={"Retry-After": "1"})
 
 
 async def submit_derived(ids: KeyedIds, js: JetStreamContext, store: IdempotencyStore,

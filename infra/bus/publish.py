@@ -26,13 +26,15 @@ async def publish_event(
     being handled (set by the bus subscriber or the gateway middleware), so
     every event of a task carries the trace of the HTTP request that started it.
     """
+    return await _publish(js, event, ack_timeout_s)
+
+
+async def _publish(js: JetStreamContext, event: Envelope, ack_timeout_s: float,
+                   headers: dict[str, str] | None = None) -> PubAck:
+    """``event`` traced, under its deterministic ``Nats-Msg-Id`` and ``headers``."""
     event = traced(event)
-    return await js.publish(
-        event.nats_subject,
-        encode_event(event),
-        timeout=ack_timeout_s,
-        headers={"Nats-Msg-Id": event.msg_id},
-    )
+    return await js.publish(event.nats_subject, encode_event(event), timeout=ack_timeout_s,
+                            headers={"Nats-Msg-Id": event.msg_id, **(headers or {})})
 
 
 WRONG_LAST_SEQUENCE = 10071
@@ -46,14 +48,9 @@ async def publish_first_event(
     atomically: ``Nats-Expected-Last-Subject-Sequence: 0``): ``True`` when this call
     stored it, ``False`` when the subject already held one (another publish, possibly
     of the same event, came first). A create for events, as ``kv.create`` is for keys."""
-    event = traced(event)
     try:
-        ack = await js.publish(
-            event.nats_subject,
-            encode_event(event),
-            timeout=ack_timeout_s,
-            headers={"Nats-Msg-Id": event.msg_id, "Nats-Expected-Last-Subject-Sequence": "0"},
-        )
+        ack = await _publish(js, event, ack_timeout_s,
+                             {"Nats-Expected-Last-Subject-Sequence": "0"})
     except BadRequestError as exc:
         if exc.err_code == WRONG_LAST_SEQUENCE:
             return False

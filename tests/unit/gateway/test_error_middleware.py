@@ -33,8 +33,13 @@ async def test_transient_error_is_503_with_retry_after() -> None:
 
 
 async def test_bus_timeout_outside_a_route_step_is_503() -> None:
-    """E.g. the API-key lookup while its KV stream elects a leader (cluster faults)."""
-    for exc in (nats.errors.TimeoutError(), nats.errors.NoRespondersError(), TimeoutError()):
+    """E.g. the API-key lookup while its KV stream elects a leader (cluster faults), or
+    uvloop's error when the NATS client writes as its connection drops (CI saw it during
+    a nats-server restart: a 500 where the client should retry)."""
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True "
+                          "reading=False 0x564d797e0650>; the handler is closed")
+    for exc in (nats.errors.TimeoutError(), nats.errors.NoRespondersError(), TimeoutError(),
+                closed):
         client = await _client(exc)
         try:
             resp = await client.get("/x")
@@ -42,20 +47,6 @@ async def test_bus_timeout_outside_a_route_step_is_503() -> None:
             assert (await resp.json())["error"]["code"] == "unavailable"
         finally:
             await client.close()
-
-
-async def test_a_write_on_the_closing_nats_connection_is_503() -> None:
-    """uvloop's error when the NATS client writes as its connection drops (CI saw it
-    during a nats-server restart: a 500 where the client should retry)."""
-    client = await _client(RuntimeError(
-        "unable to perform operation on <TCPTransport closed=True reading=False "
-        "0x564d797e0650>; the handler is closed"))
-    try:
-        resp = await client.get("/x")
-        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-        assert (await resp.json())["error"]["code"] == "unavailable"
-    finally:
-        await client.close()
 
 
 async def test_unexpected_error_stays_500() -> None:
