@@ -10,6 +10,7 @@ message from the typed errors it raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from functools import partial
@@ -127,6 +128,10 @@ def subscribers(*, js: JetStreamContext, datasets: DatasetRepo, tasks: TaskRepo,
     return {sub.durable: sub for sub in table}
 
 
+SETTLE_LISTS_S = 5.0
+"""At shutdown, how long the lists' owed positions (infra/kv/listing_repair.py) are
+given to be given up before the process exits without them."""
+
 async def run(settings: Settings, stop: asyncio.Event,
               readiness: Readiness | None = None, *, freeze: bool = False) -> None:
     ready = readiness or Readiness()
@@ -136,13 +141,13 @@ async def run(settings: Settings, stop: asyncio.Event,
         await wait_for_streams(js)
         hooks = await open_webhooks(settings, js)
         store = open_store(settings)
+        index = await open_when_ready(partial(ListingIndex.open, kind=TASK_LISTS), js)
         table = subscribers(js=js, datasets=await open_when_ready(DatasetRepo.open, js),
                             tasks=await open_when_ready(TaskRepo.open, js), store=store,
                             weights=StoreWeightsIndex(store), hooks=hooks,
                             imports=await open_when_ready(ImportRepo.open, js),
                             admissions=await open_when_ready(AdmissionRepo.open, js),
-                            settings=settings, index=await open_when_ready(
-                                partial(ListingIndex.open, kind=TASK_LISTS), js),
+                            settings=settings, index=index,
                             searches=await open_when_ready(SearchRepo.open, js))
         log.info("handlers consuming %s", ", ".join(table))
         ready.consumers = [(stream_of(name), name) for name in table]
@@ -155,6 +160,8 @@ async def run(settings: Settings, stop: asyncio.Event,
         ready.bound = True
         try:
             await asyncio.gather(*loops)
+            with contextlib.suppress(TimeoutError):  # what it owes the lists, while it can
+                await asyncio.wait_for(index.repairs.settled(), SETTLE_LISTS_S)
         finally:
             await hooks.close()
     finally:

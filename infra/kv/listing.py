@@ -30,7 +30,10 @@ every step is idempotent, so a writer killed half way is repaired by the
 redelivery. A retry finds the position the killed writer took above the count
 its marker recorded (``base``), however far the list has grown since, and a
 counter remembers the changes of steps not yet recorded (infra/kv/counting.py),
-so a retried step is counted once.
+so a retried step is counted once. A writer that loses the race to record a step
+gives up the positions it took for it; one it could not give up (the bucket gone
+mid-way) it gives up later (infra/kv/listing_repair.py), since the redelivery finds
+the task listed by the winner and stops.
 
 Each step is a KV round trip, so a writer remembers the entries it last read or
 wrote (:class:`Known`) and starts each compare-and-set from that guess instead of
@@ -62,6 +65,7 @@ from infra.kv.direct import DirectReader
 from infra.kv.known import Known, NextPositions
 from infra.kv.listing_marker import Counted, Marker, all_base
 from infra.kv.listing_pages import ListingPages, Slot
+from infra.kv.listing_repair import Owed, Repairs, winner_of
 from infra.kv.repository import KVRepository, leader_reads
 
 LOOKBACK = 64
@@ -71,8 +75,6 @@ LOOKAHEAD = 256
 window of them all free. Free positions below a killed writer's are the other lanes'
 (up to a fetched batch, 64, per process: the task index handles them side by side),
 reserved and never or not yet created; 256 covers two processes' with room."""
-WINNER_WAITS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
-"""Pauses while the write that beat ours is still in flight (then the step is retried)."""
 TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
@@ -109,6 +111,7 @@ class ListingIndex(ListingPages):
         self.known = Known()
         self.counts = StepCounters(lambda key, change: self._update(self.counters, key, change))
         self.positions = NextPositions()
+        self.repairs = Repairs(self._settle)
 
     @classmethod
     async def open(cls, js: JetStreamContext, kind: str) -> ListingIndex:
@@ -262,7 +265,7 @@ class ListingIndex(ListingPages):
             listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
                 return Added(listed, "pending" in update, 0)
-            await self._abandon(lst, item_id, p, await self._winner(key, revision), "all")
+            await self._give_up(key, revision, [Owed(lst, item_id, "all", p)])
         raise KVConflict(KV_LISTINGS, key, 10)
 
     async def _new_marker(self, tenant: str,
@@ -303,9 +306,9 @@ class ListingIndex(ListingPages):
             if marker is None:
                 raise KVConflict(KV_LISTINGS, key, 0)
             if unrecorded and marker.all:  # recorded by another writer (never changed after)
-                if marker.all != unrecorded:
-                    await self._abandon(self._list(tenant, None), item_id, unrecorded,
-                                        (marker, revision), "all")
+                await self._give_up(key, revision, [Owed(self._list(tenant, None), item_id,
+                                                         "all", unrecorded)],
+                                    won=(marker, revision))
                 unrecorded = 0
             if unrecorded:  # its position in the list of all goes with this step's write
                 marker = marker.model_copy(update={"all": unrecorded})
@@ -323,12 +326,11 @@ class ListingIndex(ListingPages):
             if await self._write(self.markers, key, done, revision) is not None:
                 self._confirm(changes)
                 return
-            won = await self._winner(key, revision)
-            await self._abandon(self._list(tenant, state), item_id, done.sp, won, state)
+            lost = [Owed(self._list(tenant, state), item_id, state, done.sp)]
             if unrecorded:
-                await self._abandon(self._list(tenant, None), item_id, unrecorded, won, "all")
+                lost.append(Owed(self._list(tenant, None), item_id, "all", unrecorded))
                 unrecorded = 0
-            await self._take_back(changes, done, won)
+            await self._take_back(changes, done, await self._give_up(key, revision, lost))
         raise KVConflict(KV_LISTINGS, key, 20)
 
     async def _entering(self, tenant: str, state: str,
@@ -386,23 +388,39 @@ class ListingIndex(ListingPages):
         self._confirm(changes)
 
     async def _winner(self, key: str, lost_at: int) -> tuple[Marker, int] | None:
-        """The marker whose write beat ours (based on revision ``lost_at``; 0: a create),
-        with its revision.
+        """The marker whose write beat ours, with its revision (infra/kv/listing_repair.py)."""
+        return await winner_of(self.winners, key, lost_at)
 
-        A clustered stream refuses a compare-and-set while another write of the same key
-        is in flight, proposed but not yet applied (nats-server#6194): for a moment even
-        the stream leader still shows ``lost_at``. Deciding on that view gave up a
-        position the winner was about to name (a task missing from its state list in
-        the cluster fault tests), so wait until the winner shows; a winner that never
-        lands fails the step, which is retried whole."""
-        for pause in (*WINNER_WAITS_S, None):
-            found = await self.winners.get_entry(key)
-            if (found[1] if found else 0) != lost_at:
-                return found
-            if pause is None:
-                break
-            await asyncio.sleep(pause)
-        raise KVConflict(KV_LISTINGS, key, len(WINNER_WAITS_S))
+    async def _give_up(self, key: str, lost_at: int, lost: list[Owed],
+                       won: tuple[Marker, int] | None = None) -> tuple[Marker, int] | None:
+        """We lost the marker write (based on revision ``lost_at``): give up the positions
+        taken for it that the winner (read now unless given) does not record. What a
+        failure leaves is owed (infra/kv/listing_repair.py): the redelivery would find
+        the task listed by the winner and leave them listed."""
+        left = list(lost)
+        try:
+            won = won or await self._winner(key, lost_at)
+            while left:
+                await self._abandon(left[0].lst, left[0].item_id, left[0].p, won,
+                                    left[0].state)
+                left.pop(0)
+            return won
+        except BaseException:
+            self.repairs.owe(left)
+            raise
+
+    async def _settle(self, owed: Owed) -> bool:
+        """An owed position given up unless its marker records it (adopted by a retry);
+        left for later while the marker names its list as being entered (a retry there
+        may still adopt it)."""
+        won = await self.winners.get_entry(self._marker(owed.item_id))
+        if won is not None and (not won[0].all if owed.state == "all"
+                                else won[0].pending == owed.state):
+            return False
+        await self._abandon(owed.lst, owed.item_id, owed.p, won, owed.state)
+        if owed.state != "all":
+            self.counts.confirm(f"{owed.lst}.live", f"in:{owed.item_id}:{owed.p}")
+        return True
 
     async def _abandon(self, lst: str, item_id: str, p: int,
                        won: tuple[Marker, int] | None, state: str) -> None:

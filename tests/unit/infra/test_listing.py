@@ -451,6 +451,17 @@ async def test_a_loser_waits_for_the_winner_in_flight_before_giving_up_a_positio
     assert await every_page(a, "acme", "rejected") == ["t1"]
 
 
+async def two_writers(state: str | None) -> tuple[ListingIndex, ListingIndex]:
+    """Two processes over one bucket: t0 requested (by b), t1 too (by a) given a state."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await enter(b, "t0", "requested")
+    if state:
+        await enter(a, "t1", "requested")
+    return a, b
+
+
 @pytest.mark.parametrize("state", [None, "rejected"])
 async def test_a_retry_finds_its_position_however_far_the_list_has_grown(
         state: str | None) -> None:
@@ -458,12 +469,7 @@ async def test_a_retry_finds_its_position_however_far_the_list_has_grown(
     killed mid-burst); by the redelivery, elsewhere, a burst has taken many positions
     above it. The retry must adopt that position, not take a second one (the cluster
     fault tests saw a task twice in ``rejected`` this way)."""
-    js = FakeJetStream(KV_LISTINGS)
-    a = await ListingIndex.open(cast(Any, js), TASKS)
-    b = await ListingIndex.open(cast(Any, js), TASKS)
-    await enter(b, "t0", "requested")
-    if state:
-        await enter(a, "t1", "requested")
+    a, b = await two_writers(state)
     real = a.markers.compare_and_set
 
     async def dies_naming_it(key: str, value: Marker, revision: int) -> int | None:
@@ -581,3 +587,73 @@ def test_a_retry_searches_past_what_two_processes_lanes_can_leave_free() -> None
 
     batch = Subscriber.__dataclass_fields__["batch"].default  # the task index's
     assert listing.LOOKAHEAD >= 2 * batch
+
+
+
+class Recording:
+    """Holds an index's marker write that records ``t1``'s step (its state, or with no
+    state its position in the list of all) until ``go`` is set."""
+
+    def __init__(self, index: ListingIndex, state: str | None,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached, self.go = asyncio.Event(), asyncio.Event()
+        real = index.markers.compare_and_set
+
+        async def held(key: str, value: Marker, revision: int) -> int | None:
+            if key == "mt.t1" and ((value.state == state and value.pending is None)
+                                   if state else bool(value.all)):
+                self.reached.set()
+                await self.go.wait()
+            return await real(key, value, revision)
+        monkeypatch.setattr(index.markers, "compare_and_set", held)
+
+
+@pytest.mark.parametrize("fails", ["_winner", "_leave"])
+@pytest.mark.parametrize("state", [None, "rejected"])
+async def test_positions_a_loser_could_not_give_up_are_given_up_later(
+        fails: str, state: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers a and b each take a position for the same step (each looked before the
+    other's showed); a records its own, b loses the marker write, and reading the winner
+    or giving its position up fails (the stream leader killed under it). The redelivery
+    finds the task listed and does nothing, so b's position stayed listed beside a's:
+    the task twice in its list and counted twice. b gives it up once the bucket answers."""
+    a, b = await two_writers(state)
+
+    async def nothing_taken(*args: Any) -> int:
+        return 0
+
+    one, two = Recording(a, state, monkeypatch), Recording(b, state, monkeypatch)
+    step = (lambda i: enter(i, "t1", state)) if state else (lambda i: i.add("acme", "t1"))
+    real_create = a.slots.create
+
+    async def after_b(key: str, value: Slot) -> int | None:
+        if key.startswith(f"t.acme.{f's.{state}' if state else 'all'}."):
+            await two.reached.wait()  # a collides with b's position and takes the next
+        return await real_create(key, value)
+
+    with monkeypatch.context() as m:
+        for index in (a, b):
+            m.setattr(index, "_taken_for", nothing_taken)
+        m.setattr(a.slots, "create", after_b)
+        first, second = asyncio.create_task(step(a)), asyncio.create_task(step(b))
+        await one.reached.wait()
+        await two.reached.wait()  # both took a position, about to record it
+        one.go.set()
+        await first
+        real = getattr(b, fails)
+
+        async def leader_killed(*args: Any) -> Any:
+            raise TimeoutError("the stream leader was killed")
+
+        m.setattr(b, fails, leader_killed)
+        two.go.set()
+        with pytest.raises(TimeoutError):
+            await second
+        m.setattr(b, fails, real)
+    await step(b)  # the redelivery: the task is listed, nothing to do
+    await b.repairs.settled()
+    ids = ["t1", "t0"] if state is None else ["t1"]
+    assert await every_page(a, "acme", state, limit=50) == ids
+    assert (await a.page("acme", state=state)).total == len(ids)
+    if state:
+        assert await live(a, state) == 1 and await live(a, "requested") == 1

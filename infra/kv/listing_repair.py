@@ -1,0 +1,120 @@
+"""Positions a writer of the lists (infra/kv/listing.py) could not give up, given up later.
+
+A writer that loses the race to record a step gives up the positions it took for
+it. When reading the winner or giving a position up fails (a stream leader killed, a
+node frozen), the message goes back for a redelivery; but the redelivery finds the
+task listed by the winner and stops, so the loser's position stayed: the task listed
+twice and counted twice, for good. The loser therefore keeps what it owes here and
+gives it up in the background once the bucket answers again.
+
+Not covered: a writer process killed (``kill -9``) between losing its write and giving
+its positions up: what it owed goes with it (a window of one or two round trips).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple
+
+from infra.bus.topology import KV_LISTINGS
+from infra.errors import KVConflict
+from infra.kv.listing_marker import Marker
+from infra.kv.repository import KVRepository
+
+log = logging.getLogger(__name__)
+
+MAX_OWED = 4096
+"""Positions a process keeps to give up; past it the oldest are dropped (logged)."""
+OWED_TTL_S = 900.0
+"""How long a position is kept while it cannot be given up (the bucket unreachable, or
+its marker still naming the list as being entered): then dropped (logged)."""
+WINNER_WAITS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+"""Pauses while the write that beat ours is still in flight (then the step is retried)."""
+ROUND_PAUSES_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Pauses before each round of attempts; the last one repeats."""
+
+
+class Owed(NamedTuple):
+    """A position ``p`` of list ``lst`` (of ``state``; ``all``: the list of all) that holds
+    ``item_id`` and that no marker may record."""
+    lst: str
+    item_id: str
+    state: str
+    p: int
+
+
+class Repairs:
+    """What this process owes the lists, settled in one background task.
+
+    ``settle(owed)``: ``True`` once the position needs nothing more (given up, or
+    recorded after all), ``False`` while a writer may still adopt it; an exception
+    keeps it for the next round."""
+
+    def __init__(self, settle: Callable[[Owed], Awaitable[bool]],
+                 clock: Callable[[], float] = time.monotonic, limit: int = MAX_OWED) -> None:
+        self.settle = settle
+        self.clock = clock
+        self.limit = limit
+        self.owed: OrderedDict[tuple[str, int], tuple[Owed, float]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+
+    def owe(self, positions: Iterable[Owed]) -> None:
+        now = self.clock()
+        for owed in positions:
+            self.owed[(owed.lst, owed.p)] = (owed, now)
+            if len(self.owed) > self.limit:
+                (_, dropped), _ = self.owed.popitem(last=False)
+                log.error("listing: more than %d positions to give up; %s left listed",
+                          self.limit, dropped)
+        if self.owed and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def settled(self) -> None:
+        """Once nothing is owed (or the task stopped): tests, and a clean shutdown."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        rounds = 0
+        while self.owed:
+            await asyncio.sleep(ROUND_PAUSES_S[min(rounds, len(ROUND_PAUSES_S) - 1)])
+            rounds += 1
+            for key, (owed, since) in list(self.owed.items()):
+                if await self._attempt(owed):
+                    self.owed.pop(key, None)
+                elif self.clock() - since > OWED_TTL_S:
+                    self.owed.pop(key, None)
+                    log.error("listing: could not give up %s for %.0f s; left listed",
+                              owed, OWED_TTL_S)
+
+    async def _attempt(self, owed: Owed) -> bool:
+        try:
+            return await self.settle(owed)
+        except Exception as exc:  # the bucket still away: the next round
+            log.warning("listing: giving up %s: %s", owed, exc)
+            return False
+
+
+async def winner_of(winners: KVRepository[Marker], key: str,
+                    lost_at: int) -> tuple[Marker, int] | None:
+    """The marker whose write beat ours (based on revision ``lost_at``; 0: a create),
+    with its revision.
+
+    A clustered stream refuses a compare-and-set while another write of the same key
+    is in flight, proposed but not yet applied (nats-server#6194): for a moment even
+    the stream leader still shows ``lost_at``. Deciding on that view gave up a
+    position the winner was about to name (a task missing from its state list in
+    the cluster fault tests), so wait until the winner shows; a winner that never
+    lands fails the step, which is retried whole."""
+    for pause in (*WINNER_WAITS_S, None):
+        found = await winners.get_entry(key)
+        if (found[1] if found else 0) != lost_at:
+            return found
+        if pause is None:
+            break
+        await asyncio.sleep(pause)
+    raise KVConflict(KV_LISTINGS, key, len(WINNER_WAITS_S))

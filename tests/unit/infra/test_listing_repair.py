@@ -1,0 +1,44 @@
+"""What a lists writer owes (infra/kv/listing_repair.py): bounded, retried, dropped late."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.kv import listing_repair
+from infra.kv.listing_repair import Owed, Repairs
+
+
+@pytest.fixture(autouse=True)
+def quick_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (0.0,))
+
+
+async def test_positions_are_retried_until_settled_and_kept_while_in_flight() -> None:
+    calls: list[int] = []
+    answers = {1: [TimeoutError("leader away"), True], 2: [False, False, True]}
+
+    async def settle(owed: Owed) -> bool:
+        calls.append(owed.p)
+        answer = answers[owed.p].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    repairs = Repairs(settle)
+    repairs.owe([Owed("t.acme.all", "t1", "all", 1), Owed("t.acme.s.ready", "t1", "ready", 2)])
+    await repairs.settled()
+    assert repairs.owed == {} and calls.count(1) == 2 and calls.count(2) == 3
+
+
+async def test_what_is_owed_is_bounded_oldest_first_and_dropped_after_its_ttl() -> None:
+    now = [0.0]
+
+    async def never(owed: Owed) -> bool:
+        now[0] += 100.0
+        return False
+
+    repairs = Repairs(never, clock=lambda: now[0], limit=2)
+    repairs.owe([Owed("t.acme.all", f"t{p}", "all", p) for p in (1, 2, 3)])
+    assert [owed.p for owed, _ in repairs.owed.values()] == [2, 3]  # the oldest dropped
+    await repairs.settled()  # each still in flight: dropped once past the TTL
+    assert repairs.owed == {} and now[0] > listing_repair.OWED_TTL_S
