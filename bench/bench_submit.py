@@ -34,21 +34,13 @@ from typing import Any
 
 import aiohttp
 
-from bench.bare_http import bare_server
+from bench.bare_http import BODY, bare_server, publish_one
 from bench.cpu import CpuMeter, ceiling_per_s
 from gateway import keyed_ids
 from gateway.keyed_ids import KeyedIds
 from infra.bus.topology import connect
 from infra.settings import Settings
 from radtrain.stack import Stack, start_stack
-from schemas.events import TaskRequestedEvent, encode_event
-from schemas.tasks import TaskRequested
-
-BODY: dict[str, Any] = {
-    "name": "bench", "flow": "general", "task_type": "classification", "dataset_id": "ds-bench",
-    "model": {"mode": "manual", "network": "mobilenetv3_small_100", "pretrained": False},
-}
-
 
 BODY_BYTES = json.dumps(BODY).encode()
 """Encoded once, as a client holding its request would send it."""
@@ -136,15 +128,18 @@ async def bench_gateway(stack: Stack, n: int, concurrency: int, sync: str,
                    _gateway_total(cpu))
 
 
-async def bench_bare_http(stack: Stack, n: int, concurrency: int, sync: str) -> Result:
+async def bench_bare_http(stack: Stack, n: int, concurrency: int, sync: str,
+                          publish: bool = False) -> Result:
     """The HTTP hop alone (bench/bare_http.py), with the gateway's client: what one
-    request costs this machine before the gateway does anything."""
-    with bare_server() as (url, pid):
+    request costs this machine before the gateway does anything; with ``publish``,
+    the hop and the raw bound's publish (the least an HTTP front of the stream does)."""
+    with bare_server(stack.settings if publish else None) as (url, pid):
         headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+        servers = {"nats-server": stack.nats.pid} if publish and stack.nats else {}
         seconds, lat, cpu = await _post_tasks(
             f"{url}/v1/tasks", headers, n, concurrency, False,
-            lambda: CpuMeter({"bare server": pid, "bench client": os.getpid()}))
-    return _result(sync, "bare HTTP", seconds, lat, cpu)
+            lambda: CpuMeter({"bare server": pid, **servers, "bench client": os.getpid()}))
+    return _result(sync, "bare HTTP+publish" if publish else "bare HTTP", seconds, lat, cpu)
 
 
 async def _post_tasks(url: str, headers: dict[str, str], n: int, concurrency: int,
@@ -173,11 +168,7 @@ async def bench_raw(stack: Stack, n: int, concurrency: int, sync: str) -> Result
     nc, js = await connect(stack.settings, "bench-raw")
     try:
         async def one(i: int) -> None:
-            task_id = uuid.uuid4().hex
-            event = TaskRequestedEvent(source="bench", subject=task_id, data=TaskRequested(
-                **BODY, task_id=task_id, tenant="default"))
-            await js.publish(event.nats_subject, encode_event(event),
-                             headers={"Nats-Msg-Id": event.msg_id})
+            await publish_one(js)
 
         await _measure(min(50, n), concurrency, one)
         meter = stack_meter(stack)
@@ -203,6 +194,7 @@ def run_mode(sync_always: bool, n: int, concurrency: int, data: Path,
         async def all_paths() -> list[Result]:
             return [await bench_raw(stack, n, concurrency, sync),
                     await bench_bare_http(stack, n, concurrency, sync),
+                    await bench_bare_http(stack, n, concurrency, sync, publish=True),
                     await bench_gateway(stack, n, concurrency, sync, with_key=False),
                     await bench_gateway(stack, n, concurrency, sync, with_key=True)]
 
@@ -222,6 +214,10 @@ def ratios(results: list[Result]) -> dict[str, float]:
         out[f"bare HTTP/raw throughput, sync {sync}"] = by[(sync, "bare HTTP")].rps / raw.rps
         out[f"gateway/bare HTTP throughput, sync {sync}"] = (by[(sync, "gateway")].rps
                                                              / by[(sync, "bare HTTP")].rps)
+        least = by[(sync, "bare HTTP+publish")].rps
+        out[f"bare HTTP+publish/raw throughput, sync {sync}"] = least / raw.rps
+        out[f"gateway/bare HTTP+publish throughput, sync {sync}"] = (
+            by[(sync, "gateway")].rps / least)
         out[f"idempotency-key/plain throughput, sync {sync}"] = (
             by[(sync, "gateway+idempotency-key")].rps / by[(sync, "gateway")].rps)
     for path in ("raw nats-py", "gateway", "gateway+idempotency-key"):

@@ -75,7 +75,12 @@ def _submit_figures() -> tuple[Figure, ...]:
     out += [Figure("bare HTTP 202 / raw publishes, req/s, sync default",
                    ratio("bare HTTP/raw throughput, sync default")),
             Figure("gateway / bare HTTP 202, req/s, sync default",
-                   ratio("gateway/bare HTTP throughput, sync default"))]
+                   ratio("gateway/bare HTTP throughput, sync default")),
+            # The hop and the raw publish, nothing else: the most any front reaches here.
+            Figure("bare HTTP+publish / raw publishes, req/s, sync default",
+                   ratio("bare HTTP+publish/raw throughput, sync default")),
+            Figure("gateway / bare HTTP+publish, req/s, sync default",
+                   ratio("gateway/bare HTTP+publish throughput, sync default"))]
     # Issue 16 item 3 (H4): what bounds the path whatever else shares the machine.
     out += [Figure("gateway CPU ms per request (plain, sync default)",
                    _submit_cpu("gateway", "gateway")),

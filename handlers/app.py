@@ -163,6 +163,7 @@ async def run(settings: Settings, stop: asyncio.Event,
             with contextlib.suppress(TimeoutError):  # what it owes the lists, while it can
                 await asyncio.wait_for(index.repairs.settled(), SETTLE_LISTS_S)
         finally:
+            index.repairs.close()
             await hooks.close()
     finally:
         await nc.drain()

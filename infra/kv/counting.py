@@ -118,6 +118,25 @@ class StepCounters:
             raise
         return counted
 
+    async def take_back(self, key: str, token: str, delta: int, *, unless: str) -> bool:
+        """Undo the change of ``token`` (``delta``) while it is remembered, unless the change
+        of ``unless`` (its opposite) is remembered too; forget ``token`` either way.
+        Whether it took it back. A step that recorded ``token``'s change has confirmed it
+        (then it is not remembered, and stays counted)."""
+        mark, opposite, undone = digest(token), digest(unless), False
+
+        def change(c: Counter | None) -> Counter | None:
+            nonlocal undone
+            marks = {t[:_DIGEST] for t in c.recent} if c else set()
+            undone = mark in marks and opposite not in marks
+            if c is None or mark not in marks:
+                return None
+            kept = [t for t in c.recent if t[:_DIGEST] != mark]
+            return Counter(n=c.n - delta if undone else c.n, recent=kept)
+
+        await self.coalescer.apply(key, change)
+        return undone
+
     def confirm(self, key: str, token: str) -> None:
         """The step of ``token`` is recorded: no retry will come, forget it (with this
         writer's next change of ``key``: no write of its own)."""

@@ -50,6 +50,7 @@ passed through it since its oldest live task.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
@@ -75,6 +76,7 @@ LOOKAHEAD = 256
 window of them all free. Free positions below a killed writer's are the other lanes'
 (up to a fetched batch, 64, per process: the task index handles them side by side),
 reserved and never or not yet created; 256 covers two processes' with room."""
+log = logging.getLogger(__name__)
 TASKS = "t"
 DATASETS = "d"
 """The kinds of lists: each has its own keys in the bucket."""
@@ -356,11 +358,21 @@ class ListingIndex(ListingPages):
             "pending_order": (0, 0), "counted": counted}), changes
 
     async def _leave(self, lst: str, item_id: str, p: int) -> Counted:
-        await self._update(self.slots, f"{lst}.{p}", lambda s: Slot(id="") if (
-            s is not None and s.id == item_id) else None)
+        await self._empty(lst, item_id, p)
         state_list = ".s." in lst
         return await self._count_change(f"{lst}.live" if state_list else f"{lst}.gone",
                                         f"out:{item_id}:{p}", -1 if state_list else +1)
+
+    async def _empty(self, lst: str, item_id: str, p: int) -> bool:
+        """Position ``p`` emptied if it holds ``item_id``: whether this call emptied it."""
+        emptied = False
+
+        def change(slot: Slot | None) -> Slot | None:
+            nonlocal emptied
+            emptied = slot is not None and slot.id == item_id
+            return Slot(id="") if emptied else None
+        await self._update(self.slots, f"{lst}.{p}", change)
+        return emptied
 
     async def _count_change(self, key: str, token: str, delta: int) -> Counted:
         return Counted(key, token, delta, await self.counts.bump(key, token, delta))
@@ -397,29 +409,43 @@ class ListingIndex(ListingPages):
         taken for it that the winner (read now unless given) does not record. What a
         failure leaves is owed (infra/kv/listing_repair.py): the redelivery would find
         the task listed by the winner and leave them listed."""
-        left = list(lost)
+        left, giving = list(lost), False
         try:
             won = won or await self._winner(key, lost_at)
             while left:
+                giving = True
                 await self._abandon(left[0].lst, left[0].item_id, left[0].p, won,
                                     left[0].state)
                 left.pop(0)
+                giving = False
             return won
         except BaseException:
+            if giving:  # its slot may be emptied already, and its count changed
+                left[0] = left[0]._replace(touched=True)
             self.repairs.owe(left)
             raise
 
     async def _settle(self, owed: Owed) -> bool:
         """An owed position given up unless its marker records it (adopted by a retry);
         left for later while the marker names its list as being entered (a retry there
-        may still adopt it)."""
-        won = await self.winners.get_entry(self._marker(owed.item_id))
-        if won is not None and (not won[0].all if owed.state == "all"
-                                else won[0].pending == owed.state):
+        may still adopt it). Counted out only as far as it is still counted in: a retry
+        may have adopted it meanwhile and a later step left it (emptied and counted)."""
+        lst, item_id, state, p, touched = owed
+        found = await self.winners.get_entry(self._marker(item_id))
+        if found is None:  # markers are never deleted: nothing to decide on
+            log.warning("listing: no marker for %s; %s left as it is", item_id, owed)
+            return True
+        marker = found[0]
+        if not marker.all if state == "all" else marker.pending == state:
             return False
-        await self._abandon(owed.lst, owed.item_id, owed.p, won, owed.state)
-        if owed.state != "all":
-            self.counts.confirm(f"{owed.lst}.live", f"in:{owed.item_id}:{owed.p}")
+        if p == (marker.all if state == "all" else marker.sp if marker.state == state else 0):
+            return True
+        emptied = await self._empty(lst, item_id, p)
+        if state != "all":  # entering was counted with a token that only its step drops
+            await self.counts.take_back(f"{lst}.live", f"in:{item_id}:{p}", +1,
+                                        unless=f"out:{item_id}:{p}")
+        elif emptied or touched:  # emptied by this writer, now or before it failed
+            await self.counts.bump(f"{lst}.gone", f"out:{item_id}:{p}", +1)
         return True
 
     async def _abandon(self, lst: str, item_id: str, p: int,

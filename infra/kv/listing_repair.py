@@ -14,6 +14,7 @@ its positions up: what it owed goes with it (a window of one or two round trips)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -40,11 +41,13 @@ ROUND_PAUSES_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 class Owed(NamedTuple):
     """A position ``p`` of list ``lst`` (of ``state``; ``all``: the list of all) that holds
-    ``item_id`` and that no marker may record."""
+    ``item_id`` and that no marker may record. ``touched``: giving it up had begun (its
+    slot may be emptied, its change counted) when it failed."""
     lst: str
     item_id: str
     state: str
     p: int
+    touched: bool = False
 
 
 class Repairs:
@@ -52,7 +55,7 @@ class Repairs:
 
     ``settle(owed)``: ``True`` once the position needs nothing more (given up, or
     recorded after all), ``False`` while a writer may still adopt it; an exception
-    keeps it for the next round."""
+    (the bucket still away) ends the round."""
 
     def __init__(self, settle: Callable[[Owed], Awaitable[bool]],
                  clock: Callable[[], float] = time.monotonic, limit: int = MAX_OWED) -> None:
@@ -61,6 +64,8 @@ class Repairs:
         self.limit = limit
         self.owed: OrderedDict[tuple[str, int], tuple[Owed, float]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._hurry = False
 
     def owe(self, positions: Iterable[Owed]) -> None:
         now = self.clock()
@@ -74,29 +79,47 @@ class Repairs:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def settled(self) -> None:
-        """Once nothing is owed (or the task stopped): tests, and a clean shutdown."""
+        """Once nothing is owed: a round at once, then rounds at the shortest pause (a
+        shutdown waits for this with a timeout, then :meth:`close`)."""
+        self._hurry = True
+        self._wake.set()
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        """Stop trying (what is still owed is logged)."""
+        if self.owed:
+            log.error("listing: %d positions not given up at shutdown, left listed: %s",
+                      len(self.owed), [owed for owed, _ in self.owed.values()][:10])
+        if self._task is not None:
+            self._task.cancel()
 
     async def _run(self) -> None:
         rounds = 0
         while self.owed:
-            await asyncio.sleep(ROUND_PAUSES_S[min(rounds, len(ROUND_PAUSES_S) - 1)])
+            pause = ROUND_PAUSES_S[0 if self._hurry else min(rounds, len(ROUND_PAUSES_S) - 1)]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+            self._wake.clear()
             rounds += 1
-            for key, (owed, since) in list(self.owed.items()):
-                if await self._attempt(owed):
-                    self.owed.pop(key, None)
-                elif self.clock() - since > OWED_TTL_S:
-                    self.owed.pop(key, None)
-                    log.error("listing: could not give up %s for %.0f s; left listed",
-                              owed, OWED_TTL_S)
+            await self.round()
 
-    async def _attempt(self, owed: Owed) -> bool:
-        try:
-            return await self.settle(owed)
-        except Exception as exc:  # the bucket still away: the next round
-            log.warning("listing: giving up %s: %s", owed, exc)
-            return False
+    async def round(self) -> None:
+        """One attempt at each owed position, oldest first, after dropping the expired."""
+        now = self.clock()
+        for key, (owed, since) in list(self.owed.items()):
+            if now - since > OWED_TTL_S:
+                del self.owed[key]
+                log.error("listing: could not give up %s for %.0f s; left listed",
+                          owed, OWED_TTL_S)
+        for key, (owed, _) in list(self.owed.items()):
+            try:
+                done = await self.settle(owed)
+            except Exception as exc:  # the bucket still away: all of them next round
+                log.warning("listing: %d positions still to give up: %s", len(self.owed), exc)
+                return
+            if done:
+                self.owed.pop(key, None)
 
 
 async def winner_of(winners: KVRepository[Marker], key: str,

@@ -12,7 +12,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
-from infra.kv import counting
+from infra.kv import counting, listing_repair
 from infra.kv.known import Known
 from infra.kv.listing import TASKS, ListingIndex, Slot
 from infra.kv.listing_marker import Marker
@@ -657,3 +657,59 @@ async def test_positions_a_loser_could_not_give_up_are_given_up_later(
     assert (await a.page("acme", state=state)).total == len(ids)
     if state:
         assert await live(a, state) == 1 and await live(a, "requested") == 1
+
+
+async def owing_a_position_in_ready(monkeypatch: pytest.MonkeyPatch
+                                    ) -> tuple[ListingIndex, ListingIndex, int]:
+    """Writer b enters t1 in ``ready`` and its write recording it is refused while a write
+    of the marker that never lands is in flight (the marker still names ``ready`` as being
+    entered); reading the winner then fails. b owes its position, with rounds only when
+    a test asks for them. (a, b, that position)."""
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    a, b = await two_writers("requested")
+    await b.add("acme", "t1")  # b knows its marker: the refusal comes at the step's end
+    real = b.markers.compare_and_set
+
+    async def refused(key: str, value: Marker, revision: int) -> int | None:
+        return None if value.state == "ready" else await real(key, value, revision)
+
+    async def leader_killed(*args: Any) -> Any:
+        raise TimeoutError("the stream leader was killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(b.markers, "compare_and_set", refused)
+        m.setattr(b, "_winner", leader_killed)
+        with pytest.raises(TimeoutError):
+            await enter(b, "t1", "ready")
+    [(owed, _)] = b.repairs.owed.values()
+    assert await a.slots.get(f"t.acme.s.ready.{owed.p}") == Slot(id="t1")
+    return a, b, owed.p
+
+
+async def test_an_owed_position_a_retry_adopts_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, p = await owing_a_position_in_ready(monkeypatch)
+    await b.repairs.round()  # the marker still names 'ready': a retry may adopt it
+    assert await a.slots.get(f"t.acme.s.ready.{p}") == Slot(id="t1") and b.repairs.owed
+    await enter(a, "t1", "ready")  # the redelivery adopts it
+    await b.repairs.round()
+    marker = await a.markers.get("mt.t1")
+    assert isinstance(marker, Marker) and (marker.state, marker.sp) == ("ready", p)
+    assert not b.repairs.owed and await every_page(a, "acme", "ready") == ["t1"]
+    assert await live(a, "ready") == 1 and await live(a, "requested") == 1
+    b.repairs.close()
+
+
+async def test_an_owed_position_adopted_then_left_is_not_counted_out_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry adopted b's position and a later step left it (emptied and counted out)
+    before b's round: b finds nothing left to give up, and counts nothing."""
+    monkeypatch.setattr(counting, "DROP_AFTER_S", 0.0)
+    a, b, _ = await owing_a_position_in_ready(monkeypatch)
+    await enter(a, "t1", "ready")  # adopts it
+    await enter(a, "t1", "running")  # leaves it
+    await asyncio.sleep(0.05)  # a's confirmed tokens dropped (in and out of the position)
+    await b.repairs.settled()
+    assert await live(a, "ready") == 0 and await live(a, "running") == 1
+    assert await every_page(a, "acme", "running") == ["t1"]
+    assert await every_page(a, "acme", "ready") == []

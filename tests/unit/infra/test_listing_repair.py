@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from infra.kv import listing_repair
@@ -42,3 +45,28 @@ async def test_what_is_owed_is_bounded_oldest_first_and_dropped_after_its_ttl() 
     assert [owed.p for owed, _ in repairs.owed.values()] == [2, 3]  # the oldest dropped
     await repairs.settled()  # each still in flight: dropped once past the TTL
     assert repairs.owed == {} and now[0] > listing_repair.OWED_TTL_S
+
+
+async def test_settled_runs_a_round_at_once_and_close_stops_what_is_left(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (0.01, 3600.0))
+    calls: list[int] = []
+
+    async def bucket_away_then_back(owed: Owed) -> bool:
+        calls.append(owed.p)
+        if len(calls) == 1:
+            raise TimeoutError("no answer")  # the round ends here: p=2 waits for the next
+        return owed.p == 1
+
+    repairs = Repairs(bucket_away_then_back)
+    repairs.owe([Owed("t.acme.all", "t1", "all", 1), Owed("t.acme.all", "t2", "all", 2)])
+    with pytest.raises(TimeoutError):  # a shutdown's bounded wait: p=2 is never settled
+        await asyncio.wait_for(repairs.settled(), 0.5)
+    assert calls[:3] == [1, 1, 2] and list(repairs.owed) == [("t.acme.all", 2)]
+    task = repairs._task
+    repairs.close()
+    assert task is not None
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert "1 positions not given up at shutdown" in caplog.text
