@@ -102,13 +102,15 @@ class ListingIndex(ListingWrites):
                    KVRepository(leader, Marker, KV_LISTINGS),
                    KVRepository(leader, Slot, KV_LISTINGS))
 
-    async def _allocate(self, lst: str, item_id: str, base: int | None,
-                        lookback: bool) -> int:
-        """The position of ``item_id`` in ``lst``: taken now above ``base``, or found
-        where a killed writer already took it (``lookback``). Starts above the known
-        count; another writer's positions since then send it to the count read afresh."""
+    async def _allocate(self, lst: str, item_id: str, base: int | None, lookback: bool,
+                        taken: list[Owed], state: str) -> int:
+        """The position of ``item_id`` in ``lst`` (of ``state``): taken now above ``base``,
+        or found where a killed writer already took it (``lookback``); added to ``taken``.
+        Starts above the known count; another writer's positions since then send it to
+        the count read afresh."""
         top = max(await self._count(f"{lst}.n", fresh=lookback), base or 0)
         if lookback and (found := await self._taken_for(lst, item_id, base, top)):
+            taken.append(Owed(lst, item_id, state, found))
             await self.counts.raise_to(f"{lst}.n", found)
             return found
         p, fresh = self.positions.reserve(lst, top + 1), lookback
@@ -118,10 +120,11 @@ class ListingIndex(ListingWrites):
                 count = await self._count(f"{lst}.n", fresh=True)
                 p = self.positions.reserve(lst, max(p, count) + 1)
                 continue
-            taken = await self.owners.get(f"{lst}.{p}")
-            if taken is not None and taken.id == item_id:
+            holder = await self.owners.get(f"{lst}.{p}")
+            if holder is not None and holder.id == item_id:
                 break
             p = self.positions.reserve(lst, p + 1)
+        taken.append(Owed(lst, item_id, state, p))
         if revision is not None:
             self.known.put(f"{lst}.{p}", Slot(id=item_id), revision)
         await self.counts.raise_to(f"{lst}.n", p)
@@ -156,10 +159,15 @@ class ListingIndex(ListingWrites):
         """List ``item_id`` under ``tenant`` once (idempotent): its marker. A new id whose
         marker names a state is left to the writer entering it (its position in the list
         of all is recorded with that state's): the marker then has ``all == 0``."""
-        return (await self._add(tenant, item_id, None)).marker
+        taken: list[Owed] = []
+        try:
+            return (await self._add(tenant, item_id, None, taken)).marker
+        except BaseException:
+            self.repairs.owe(taken)  # see converge
+            raise
 
     async def _add(self, tenant: str, item_id: str,
-                   entering: tuple[str, tuple[int, int]] | None) -> Added:
+                   entering: tuple[str, tuple[int, int]] | None, taken: list[Owed]) -> Added:
         """``add``; with ``entering`` (state, order), a new id's marker names the state it
         enters (``pending``, and that list's count as ``base``) from its creation, and its
         position in the list of all is recorded with that state's (:class:`Added`)."""
@@ -180,7 +188,7 @@ class ListingIndex(ListingWrites):
             named = (marker.pending, marker.pending_order) if marker.pending else None
             if named and (entering is None or entering[1] < named[1]):
                 return Added(marker, False, 0)  # listed by the writer entering the state named
-            p = await self._allocate(lst, item_id, all_base(marker), lookback=not created)
+            p = await self._allocate(lst, item_id, all_base(marker), not created, taken, "all")
             if named and entering == named:
                 # Named with the marker (by this call, or a writer killed or still at it):
                 # the position is recorded with the state's, one marker write fewer. No
@@ -216,15 +224,20 @@ class ListingIndex(ListingWrites):
                        order: tuple[int, int]) -> None:
         """List ``item_id`` in ``state`` and no longer in its previous one (idempotent).
         ``order`` is (generation, rank of ``state``): an older state never wins."""
+        taken: list[Owed] = []
         try:
-            await self._converge(tenant, item_id, state, order)
+            await self._converge(tenant, item_id, state, order, taken)
         except BaseException:  # what this writer guessed of the marker is read afresh next
             self.known.drop(self._marker(item_id))
+            # The positions it took: the redelivery adopts them (the marker names the list
+            # being entered) unless another writer's step is recorded first; then they are
+            # given up (infra/kv/listing_repair.py). Those recorded or given up: no-ops.
+            self.repairs.owe(taken)
             raise
 
     async def _converge(self, tenant: str, item_id: str, state: str,
-                        order: tuple[int, int]) -> None:
-        added = await self._add(tenant, item_id, (state, order))
+                        order: tuple[int, int], taken: list[Owed]) -> None:
+        added = await self._add(tenant, item_id, (state, order), taken)
         fresh, unrecorded = added.fresh, added.unrecorded
         key = self._marker(item_id)
         for _ in range(20):
@@ -250,7 +263,8 @@ class ListingIndex(ListingWrites):
                 if written is None:
                     continue
                 revision = written
-            done, changes = await self._move(tenant, item_id, marker, state, order, retry)
+            done, changes = await self._move(tenant, item_id, marker, state, order, retry,
+                                             taken)
             if await self._write(self.markers, key, done, revision) is not None:
                 self._confirm(changes)
                 return
@@ -269,11 +283,12 @@ class ListingIndex(ListingWrites):
         return {"pending": state, "pending_order": order, "base": base}
 
     async def _move(self, tenant: str, item_id: str, marker: Marker, state: str,
-                    order: tuple[int, int], retry: bool) -> tuple[Marker, list[Counted]]:
+                    order: tuple[int, int], retry: bool,
+                    taken: list[Owed]) -> tuple[Marker, list[Counted]]:
         """Enter ``state`` (idempotent), then leave the previous state's list: the
         marker recording it, and the counter changes to confirm once it is."""
         lst = self._list(tenant, state)
-        sp = await self._allocate(lst, item_id, marker.base, lookback=retry)
+        sp = await self._allocate(lst, item_id, marker.base, retry, taken, state)
         changes = [await self._count_change(f"{lst}.live", f"in:{item_id}:{sp}", +1)]
         if marker.state is not None and marker.sp and (marker.state, marker.sp) != (state, sp):
             changes.append(await self._leave(self._list(tenant, marker.state), item_id,

@@ -70,7 +70,12 @@ class Repairs:
     def owe(self, positions: Iterable[Owed]) -> None:
         now = self.clock()
         for owed in positions:
-            self.owed[(owed.lst, owed.p)] = (owed, now)
+            key = (owed.lst, owed.p)
+            if key in self.owed:  # owed twice (a give-up, then its step): the first's age
+                first, since = self.owed[key]
+                self.owed[key] = (owed._replace(touched=owed.touched or first.touched), since)
+                continue
+            self.owed[key] = (owed, now)
             if len(self.owed) > self.limit:
                 (_, dropped), _ = self.owed.popitem(last=False)
                 log.error("listing: more than %d positions to give up; %s left listed",

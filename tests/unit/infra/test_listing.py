@@ -713,3 +713,31 @@ async def test_an_owed_position_adopted_then_left_is_not_counted_out_twice(
     assert await live(a, "ready") == 0 and await live(a, "running") == 1
     assert await every_page(a, "acme", "running") == ["t1"]
     assert await every_page(a, "acme", "ready") == []
+
+
+async def test_a_position_of_a_failed_step_is_given_up_once_another_writer_records_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer b's step fails after taking its position and counting it (leaving the
+    previous state, the leader killed); writer a, which looked before b took it, records
+    a position of its own. b's stays listed unless given up."""
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    a, b = await two_writers("requested")
+    await b.add("acme", "t1")
+
+    async def leader_killed(*args: Any) -> Any:
+        raise TimeoutError("the stream leader was killed")
+
+    async def nothing_taken(*args: Any) -> int:
+        return 0
+
+    with monkeypatch.context() as m:
+        m.setattr(b, "_leave", leader_killed)
+        with pytest.raises(TimeoutError):
+            await enter(b, "t1", "ready")
+        m.setattr(a, "_taken_for", nothing_taken)
+        await enter(a, "t1", "ready")
+    [(owed, _)] = b.repairs.owed.values()
+    assert (owed.state, owed.p) == ("ready", 1)
+    await b.repairs.settled()
+    assert await every_page(a, "acme", "ready") == ["t1"]
+    assert await live(a, "ready") == 1 and await live(a, "requested") == 1

@@ -70,3 +70,17 @@ async def test_settled_runs_a_round_at_once_and_close_stops_what_is_left(
         await task
     assert task.cancelled()
     assert "1 positions not given up at shutdown" in caplog.text
+
+
+async def test_a_position_owed_twice_keeps_its_age_and_what_its_give_up_had_begun() -> None:
+    now = [5.0]
+
+    async def later(owed: Owed) -> bool:
+        return False
+
+    repairs = Repairs(later, clock=lambda: now[0])
+    repairs.owe([Owed("t.acme.all", "t1", "all", 3, touched=True)])  # its give-up failed
+    now[0] = 9.0
+    repairs.owe([Owed("t.acme.all", "t1", "all", 3)])  # then its step
+    assert repairs.owed[("t.acme.all", 3)] == (Owed("t.acme.all", "t1", "all", 3, True), 5.0)
+    repairs.close()
