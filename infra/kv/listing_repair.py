@@ -83,6 +83,14 @@ class Repairs:
         if self.owed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def touch(self, owed: Owed) -> None:
+        """Giving ``owed`` up begins: a failure from here may leave its slot emptied (by
+        this writer, so still to be counted out)."""
+        key = (owed.lst, owed.p)
+        if key in self.owed:
+            first, since = self.owed[key]
+            self.owed[key] = (first._replace(touched=True), since)
+
     async def settled(self) -> None:
         """Once nothing is owed: a round at once, then rounds at the shortest pause (a
         shutdown waits for this with a timeout, then :meth:`close`)."""

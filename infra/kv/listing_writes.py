@@ -165,8 +165,10 @@ class ListingWrites(ListingPages):
     async def _settle(self, owed: Owed) -> bool:
         """An owed position given up unless its marker records it (adopted by a retry);
         left for later while the marker names its list as being entered (a retry there
-        may still adopt it). Counted out only as far as it is still counted in: a retry
-        may have adopted it meanwhile and a later step left it (emptied and counted)."""
+        may still adopt it). Counted out only when this writer empties it (now, or in a
+        give-up that failed): a retry may have adopted it and a later step left it,
+        emptied and counted out there; and a state list's entering only as far as it is
+        still counted (:meth:`StepCounters.take_back`)."""
         lst, item_id, state, p, touched = owed
         found = await self.winners.get_entry(self._marker(item_id))
         if found is None:  # markers are never deleted: nothing to decide on
@@ -177,11 +179,14 @@ class ListingWrites(ListingPages):
             return False
         if p == (marker.all if state == "all" else marker.sp if marker.state == state else 0):
             return True
+        self.repairs.touch(owed)  # a failure from here on may leave it emptied
         emptied = await self._empty(lst, item_id, p)
+        if not (emptied or touched):  # emptied by a step that left it: counted out there
+            return True
         if state != "all":  # entering was counted with a token that only its step drops
             await self.counts.take_back(f"{lst}.live", f"in:{item_id}:{p}", +1,
                                         unless=f"out:{item_id}:{p}")
-        elif emptied or touched:  # emptied by this writer, now or before it failed
+        else:
             await self.counts.bump(f"{lst}.gone", f"out:{item_id}:{p}", +1)
         return True
 

@@ -741,3 +741,95 @@ async def test_a_position_of_a_failed_step_is_given_up_once_another_writer_recor
     await b.repairs.settled()
     assert await every_page(a, "acme", "ready") == ["t1"]
     assert await live(a, "ready") == 1 and await live(a, "requested") == 1
+
+
+async def test_a_step_recorded_but_unanswered_then_left_is_not_counted_out_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b's write recording 'ready' lands but its answer is lost (b owes its position, its
+    entering never confirmed); a later step elsewhere leaves 'ready' and its tokens are
+    dropped. b finds the position emptied by that step: nothing to count."""
+    monkeypatch.setattr(counting, "DROP_AFTER_S", 0.0)
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    a, b = await two_writers("requested")
+    await b.add("acme", "t1")
+    real = b.markers.compare_and_set
+
+    async def landed_unanswered(key: str, value: Marker, revision: int) -> int | None:
+        written = await real(key, value, revision)
+        if value.state == "ready":
+            raise TimeoutError("the answer was lost")
+        return written
+
+    with monkeypatch.context() as m:
+        m.setattr(b.markers, "compare_and_set", landed_unanswered)
+        with pytest.raises(TimeoutError):
+            await enter(b, "t1", "ready")
+    assert b.repairs.owed
+    await enter(a, "t1", "running")
+    await asyncio.sleep(0.05)  # a's confirmed tokens dropped
+    await b.repairs.settled()
+    assert await live(a, "ready") == 0 and await live(a, "running") == 1
+
+
+async def stray_in_all(emptied_by_a: bool) -> tuple[ListingIndex, ListingIndex]:
+    """t0 and t1 listed in all by a; position 3 also holds t1 (a loser's, taken and
+    counted in ``n``), given up already by a when ``emptied_by_a``. b owes it."""
+    js = FakeJetStream(KV_LISTINGS)
+    a = await ListingIndex.open(cast(Any, js), TASKS)
+    b = await ListingIndex.open(cast(Any, js), TASKS)
+    await a.add("acme", "t0")
+    await a.add("acme", "t1")
+    await b.slots.create("t.acme.all.3", Slot(id="t1"))
+    await b.counts.raise_to("t.acme.all.n", 3)
+    if emptied_by_a:  # as a loser that gave it up does: its token confirmed, then dropped
+        a._confirm([await a._leave("t.acme.all", "t1", 3)])
+        await asyncio.sleep(0.05)
+    return a, b
+
+
+async def test_an_owed_position_in_all_emptied_before_its_count_failed_is_counted_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    a, b = await stray_in_all(emptied_by_a=False)
+    b.repairs.owe([listing_repair.Owed("t.acme.all", "t1", "all", 3)])
+    real, calls = b.counts.bump, []
+
+    async def away_once(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise TimeoutError("the bucket went away after the slot was emptied")
+        return await real(*args)
+
+    monkeypatch.setattr(b.counts, "bump", away_once)
+    await b.repairs.round()
+    await b.repairs.round()
+    assert not b.repairs.owed and len(calls) == 2
+    assert await every_page(a, "acme", limit=50) == ["t1", "t0"]
+    assert (await a.page("acme")).total == 2
+    b.repairs.close()
+
+
+async def test_an_owed_position_in_all_another_writer_gave_up_is_not_counted_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    monkeypatch.setattr(counting, "DROP_AFTER_S", 0.0)
+    a, b = await stray_in_all(emptied_by_a=True)
+    assert (await a.page("acme")).total == 2
+    b.repairs.owe([listing_repair.Owed("t.acme.all", "t1", "all", 3)])
+    await b.repairs.settled()
+    assert (await a.page("acme")).total == 2
+
+
+async def test_taking_back_a_change_is_undone_by_its_opposite() -> None:
+    """``take_back`` undoes a change still remembered, unless its opposite is remembered
+    too (counted out already: the give-up's write landed, its answer lost)."""
+    index = await ListingIndex.open(cast(Any, FakeJetStream(KV_LISTINGS)), TASKS)
+    counts, key = index.counts, "t.acme.s.ready.live"
+    for p in (1, 2):
+        assert await counts.bump(key, f"in:t{p}:{p}", +1)
+    assert await counts.bump(key, "out:t2:2", -1)
+    assert await counts.take_back(key, "in:t1:1", +1, unless="out:t1:1")
+    assert not await counts.take_back(key, "in:t2:2", +1, unless="out:t2:2")
+    assert not await counts.take_back(key, "in:t1:1", +1, unless="out:t1:1")  # forgotten
+    counter = await index.counters.get(key)
+    assert counter is not None and counter.n == 0
