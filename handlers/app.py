@@ -142,7 +142,9 @@ async def run(settings: Settings, stop: asyncio.Event,
         hooks = await open_webhooks(settings, js)
         store = open_store(settings)
         index = await open_when_ready(partial(ListingIndex.open, kind=TASK_LISTS), js)
-        table = subscribers(js=js, datasets=await open_when_ready(DatasetRepo.open, js),
+        datasets = await open_when_ready(DatasetRepo.open, js)
+        lists = [index, *([datasets.lists] if datasets.lists else [])]
+        table = subscribers(js=js, datasets=datasets,
                             tasks=await open_when_ready(TaskRepo.open, js), store=store,
                             weights=StoreWeightsIndex(store), hooks=hooks,
                             imports=await open_when_ready(ImportRepo.open, js),
@@ -161,9 +163,11 @@ async def run(settings: Settings, stop: asyncio.Event,
         try:
             await asyncio.gather(*loops)
             with contextlib.suppress(TimeoutError):  # what it owes the lists, while it can
-                await asyncio.wait_for(index.repairs.settled(), SETTLE_LISTS_S)
+                await asyncio.wait_for(asyncio.gather(*(lst.repairs.settled() for lst in lists)),
+                                       SETTLE_LISTS_S)
         finally:
-            index.repairs.close()
+            for lst in lists:
+                lst.repairs.close()
             await hooks.close()
     finally:
         await nc.drain()
