@@ -83,13 +83,13 @@ class Repairs:
         if self.owed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def touch(self, owed: Owed) -> None:
+    def touch(self, owed: Owed, touched: bool = True) -> None:
         """Giving ``owed`` up begins: a failure from here may leave its slot emptied (by
-        this writer, so still to be counted out)."""
+        this writer, so still to be counted out); ``touched=False``: put back."""
         key = (owed.lst, owed.p)
         if key in self.owed:
             first, since = self.owed[key]
-            self.owed[key] = (first._replace(touched=True), since)
+            self.owed[key] = (first._replace(touched=touched), since)
 
     async def settled(self) -> None:
         """Once nothing is owed: a round at once, then rounds at the shortest pause (a

@@ -174,13 +174,13 @@ class ListingWrites(ListingPages):
         if found is None:  # markers are never deleted: nothing to decide on
             log.warning("listing: no marker for %s; %s left as it is", item_id, owed)
             return True
-        marker = found[0]
-        if not marker.all if state == "all" else marker.pending == state:
-            return False
-        if p == (marker.all if state == "all" else marker.sp if marker.state == state else 0):
-            return True
+        verdict = _verdict(found[0], owed)
+        if verdict is not None:
+            return verdict
         self.repairs.touch(owed)  # a failure from here on may leave it emptied
         emptied = await self._empty(lst, item_id, p)
+        if emptied and await self._adopted_meanwhile(owed):
+            return False
         if not (emptied or touched):  # emptied by a step that left it: counted out there
             return True
         if state != "all":  # entering was counted with a token that only its step drops
@@ -188,6 +188,20 @@ class ListingWrites(ListingPages):
                                         unless=f"out:{item_id}:{p}")
         else:
             await self.counts.bump(f"{lst}.gone", f"out:{item_id}:{p}", +1)
+        return True
+
+    async def _adopted_meanwhile(self, owed: Owed) -> bool:
+        """Read again once emptied: a retry that named the list after the first read may
+        have adopted the position just before it was emptied. Then it is put back (not
+        emptied by this writer after all) and stays owed."""
+        found = await self.winners.get_entry(self._marker(owed.item_id))
+        if found is None or _verdict(found[0], owed) is None:
+            return False
+        key = f"{owed.lst}.{owed.p}"
+        known = self.known.get(key)  # the emptied slot, as this writer wrote it
+        if known is not None and await self._write(self.slots, key, Slot(id=owed.item_id),
+                                                   known[1]) is not None:
+            self.repairs.touch(owed, touched=False)
         return True
 
     async def _abandon(self, lst: str, item_id: str, p: int,
@@ -200,3 +214,13 @@ class ListingWrites(ListingPages):
         kept = winner.all if state == "all" else (winner.sp if winner.state == state else 0)
         if p and p != kept:
             self._confirm([await self._leave(lst, item_id, p)])
+
+
+def _verdict(marker: Marker, owed: Owed) -> bool | None:
+    """What ``marker`` says of an owed position: ``False`` while it names the position's
+    list as being entered (a retry may adopt it), ``True`` once it records it, ``None``:
+    to be given up."""
+    if not marker.all if owed.state == "all" else marker.pending == owed.state:
+        return False
+    kept = marker.all if owed.state == "all" else marker.sp if marker.state == owed.state else 0
+    return True if owed.p == kept else None

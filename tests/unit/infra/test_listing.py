@@ -833,3 +833,47 @@ async def test_taking_back_a_change_is_undone_by_its_opposite() -> None:
     assert not await counts.take_back(key, "in:t1:1", +1, unless="out:t1:1")  # forgotten
     counter = await index.counters.get(key)
     assert counter is not None and counter.n == 0
+
+
+async def test_an_owed_position_adopted_while_it_is_emptied_is_put_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b owes a position in 'ready' (taken, its count never raised). Between b's read of
+    the marker and its emptying the slot, writer c names 'ready' and fails, and a's retry
+    adopts b's position by looking back (a is about to record it). b reads again once it
+    has emptied the slot, sees the list being entered and puts the position back."""
+    monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
+    js = FakeJetStream(KV_LISTINGS)
+    a, b, c = [await ListingIndex.open(cast(Any, js), TASKS) for _ in range(3)]
+    await enter(b, "t0", "requested")
+    await enter(a, "t1", "requested")
+    await b.slots.create("t.acme.s.ready.1", Slot(id="t1"))
+    b.repairs.owe([listing_repair.Owed("t.acme.s.ready", "t1", "ready", 1)])
+    one = Recording(a, "ready", monkeypatch)
+    real_read = b.winners.get_entry
+    recording: list[asyncio.Task[None]] = []
+
+    async def c_fails_then_a_adopts(*args: Any) -> Any:
+        async def leader_killed(*args: Any) -> int:
+            raise TimeoutError("the stream leader was killed")
+
+        first = await real_read(*args)
+        if not recording:
+            with monkeypatch.context() as m:
+                m.setattr(c, "_allocate", leader_killed)
+                with pytest.raises(TimeoutError):
+                    await enter(c, "t1", "ready")  # 'ready' named, nothing taken
+            recording.append(asyncio.create_task(enter(a, "t1", "ready")))
+            await one.reached.wait()  # a adopted position 1, about to record it
+        return first
+
+    monkeypatch.setattr(b.winners, "get_entry", c_fails_then_a_adopts)
+    await b.repairs.round()
+    assert await b.slots.get("t.acme.s.ready.1") == Slot(id="t1") and b.repairs.owed
+    one.go.set()
+    await recording[0]
+    await b.repairs.round()
+    marker = await a.markers.get("mt.t1")
+    assert isinstance(marker, Marker) and (marker.state, marker.sp) == ("ready", 1)
+    assert not b.repairs.owed and await every_page(a, "acme", "ready") == ["t1"]
+    assert await live(a, "ready") == 1
+    b.repairs.close()
