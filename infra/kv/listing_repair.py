@@ -4,11 +4,16 @@ A writer that loses the race to record a step gives up the positions it took for
 it. When reading the winner or giving a position up fails (a stream leader killed, a
 node frozen), the message goes back for a redelivery; but the redelivery finds the
 task listed by the winner and stops, so the loser's position stayed: the task listed
-twice and counted twice, for good. The loser therefore keeps what it owes here and
-gives it up in the background once the bucket answers again.
+twice and counted twice, for good. The same for a step that fails after taking its
+positions while another writer records its own. The writer therefore keeps what it
+owes here and settles it in the background once the bucket answers again
+(``ListingWrites._settle``: adopted by a retry meanwhile, or given up).
 
-Not covered: a writer process killed (``kill -9``) between losing its write and giving
-its positions up: what it owed goes with it (a window of one or two round trips).
+Not covered: a writer process killed (``kill -9``) with positions owed, or between
+taking a position and recording it while another writer records its own for the same
+step: what it owed goes with it. And a position settled after its step's counter
+token expired (``TOKEN_TTL_S``, as long as :data:`OWED_TTL_S`) leaves its state's
+count one too high.
 """
 
 from __future__ import annotations
