@@ -30,6 +30,7 @@ from infra.bus.topology import KV_LISTINGS
 from infra.errors import KVConflict
 from infra.kv.listing_marker import Marker
 from infra.kv.repository import KVRepository
+from infra.telemetry.metrics import LISTING_LEFT, LISTING_OWED
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,12 @@ class Repairs:
                 self.owed[key] = (owed._replace(touched=owed.touched or first.touched), since)
                 continue
             self.owed[key] = (owed, now)
+            LISTING_OWED.inc()
             if len(self.owed) > self.limit:
-                (_, dropped), _ = self.owed.popitem(last=False)
+                oldest = next(iter(self.owed))
                 log.error("listing: more than %d positions to give up; %s left listed",
-                          self.limit, dropped)
+                          self.limit, self.owed[oldest][0])
+                self._forget(oldest, "limit")
         if self.owed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -109,6 +112,8 @@ class Repairs:
         if self.owed:
             log.error("listing: %d positions not given up at shutdown, left listed: %s",
                       len(self.owed), [owed for owed, _ in self.owed.values()][:10])
+            for key in list(self.owed):
+                self._forget(key, "shutdown")
         if self._task is not None:
             self._task.cancel()
 
@@ -127,7 +132,7 @@ class Repairs:
         now = self.clock()
         for key, (owed, since) in list(self.owed.items()):
             if now - since > OWED_TTL_S:
-                del self.owed[key]
+                self._forget(key, "ttl")
                 log.error("listing: could not give up %s for %.0f s; left listed",
                           owed, OWED_TTL_S)
         for key, (owed, _) in list(self.owed.items()):
@@ -136,8 +141,15 @@ class Repairs:
             except Exception as exc:  # the bucket still away: all of them next round
                 log.warning("listing: %d positions still to give up: %s", len(self.owed), exc)
                 return
-            if done:
-                self.owed.pop(key, None)
+            if done and key in self.owed:
+                self._forget(key, None)
+
+    def _forget(self, key: tuple[str, int], left: str | None) -> None:
+        """No longer owed: settled (``left`` None) or given up on, for that reason."""
+        del self.owed[key]
+        LISTING_OWED.dec()
+        if left is not None:
+            LISTING_LEFT.labels(left).inc()
 
 
 async def winner_of(winners: KVRepository[Marker], key: str,

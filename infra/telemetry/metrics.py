@@ -37,6 +37,13 @@ RUNNER_IMAGES_PER_S = Gauge(
     "radtrain_runner_images_per_second", "Training throughput of the runner's current task.")
 WEBHOOK_ATTEMPTS = Counter(
     "radtrain_webhook_attempts_total", "Outgoing webhook attempts by outcome.", ["outcome"])
+LISTING_OWED = Gauge(
+    "radtrain_listing_owed_positions",
+    "List positions this process still has to settle after a step failed half way.")
+LISTING_LEFT = Counter(
+    "radtrain_listing_positions_left_total",
+    "Owed list positions given up on (a task may show twice in a list), by reason.",
+    ["reason"])
 
 
 def setup_process(service: str, settings: Settings, metrics_port: int = 0) -> None:

@@ -6,9 +6,23 @@ import asyncio
 import contextlib
 
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.kv import listing_repair
 from infra.kv.listing_repair import Owed, Repairs
+
+
+def metric(name: str, reason: str | None = None) -> float:
+    """A sample of this process's registry (the tests compare before and after)."""
+    labels = {"reason": reason} if reason else None
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def left(reason: str) -> float:
+    return metric("radtrain_listing_positions_left_total", reason)
+
+
+OWED = "radtrain_listing_owed_positions"
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +55,13 @@ async def test_what_is_owed_is_bounded_oldest_first_and_dropped_after_its_ttl() 
         return False
 
     repairs = Repairs(never, clock=lambda: now[0], limit=2)
+    owed, by_limit, by_ttl = metric(OWED), left("limit"), left("ttl")
     repairs.owe([Owed("t.acme.all", f"t{p}", "all", p) for p in (1, 2, 3)])
     assert [owed.p for owed, _ in repairs.owed.values()] == [2, 3]  # the oldest dropped
+    assert (metric(OWED) - owed, left("limit") - by_limit) == (2, 1)
     await repairs.settled()  # each still in flight: dropped once past the TTL
     assert repairs.owed == {} and now[0] > listing_repair.OWED_TTL_S
+    assert (metric(OWED), left("ttl") - by_ttl) == (owed, 2)
 
 
 async def test_settled_runs_a_round_at_once_and_close_stops_what_is_left(
@@ -59,6 +76,7 @@ async def test_settled_runs_a_round_at_once_and_close_stops_what_is_left(
         return owed.p == 1
 
     repairs = Repairs(bucket_away_then_back)
+    owed, at_shutdown = metric(OWED), left("shutdown")
     repairs.owe([Owed("t.acme.all", "t1", "all", 1), Owed("t.acme.all", "t2", "all", 2)])
     with pytest.raises(TimeoutError):  # a shutdown's bounded wait: p=2 is never settled
         await asyncio.wait_for(repairs.settled(), 0.5)
@@ -70,6 +88,7 @@ async def test_settled_runs_a_round_at_once_and_close_stops_what_is_left(
         await task
     assert task.cancelled()
     assert "1 positions not given up at shutdown" in caplog.text
+    assert (metric(OWED), left("shutdown") - at_shutdown) == (owed, 1)
 
 
 async def test_a_position_owed_twice_keeps_its_age_and_what_its_give_up_had_begun() -> None:
