@@ -51,23 +51,17 @@ async def publish_one(js: JetStreamContext) -> None:
                      headers={"Nats-Msg-Id": event.msg_id})
 
 
-async def accept(request: web.Request) -> web.Response:
-    await request.read()
-    return web.Response(status=202, body=ANSWER, content_type="application/json")
-
-
 async def serve(publish: bool) -> None:
-    app = web.Application()
-    if publish:
-        _, js = await connect(Settings(), "bench-bare-http")
+    js = (await connect(Settings(), "bench-bare-http"))[1] if publish else None
 
-        async def accept_published(request: web.Request) -> web.Response:
-            await request.read()
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        if js is not None:
             await publish_one(js)
-            return web.Response(status=202, body=ANSWER, content_type="application/json")
-        app.router.add_post("/v1/tasks", accept_published)
-    else:
-        app.router.add_post("/v1/tasks", accept)
+        return web.Response(status=202, body=ANSWER, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/tasks", accept)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

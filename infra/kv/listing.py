@@ -201,7 +201,7 @@ class ListingIndex(ListingWrites):
             listed = marker.model_copy(update=update)
             if await self._write(self.markers, key, listed, revision) is not None:
                 return Added(listed, "pending" in update, 0)
-            await self._give_up(key, revision, [Owed(lst, item_id, "all", p)])
+            await self._give_up(key, revision, [Owed(lst, item_id, "all", p)], taken)
         raise KVConflict(KV_LISTINGS, key, 10)
 
     async def _new_marker(self, tenant: str,
@@ -248,7 +248,7 @@ class ListingIndex(ListingWrites):
                 raise KVConflict(KV_LISTINGS, key, 0)
             if unrecorded and marker.all:  # recorded by another writer (never changed after)
                 await self._give_up(key, revision, [Owed(self._list(tenant, None), item_id,
-                                                         "all", unrecorded)],
+                                                         "all", unrecorded)], taken,
                                     won=(marker, revision))
                 unrecorded = 0
             if unrecorded:  # its position in the list of all goes with this step's write
@@ -272,7 +272,8 @@ class ListingIndex(ListingWrites):
             if unrecorded:
                 lost.append(Owed(self._list(tenant, None), item_id, "all", unrecorded))
                 unrecorded = 0
-            await self._take_back(changes, done, await self._give_up(key, revision, lost))
+            await self._take_back(changes, done, await self._give_up(key, revision, lost,
+                                                                     taken))
         raise KVConflict(KV_LISTINGS, key, 20)
 
     async def _entering(self, tenant: str, state: str,

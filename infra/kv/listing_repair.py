@@ -77,7 +77,7 @@ class Repairs:
         now = self.clock()
         for owed in positions:
             key = (owed.lst, owed.p)
-            if key in self.owed:  # owed twice (a give-up, then its step): the first's age
+            if key in self.owed:  # owed again (a retry here failed too): its first age
                 first, since = self.owed[key]
                 self.owed[key] = (owed._replace(touched=owed.touched or first.touched), since)
                 continue

@@ -140,27 +140,20 @@ class ListingWrites(ListingPages):
         """The marker whose write beat ours, with its revision (infra/kv/listing_repair.py)."""
         return await winner_of(self.winners, key, lost_at)
 
-    async def _give_up(self, key: str, lost_at: int, lost: list[Owed],
+    async def _give_up(self, key: str, lost_at: int, lost: list[Owed], taken: list[Owed],
                        won: tuple[Marker, int] | None = None) -> tuple[Marker, int] | None:
         """We lost the marker write (based on revision ``lost_at``): give up the positions
-        taken for it that the winner (read now unless given) does not record. What a
-        failure leaves is owed (infra/kv/listing_repair.py): the redelivery would find
-        the task listed by the winner and leave them listed."""
-        left, giving = list(lost), False
-        try:
-            won = won or await self._winner(key, lost_at)
-            while left:
-                giving = True
-                await self._abandon(left[0].lst, left[0].item_id, left[0].p, won,
-                                    left[0].state)
-                left.pop(0)
-                giving = False
-            return won
-        except BaseException:
-            if giving:  # its slot may be emptied already, and its count changed
-                left[0] = left[0]._replace(touched=True)
-            self.repairs.owe(left)
-            raise
+        taken for it that the winner (read now unless given) does not record. A failure
+        leaves them to the step's caller, which owes everything in ``taken``
+        (infra/kv/listing_repair.py); the one being given up is marked ``touched`` there."""
+        won = won or await self._winner(key, lost_at)
+        for owed in lost:
+            try:
+                await self._abandon(owed.lst, owed.item_id, owed.p, won, owed.state)
+            except BaseException:  # its slot may be emptied already, its count changed
+                taken[:] = [t._replace(touched=True) if t == owed else t for t in taken]
+                raise
+        return won
 
     async def _settle(self, owed: Owed) -> bool:
         """An owed position given up unless its marker records it (adopted by a retry);
@@ -208,11 +201,7 @@ class ListingWrites(ListingPages):
                        won: tuple[Marker, int] | None, state: str) -> None:
         """Another writer listed the same id at the same moment: drop our position unless
         it is the one that won."""
-        if won is None:
-            return
-        winner = won[0]
-        kept = winner.all if state == "all" else (winner.sp if winner.state == state else 0)
-        if p and p != kept:
+        if won is not None and p and p != _recorded(won[0], state):
             self._confirm([await self._leave(lst, item_id, p)])
 
 
@@ -222,5 +211,9 @@ def _verdict(marker: Marker, owed: Owed) -> bool | None:
     to be given up."""
     if not marker.all if owed.state == "all" else marker.pending == owed.state:
         return False
-    kept = marker.all if owed.state == "all" else marker.sp if marker.state == owed.state else 0
-    return True if owed.p == kept else None
+    return True if owed.p == _recorded(marker, owed.state) else None
+
+
+def _recorded(marker: Marker, state: str) -> int:
+    """The position ``marker`` records in the list of ``state`` (``all``: of all); 0: none."""
+    return marker.all if state == "all" else marker.sp if marker.state == state else 0

@@ -451,6 +451,16 @@ async def test_a_loser_waits_for_the_winner_in_flight_before_giving_up_a_positio
     assert await every_page(a, "acme", "rejected") == ["t1"]
 
 
+async def leader_killed(*args: Any) -> Any:
+    """A KV call that never got its answer: the stream leader killed under it."""
+    raise TimeoutError("the stream leader was killed")
+
+
+async def nothing_taken(*args: Any) -> int:
+    """A look back that found no position (it looked before the other writer's showed)."""
+    return 0
+
+
 async def two_writers(state: str | None) -> tuple[ListingIndex, ListingIndex]:
     """Two processes over one bucket: t0 requested (by b), t1 too (by a) given a state."""
     js = FakeJetStream(KV_LISTINGS)
@@ -619,9 +629,6 @@ async def test_positions_a_loser_could_not_give_up_are_given_up_later(
     the task twice in its list and counted twice. b gives it up once the bucket answers."""
     a, b = await two_writers(state)
 
-    async def nothing_taken(*args: Any) -> int:
-        return 0
-
     one, two = Recording(a, state, monkeypatch), Recording(b, state, monkeypatch)
     step = (lambda i: enter(i, "t1", state)) if state else (lambda i: i.add("acme", "t1"))
     real_create = a.slots.create
@@ -641,9 +648,6 @@ async def test_positions_a_loser_could_not_give_up_are_given_up_later(
         one.go.set()
         await first
         real = getattr(b, fails)
-
-        async def leader_killed(*args: Any) -> Any:
-            raise TimeoutError("the stream leader was killed")
 
         m.setattr(b, fails, leader_killed)
         two.go.set()
@@ -672,9 +676,6 @@ async def owing_a_position_in_ready(monkeypatch: pytest.MonkeyPatch
 
     async def refused(key: str, value: Marker, revision: int) -> int | None:
         return None if value.state == "ready" else await real(key, value, revision)
-
-    async def leader_killed(*args: Any) -> Any:
-        raise TimeoutError("the stream leader was killed")
 
     with monkeypatch.context() as m:
         m.setattr(b.markers, "compare_and_set", refused)
@@ -723,12 +724,6 @@ async def test_a_position_of_a_failed_step_is_given_up_once_another_writer_recor
     monkeypatch.setattr(listing_repair, "ROUND_PAUSES_S", (3600.0,))
     a, b = await two_writers("requested")
     await b.add("acme", "t1")
-
-    async def leader_killed(*args: Any) -> Any:
-        raise TimeoutError("the stream leader was killed")
-
-    async def nothing_taken(*args: Any) -> int:
-        return 0
 
     with monkeypatch.context() as m:
         m.setattr(b, "_leave", leader_killed)
@@ -853,9 +848,6 @@ async def test_an_owed_position_adopted_while_it_is_emptied_is_put_back(
     recording: list[asyncio.Task[None]] = []
 
     async def c_fails_then_a_adopts(*args: Any) -> Any:
-        async def leader_killed(*args: Any) -> int:
-            raise TimeoutError("the stream leader was killed")
-
         first = await real_read(*args)
         if not recording:
             with monkeypatch.context() as m:
